@@ -1,0 +1,347 @@
+"""The project's settings: one TOML file, loaded into typed and validated models.
+
+Everything a user may want to change (tasks, corpus selection, model, UMAP, storage) lives in
+``settings.toml``. ``QWEN_ASSETS_SETTINGS`` points at another file. A few environment
+variables override single values for machines that differ (paths, the archive), listed in
+``ENVIRONMENT_OVERRIDES``.
+
+A bad file fails at load time with one ``SettingsError`` naming every wrong key and what is
+allowed there, before any asset runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SETTINGS_ENV = "QWEN_ASSETS_SETTINGS"
+
+# Environment variable -> (section, key) it overrides.
+ENVIRONMENT_OVERRIDES: dict[str, tuple[str, str]] = {
+    "QWEN_ASSETS_DATABASE": ("storage", "database"),
+    "QWEN_ASSETS_EMBEDDING_CACHE": ("storage", "embedding_cache"),
+    "QWEN_ASSETS_NEWSGROUPS_ARCHIVE": ("corpus", "archive"),
+    "QWEN_ASSETS_SITE_DIR": ("site", "output_dir"),
+}
+
+# The twenty groups of the 20 Newsgroups corpus, in scikit-learn's (alphabetical) order.
+NEWSGROUPS: tuple[str, ...] = (
+    "alt.atheism",
+    "comp.graphics",
+    "comp.os.ms-windows.misc",
+    "comp.sys.ibm.pc.hardware",
+    "comp.sys.mac.hardware",
+    "comp.windows.x",
+    "misc.forsale",
+    "rec.autos",
+    "rec.motorcycles",
+    "rec.sport.baseball",
+    "rec.sport.hockey",
+    "sci.crypt",
+    "sci.electronics",
+    "sci.med",
+    "sci.space",
+    "soc.religion.christian",
+    "talk.politics.guns",
+    "talk.politics.mideast",
+    "talk.politics.misc",
+    "talk.religion.misc",
+)
+
+TASK_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+UMAP_METRICS = ("euclidean", "cosine", "manhattan", "chebyshev", "correlation")
+DEFAULT_TASK = "default"
+
+
+class SettingsError(ValueError):
+    """The settings file is unreadable or invalid; the message lists every problem."""
+
+
+def fingerprint(value: Any) -> str:
+    """A short stable hash of JSON-able data: used for Dagster code and data versions."""
+    payload = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class CorpusSettings(_Section):
+    categories: Literal["all"] | list[str] = list(NEWSGROUPS)
+    per_category: Literal["all"] | PositiveInt = 80
+    min_chars: Annotated[int, Field(ge=0)] = 100
+    max_chars: PositiveInt = 5000
+    random_state: Annotated[int, Field(ge=0)] = 42
+    preview_chars: PositiveInt = 200
+    archive: str | None = None
+
+    @field_validator("per_category", mode="before")
+    @classmethod
+    def _per_category(cls, value: Any) -> Any:
+        if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError(f'must be a whole number above 0, or "all"; got {value!r}')
+
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _known_categories(cls, value: Any) -> Any:
+        if value == "all":
+            return value
+        if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+            raise ValueError('must be a list of newsgroup names, or "all"')
+        if not value:
+            raise ValueError('must name at least one newsgroup, or be "all"')
+        unknown = [name for name in value if name not in NEWSGROUPS]
+        if unknown:
+            raise ValueError(
+                f"unknown newsgroup {', '.join(map(repr, unknown))}; allowed: {', '.join(NEWSGROUPS)}"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("lists a newsgroup twice")
+        return value
+
+    @model_validator(mode="after")
+    def _length_window(self) -> CorpusSettings:
+        if self.max_chars <= self.min_chars:
+            raise ValueError(
+                f"max_chars ({self.max_chars}) must be greater than min_chars ({self.min_chars})"
+            )
+        return self
+
+    @property
+    def category_names(self) -> list[str]:
+        return list(NEWSGROUPS) if self.categories == "all" else list(self.categories)
+
+    def sample_fingerprint(self) -> str:
+        """Everything that changes which texts the sample holds (not where the archive lives)."""
+        return fingerprint(self.model_dump(exclude={"archive"}))
+
+
+class HttpSettings(_Section):
+    base_url: str = "https://api.siliconflow.com/v1"
+    api_key_env: str = "SILICONFLOW_API_KEY"
+    max_in_flight: PositiveInt = 8
+    requests_per_minute: PositiveInt = 2000
+    tokens_per_minute: PositiveInt | None = None
+    timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    max_attempts: PositiveInt = 6
+    encoding_format: Literal["float", "base64"] = "float"
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(
+                "must be an http:// or https:// URL, e.g. https://api.siliconflow.com/v1"
+            )
+        return value.rstrip("/")
+
+
+class LocalSettings(_Section):
+    model: str | None = None
+    device: str = "auto"
+    batch_size: PositiveInt = 16
+    max_seq_length: PositiveInt | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.match(r"^(auto|cpu|mps|cuda(:\d+)?)$", value):
+            raise ValueError('must be "auto", "cpu", "mps", "cuda" or "cuda:N"')
+        return value
+
+
+class EmbeddingSettings(_Section):
+    model: str = "Qwen/Qwen3-Embedding-0.6B"
+    dimensions: Annotated[int, Field(ge=32, le=8192)] | None = None
+    prompt_template: str = "Instruct: {instruction}\nQuery:{text}"
+    backend: Literal["auto", "http", "local"] = "auto"
+    batch_size: PositiveInt = 32
+    http: HttpSettings = HttpSettings()
+    local: LocalSettings = LocalSettings()
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        if "{instruction}" not in value or not value.endswith("{text}"):
+            raise ValueError(
+                "must contain {instruction} and end with {text}, "
+                'e.g. "Instruct: {instruction}\\nQuery:{text}"'
+            )
+        if value.count("{text}") != 1 or value.count("{instruction}") != 1:
+            raise ValueError("must contain {instruction} and {text} once each")
+        return value
+
+
+class UmapSettings(_Section):
+    n_neighbors: Annotated[int, Field(ge=2)] = 15
+    min_dist: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    metric: Literal[UMAP_METRICS] = "euclidean"  # type: ignore[valid-type]
+    random_state: Annotated[int, Field(ge=0)] = 42
+    align_to: str = DEFAULT_TASK
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.model_dump())
+
+
+class SiteSettings(_Section):
+    output_dir: str = "site"
+    neighbours: Annotated[int, Field(ge=1, le=50)] = 10
+    coordinate_decimals: Annotated[int, Field(ge=0, le=8)] = 3
+
+
+class StorageSettings(_Section):
+    database: Annotated[str, Field(min_length=1)] = "data/qwen_assets.duckdb"
+    embedding_cache: Annotated[str, Field(min_length=1)] = "data/embedding_cache.duckdb"
+
+
+class TaskSettings(_Section):
+    instruction: str = ""
+    description: str = ""
+
+    @field_validator("instruction", "description")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+
+class Settings(_Section):
+    corpus: CorpusSettings = CorpusSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    umap: UmapSettings = UmapSettings()
+    site: SiteSettings = SiteSettings()
+    storage: StorageSettings = StorageSettings()
+    tasks: dict[str, TaskSettings]
+    source: str = Field(default="<memory>", exclude=True)
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, tasks: dict[str, TaskSettings]) -> dict[str, TaskSettings]:
+        if not tasks:
+            raise ValueError("define at least one task, e.g. [tasks.default]")
+        problems = []
+        for name, task in tasks.items():
+            if not TASK_NAME.match(name):
+                problems.append(
+                    f"task name {name!r} is not a slug "
+                    "(lowercase letter first, then lowercase letters, digits, '-' or '_'; 40 at most)"
+                )
+            elif name != DEFAULT_TASK and not task.instruction:
+                problems.append(
+                    f"task {name!r} has an empty instruction; only the {DEFAULT_TASK!r} task "
+                    "may have none"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return tasks
+
+    @model_validator(mode="after")
+    def _alignment_target(self) -> Settings:
+        if self.umap.align_to not in self.tasks:
+            raise ValueError(
+                f"umap.align_to: {self.umap.align_to!r} is not a task; "
+                f"allowed: {', '.join(self.tasks)}"
+            )
+        return self
+
+    @cached_property
+    def task_names(self) -> list[str]:
+        return list(self.tasks)
+
+    def prompt_prefix(self, task: str) -> str:
+        """What goes before each text for ``task``: nothing when the task has no instruction."""
+        instruction = self.tasks[task].instruction
+        if not instruction:
+            return ""
+        return self.embedding.prompt_template.removesuffix("{text}").replace(
+            "{instruction}", instruction
+        )
+
+    def task_version(self, task: str) -> str:
+        """Changes exactly when the vectors of ``task`` would change."""
+        return fingerprint(
+            {
+                "instruction": self.tasks[task].instruction,
+                "template": self.embedding.prompt_template,
+                "model": self.embedding.model,
+                "dimensions": self.embedding.dimensions,
+            }
+        )
+
+
+def default_settings_path() -> Path:
+    return Path(__file__).with_name("settings.toml")
+
+
+def settings_path() -> Path:
+    configured = os.environ.get(SETTINGS_ENV)
+    return Path(configured).expanduser() if configured else default_settings_path()
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Load, override from the environment, and validate a settings file."""
+    path = Path(path) if path is not None else settings_path()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        hint = f" (set by {SETTINGS_ENV})" if os.environ.get(SETTINGS_ENV) else ""
+        raise SettingsError(f"settings file {path}{hint} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"settings file {path} is not valid TOML: {error}") from None
+    for variable, (section, key) in ENVIRONMENT_OVERRIDES.items():
+        if os.environ.get(variable):
+            raw.setdefault(section, {})[key] = os.environ[variable]
+    return parse_settings(raw, source=str(path))
+
+
+def parse_settings(raw: dict[str, Any], source: str = "<memory>") -> Settings:
+    try:
+        return Settings.model_validate({**raw, "source": source})
+    except ValidationError as error:
+        raise SettingsError(_describe(error, source)) from None
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"settings file {source} is invalid:"]
+    for problem in error.errors():
+        location = [str(part) for part in problem["loc"] if not str(part).startswith("function-")]
+        # pydantic names the union branch it tried ("literal['all']", "int"): drop those.
+        location = [part for part in location if not re.match(r"^(literal\[|int|str|list\[)", part)]
+        message = problem["msg"].removeprefix("Value error, ")
+        if not location and re.match(r"^[\w.]+: ", message):  # a cross-section rule names its key
+            key, message = message.split(": ", 1)
+        else:
+            key = ".".join(location) or "(top level)"
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key; " + _allowed_keys(problem["loc"][:-1])
+        elif problem["type"] == "missing":
+            message = "is required"
+        lines.append(f"  {key}: {message}")
+    # Union types report each branch separately; keep one line per key and message.
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _allowed_keys(parent: tuple[Any, ...]) -> str:
+    """The keys a section accepts, for an "unknown key" message."""
+    model: type[BaseModel] = Settings
+    parts = [str(part) for part in parent]
+    while parts:
+        part = parts.pop(0)
+        if model is Settings and part == "tasks":
+            parts = parts[1:]  # the task's own name
+            model = TaskSettings
+            continue
+        model = model.model_fields[part].annotation  # type: ignore[assignment]
+    return "allowed: " + ", ".join(name for name in model.model_fields if name != "source")

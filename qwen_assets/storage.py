@@ -1,0 +1,178 @@
+"""DuckDB storage: short-lived connections, atomic writes, and clear errors when busy.
+
+DuckDB lets one process write a database file at a time. Every write here opens a
+connection, does one transaction and closes it, so concurrent runs take turns instead of
+failing; a process that finds the file locked waits and retries, then says the database is
+busy. A database is any DuckDB connection string: a file path, or ``md:name`` for MotherDuck.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
+
+WAIT_FOR_LOCK_SECONDS = 30.0
+
+
+class StorageError(RuntimeError):
+    """A database problem a user can act on; the message says which."""
+
+
+class DatabaseBusyError(StorageError):
+    pass
+
+
+class DatabaseMissingError(StorageError):
+    pass
+
+
+def is_local_file(database: str) -> bool:
+    """A plain path, as opposed to ``:memory:`` or a ``scheme:`` connection string."""
+    return database != ":memory:" and not re.match(r"^[a-zA-Z][\w+.-]+:(?!\\)", database)
+
+
+def _is_lock_conflict(error: BaseException) -> bool:
+    return isinstance(error, duckdb.IOException) and "lock" in str(error).lower()
+
+
+@contextmanager
+def connect(
+    database: str, *, read_only: bool = False, wait_seconds: float = WAIT_FOR_LOCK_SECONDS
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection that is closed on exit; waits up to ``wait_seconds`` for a lock."""
+    if is_local_file(database):
+        path = Path(database).expanduser()
+        if read_only and not path.exists():
+            raise DatabaseMissingError(
+                f"the database {database} does not exist yet: run `qwen-assets build` first"
+            )
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        database = str(path)
+    retrying = Retrying(
+        retry=retry_if_exception(_is_lock_conflict),
+        wait=wait_random_exponential(multiplier=0.05, max=1.0),
+        stop=stop_after_delay(wait_seconds),
+        reraise=True,
+    )
+    try:
+        connection = retrying(duckdb.connect, database, read_only=read_only)
+    except duckdb.IOException as error:
+        if _is_lock_conflict(error):
+            raise DatabaseBusyError(
+                f"the database {database} is busy: another process (a running materialization?) "
+                f"has held it for {wait_seconds:g}s; try again when it finishes"
+            ) from None
+        raise StorageError(f"cannot open the database {database}: {error}") from None
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def table_exists(connection: duckdb.DuckDBPyConnection, table: str) -> bool:
+    found = connection.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
+    ).fetchall()
+    return bool(found[0][0])
+
+
+def read_table(database: str, query: str, parameters: Sequence[object] = ()) -> pd.DataFrame:
+    with connect(database, read_only=True) as connection:
+        return connection.execute(query, list(parameters)).df()
+
+
+def replace_table(database: str, table: str, frame: pd.DataFrame) -> None:
+    """Swap in a whole table in one transaction: readers see the old or the new, never half."""
+    with connect(database) as connection:
+        connection.register("incoming", frame)
+        connection.execute("BEGIN")
+        connection.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM incoming')
+        connection.execute("COMMIT")
+
+
+def replace_partition(
+    database: str,
+    table: str,
+    columns: dict[str, str],
+    task: str,
+    frame: pd.DataFrame,
+    keep_tasks: Sequence[str],
+) -> list[str]:
+    """Replace one task's rows of a task-partitioned table, in one transaction.
+
+    ``columns`` is the table's schema (name -> DuckDB type). When the stored table has another
+    schema (a new column, another embedding size), it is rebuilt with the new one, keeping the
+    other tasks' rows that still fit. Rows of tasks no longer in ``keep_tasks`` are removed.
+    Returns the tasks whose rows were dropped because they no longer fit or were removed.
+    """
+    schema = ", ".join(f'"{name}" {kind}' for name, kind in columns.items())
+    names = ", ".join(f'"{name}"' for name in columns)
+    dropped: list[str] = []
+    with connect(database) as connection:
+        connection.register("incoming", frame)
+        connection.execute("BEGIN")
+        if table_exists(connection, table) and _schema(connection, table) != columns:
+            dropped = _rebuild(connection, table, schema, names, columns, task)
+        connection.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({schema})')
+        gone = connection.execute(
+            f'SELECT DISTINCT task FROM "{table}" WHERE task <> ? AND NOT list_contains(?, task)',
+            [task, list(keep_tasks)],
+        ).fetchall()
+        dropped += [row[0] for row in gone]
+        connection.execute(
+            f'DELETE FROM "{table}" WHERE task = ? OR NOT list_contains(?, task)',
+            [task, list(keep_tasks)],
+        )
+        casts = ", ".join(f'CAST("{name}" AS {kind})' for name, kind in columns.items())
+        connection.execute(f'INSERT INTO "{table}" ({names}) SELECT {casts} FROM incoming')
+        connection.execute("COMMIT")
+    return sorted(set(dropped))
+
+
+def _schema(connection: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    rows = connection.execute(f'DESCRIBE "{table}"').fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
+def _rebuild(
+    connection: duckdb.DuckDBPyConnection,
+    table: str,
+    schema: str,
+    names: str,
+    columns: dict[str, str],
+    task: str,
+) -> list[str]:
+    old = _schema(connection, table)
+    connection.execute(f'CREATE TABLE "{table}__new" ({schema})')
+    kept_tasks: list[str] = []
+    all_tasks = [
+        row[0] for row in connection.execute(f'SELECT DISTINCT task FROM "{table}"').fetchall()
+    ]
+    if set(columns) <= set(old):
+        casts = ", ".join(f'TRY_CAST("{name}" AS {kind})' for name, kind in columns.items())
+        connection.execute(
+            f'INSERT INTO "{table}__new" ({names}) SELECT {casts} FROM "{table}" WHERE task <> ?',
+            [task],
+        )
+        # A row whose values did not fit the new types came back NULL: drop its whole task.
+        not_null = " AND ".join(f'"{name}" IS NOT NULL' for name in columns)
+        broken = connection.execute(
+            f'SELECT DISTINCT task FROM "{table}__new" WHERE NOT ({not_null})'
+        ).fetchall()
+        connection.execute(
+            f'DELETE FROM "{table}__new" WHERE list_contains(?, task)', [[row[0] for row in broken]]
+        )
+        kept_tasks = [
+            row[0]
+            for row in connection.execute(f'SELECT DISTINCT task FROM "{table}__new"').fetchall()
+        ]
+    connection.execute(f'DROP TABLE "{table}"')
+    connection.execute(f'ALTER TABLE "{table}__new" RENAME TO "{table}"')
+    return [name for name in all_tasks if name != task and name not in kept_tasks]
