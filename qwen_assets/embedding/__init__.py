@@ -1,0 +1,79 @@
+"""Embedding backends: Qwen3-Embedding over an OpenAI-compatible HTTP API or in process.
+
+``embed_task`` is the one entry point the pipeline uses; the backends only turn batches
+of texts into vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from qwen_assets.embedding.cache import EmbeddingCache
+from qwen_assets.embedding.core import (
+    Backend,
+    EmbeddingConfigError,
+    EmbeddingError,
+    EmbeddingResponseError,
+    EmbeddingStats,
+    embed_prompts,
+)
+from qwen_assets.settings import EmbeddingSettings
+
+__all__ = [
+    "EmbeddingConfigError",
+    "EmbeddingError",
+    "EmbeddingResponseError",
+    "EmbeddingStats",
+    "build_backend",
+    "embed_texts",
+    "resolve_backend",
+]
+
+
+def resolve_backend(
+    settings: EmbeddingSettings, environ: Mapping[str, str] = os.environ
+) -> tuple[str, str]:
+    """Which backend runs, and why (for the log)."""
+    variable = settings.http.api_key_env
+    if settings.backend != "auto":
+        return settings.backend, f'embedding.backend = "{settings.backend}"'
+    if environ.get(variable):
+        return "http", f"embedding.backend is auto and {variable} is set"
+    return "local", f"embedding.backend is auto and {variable} is not set"
+
+
+def build_backend(
+    name: str, settings: EmbeddingSettings, api_key: str | None, log: logging.Logger
+) -> Backend:
+    if name == "http":
+        from qwen_assets.embedding.http import HttpBackend
+
+        return HttpBackend(settings.http, settings.model, settings.dimensions, api_key, log)
+    from qwen_assets.embedding.local import LocalBackend
+
+    return LocalBackend(settings.local, settings.model, settings.dimensions, log)
+
+
+def embed_texts(
+    texts: Sequence[str],
+    prefix: str,
+    settings: EmbeddingSettings,
+    backend: Backend,
+    cache_database: str,
+    log: logging.Logger,
+) -> tuple[np.ndarray, EmbeddingStats]:
+    """Unit-length vectors for ``prefix + text``, one row per text, in order."""
+    cache = EmbeddingCache(cache_database, settings.model, settings.dimensions)
+    return embed_prompts(
+        texts,
+        prefix,
+        backend,
+        cache,
+        batch_size=settings.batch_size,
+        dimensions=settings.dimensions,
+        log=log,
+    )

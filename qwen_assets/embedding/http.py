@@ -1,0 +1,310 @@
+"""An OpenAI-compatible ``/v1/embeddings`` client: SiliconFlow by default, or any vLLM, TEI,
+Infinity, Ollama or llama.cpp server.
+
+Batches flow through a fixed number of in-flight slots as a continuous pipeline (a slot takes
+the next batch the moment it is free), under a client-side requests-per-minute limit
+(aiolimiter) and optional tokens-per-minute limit. Retries use tenacity: exponential backoff
+with jitter, honouring ``Retry-After``. The first batch is sent alone, so a wrong key or model
+fails in one request rather than after many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import logging
+from collections.abc import Sequence
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+from aiolimiter import AsyncLimiter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from qwen_assets.embedding.core import (
+    Batch,
+    Deliver,
+    EmbeddingConfigError,
+    EmbeddingError,
+    EmbeddingResponseError,
+)
+from qwen_assets.settings import HttpSettings
+
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
+TOO_LARGE_WORDS = ("too large", "too long", "batch size", "too many", "maximum")
+MAX_RETRY_AFTER_SECONDS = 120.0
+CHARS_PER_TOKEN = 4  # a rough estimate, only for the optional tokens-per-minute limit
+
+
+class RetryableStatus(EmbeddingError):
+    def __init__(self, status: int, retry_after: float | None, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+class BatchTooLarge(EmbeddingError):
+    pass
+
+
+def is_loopback(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds, from either of its two forms."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    from datetime import datetime
+
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+class HttpBackend:
+    name = "http"
+
+    def __init__(
+        self,
+        settings: HttpSettings,
+        model: str,
+        dimensions: int | None,
+        api_key: str | None,
+        log: logging.Logger,
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.dimensions = dimensions
+        self.log = log
+        self._api_key = api_key or None
+        self.requests = 0
+        self.retries = 0
+        if self._api_key is None and not is_loopback(settings.base_url):
+            raise EmbeddingConfigError(
+                f"the HTTP backend needs an API key for {settings.base_url}: set the environment "
+                f"variable {settings.api_key_env} (embedding.http.api_key_env), "
+                'or use embedding.backend = "local"'
+            )
+        rpm = settings.requests_per_minute
+        # Spread the allowance over the minute rather than allowing one burst of all of it.
+        self._requests = AsyncLimiter(rpm / 60, 1.0) if rpm >= 60 else AsyncLimiter(1, 60 / rpm)
+        tpm = settings.tokens_per_minute
+        self._tokens = AsyncLimiter(tpm, 60.0) if tpm else None
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    async def embed_batches(self, batches: Sequence[Batch], prefix: str, deliver: Deliver) -> None:
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        limits = httpx.Limits(
+            max_connections=self.settings.max_in_flight,
+            max_keepalive_connections=self.settings.max_in_flight,
+        )
+        async with httpx.AsyncClient(
+            base_url=self.settings.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(self.settings.timeout_seconds),
+            limits=limits,
+        ) as client:
+            queue = list(batches)
+            if not queue:
+                return
+            await self._send(client, queue.pop(0), prefix, deliver)  # fail fast on key or model
+            pending: asyncio.Queue[Batch] = asyncio.Queue()
+            for batch in queue:
+                pending.put_nowait(batch)
+
+            async def slot() -> None:
+                while True:
+                    try:
+                        batch = pending.get_nowait()
+                    except asyncio.QueueEmpty:
+                        return
+                    await self._send(client, batch, prefix, deliver)
+
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for _ in range(min(self.settings.max_in_flight, len(queue))):
+                        group.create_task(slot())
+            except* EmbeddingError as errors:
+                raise errors.exceptions[0] from None
+
+    async def _send(
+        self, client: httpx.AsyncClient, batch: Batch, prefix: str, deliver: Deliver
+    ) -> None:
+        try:
+            vectors, tokens = await self._with_retries(client, batch, prefix)
+        except BatchTooLarge:
+            if len(batch.texts) == 1:
+                raise EmbeddingError(
+                    f"{batch.label}: the server refuses even a single text as too large"
+                ) from None
+            self.log.info("%s was too large for the server: splitting it in two", batch.label)
+            for half in batch.halves():
+                await self._send(client, half, prefix, deliver)
+            return
+        deliver(batch, vectors, tokens)
+
+    async def _with_retries(
+        self, client: httpx.AsyncClient, batch: Batch, prefix: str
+    ) -> tuple[np.ndarray, int]:
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            if isinstance(error, RetryableStatus) and error.retry_after is not None:
+                return min(error.retry_after, MAX_RETRY_AFTER_SECONDS)
+            return wait_random_exponential(multiplier=0.5, max=30)(state)
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.retries += 1
+            error = state.outcome.exception() if state.outcome else None
+            self.log.warning(
+                "%s: %s; retry %d in %.1fs",
+                batch.label,
+                self._redact(str(error) or type(error).__name__),
+                state.attempt_number,
+                state.upcoming_sleep,
+            )
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(
+                lambda error: isinstance(
+                    error, RetryableStatus | httpx.TimeoutException | httpx.TransportError
+                )
+            ),
+            wait=wait,
+            stop=stop_after_attempt(self.settings.max_attempts),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._post(client, batch, prefix)
+        except RetryableStatus as error:
+            raise EmbeddingError(
+                f"{batch.label}: gave up after {self.settings.max_attempts} attempts, last {error}"
+            ) from None
+        except (httpx.TimeoutException, httpx.TransportError) as error:
+            raise EmbeddingError(
+                f"{batch.label}: gave up after {self.settings.max_attempts} attempts, last "
+                f"{type(error).__name__} talking to {self.settings.base_url}"
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _post(
+        self, client: httpx.AsyncClient, batch: Batch, prefix: str
+    ) -> tuple[np.ndarray, int]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "input": [prefix + text for text in batch.texts],
+            "encoding_format": self.settings.encoding_format,
+        }
+        if self.dimensions is not None:
+            body["dimensions"] = self.dimensions
+        if self._tokens is not None:
+            estimate = sum(len(text) for text in body["input"]) // CHARS_PER_TOKEN + 1
+            await self._tokens.acquire(min(estimate, self.settings.tokens_per_minute or estimate))
+        async with self._requests:
+            self.requests += 1
+            response = await client.post("/embeddings", json=body)
+        if response.status_code >= 400:
+            self._raise_for_status(response, batch)
+        return self._parse(response, batch)
+
+    def _raise_for_status(self, response: httpx.Response, batch: Batch) -> None:
+        status = response.status_code
+        detail = self._redact(_error_detail(response))
+        if status in RETRY_STATUSES:
+            raise RetryableStatus(
+                status, retry_after_seconds(response.headers.get("Retry-After")), detail
+            )
+        if status == 413 or (
+            status == 400 and any(word in detail.lower() for word in TOO_LARGE_WORDS)
+        ):
+            raise BatchTooLarge(detail)
+        if status in (401, 403):
+            raise EmbeddingConfigError(
+                f"{self.settings.base_url} refused the API key from {self.settings.api_key_env} "
+                f"(HTTP {status}): check the key and its permissions"
+            )
+        if status == 404 or (status == 400 and "model" in detail.lower()):
+            raise EmbeddingConfigError(
+                f"{self.settings.base_url} does not serve the model {self.model!r} "
+                f"(HTTP {status}: {detail}): check embedding.model and embedding.http.base_url"
+            )
+        raise EmbeddingError(
+            f"{batch.label}: HTTP {status} from {self.settings.base_url}: {detail}"
+        )
+
+    def _parse(self, response: httpx.Response, batch: Batch) -> tuple[np.ndarray, int]:
+        try:
+            payload = response.json()
+            items = payload["data"]
+            indices = [int(item["index"]) for item in items]
+            vectors = [self._vector(item["embedding"]) for item in items]
+        except (ValueError, KeyError, TypeError) as error:
+            raise EmbeddingResponseError(
+                f"{batch.label}: the response is not an embeddings list ({type(error).__name__}: "
+                f"{self._redact(str(error))[:200]}); nothing of it was cached"
+            ) from None
+        if sorted(indices) != list(range(len(batch.texts))):
+            raise EmbeddingResponseError(
+                f"{batch.label}: the response holds indices {_summarise(indices)} for "
+                f"{len(batch.texts)} texts (each of 0..{len(batch.texts) - 1} once is required); "
+                "nothing of it was cached"
+            )
+        if len({len(vector) for vector in vectors}) != 1:
+            raise EmbeddingResponseError(
+                f"{batch.label}: vectors of different lengths in one response; nothing of it was cached"
+            )
+        matrix = np.empty((len(vectors), len(vectors[0])), dtype=np.float32)
+        for index, vector in zip(indices, vectors, strict=True):
+            matrix[index] = vector
+        usage = payload.get("usage") or {}
+        tokens = int(usage.get("total_tokens") or usage.get("prompt_tokens") or 0)
+        return matrix, tokens
+
+    def _vector(self, value: Any) -> np.ndarray:
+        if isinstance(value, str):  # encoding_format = "base64": little-endian float32
+            return np.frombuffer(base64.b64decode(value), dtype="<f4")
+        return np.asarray(value, dtype=np.float32)
+
+
+def _error_detail(response: httpx.Response) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        return response.text[:300] or response.reason_phrase
+    if isinstance(payload, dict):
+        error = payload.get("error", payload)
+        if isinstance(error, dict):
+            return str(error.get("message") or error)[:300]
+        return str(error)[:300]
+    return str(payload)[:300]
+
+
+def _summarise(indices: list[int]) -> str:
+    return str(sorted(indices)) if len(indices) <= 8 else f"{len(indices)} indices"
