@@ -1,0 +1,27 @@
+"""Metadata helpers shared by the assets, so the UI shows the same things everywhere."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+from dagster import MetadataValue
+
+
+def preview_markdown(frame: pd.DataFrame, rows: int = 5, width: int = 80) -> MetadataValue:
+    shown = frame.head(rows).copy()
+    for column in shown.columns:
+        if shown[column].dtype == object or pd.api.types.is_string_dtype(shown[column]):
+            shown[column] = shown[column].astype(str).str.slice(0, width).str.replace("|", "/")
+    return MetadataValue.md(shown.to_markdown(index=False))
+
+
+def counts_markdown(counts: pd.Series, label: str) -> MetadataValue:
+    table = counts.rename_axis(label).reset_index(name="documents")
+    return MetadataValue.md(table.to_markdown(index=False))
+
+
+def content_hash(frame: pd.DataFrame) -> str:
+    """Changes exactly when the table's content does: a rebuilt identical table keeps its version."""
+    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]

@@ -1,0 +1,129 @@
+"""task_instructions (observed) -> task_embeddings, one partition per task."""
+
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetsDefinition,
+    BackfillPolicy,
+    DataVersionsByPartition,
+    MaterializeResult,
+    SourceAsset,
+    StaticPartitionsDefinition,
+    asset,
+    observable_source_asset,
+)
+
+from qwen_assets.automation import rebuild_when_inputs_change
+from qwen_assets.checks import embedding_problems
+from qwen_assets.resources import Embedder, Warehouse
+from qwen_assets.settings import Settings, fingerprint
+
+EMBEDDINGS_CODE_VERSION = fingerprint({"embeddings": 1})
+POOL = "duckdb"
+
+
+def embedding_columns(dimension: int) -> dict[str, str]:
+    return {"task": "VARCHAR", "doc_id": "VARCHAR", "embedding": f"FLOAT[{dimension}]"}
+
+
+def vectors_table(task: str, doc_ids: list[str], vectors: np.ndarray) -> pa.Table:
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
+    return pa.table(
+        {
+            "task": [task] * len(doc_ids),
+            "doc_id": doc_ids,
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+        }
+    )
+
+
+def embedding_assets(
+    settings: Settings, tasks: StaticPartitionsDefinition, sample: AssetsDefinition
+) -> list[AssetsDefinition | SourceAsset]:
+    @observable_source_asset(
+        partitions_def=tasks,
+        group_name="embeddings",
+        description="Each task's prompt (template + instruction) with the model and size. Its "
+        "data version changes exactly when that task's vectors would, which makes just that "
+        "task_embeddings partition stale.",
+    )
+    def task_instructions() -> DataVersionsByPartition:
+        return DataVersionsByPartition(
+            {task: settings.task_version(task) for task in settings.task_names}
+        )
+
+    @asset(
+        partitions_def=tasks,
+        deps=[sample, task_instructions],
+        code_version=EMBEDDINGS_CODE_VERSION,
+        pool=POOL,
+        backfill_policy=BackfillPolicy.single_run(),
+        automation_condition=rebuild_when_inputs_change(),
+        kinds={"duckdb", "python"},
+        check_specs=[
+            AssetCheckSpec(
+                "unit_vectors_for_every_document",
+                asset="task_embeddings",
+                blocking=True,
+                description="One finite unit-length vector of the configured size per document.",
+            )
+        ],
+        description="The sample embedded with each task's instruction: table task_embeddings "
+        "(task, doc_id, embedding FLOAT[dim]). Only prompts missing from the cache are paid for.",
+    )
+    def task_embeddings(
+        context: AssetExecutionContext, warehouse: Warehouse, embedder: Embedder
+    ) -> Iterator[MaterializeResult]:
+        sample = warehouse.query("SELECT doc_id, text FROM newsgroups_sample ORDER BY position")
+        doc_ids, texts = sample["doc_id"].tolist(), sample["text"].tolist()
+        context.log.info("embedding backend: %s", embedder.backend)
+        problems: dict[str, list[str]] = {}
+        for task in context.partition_keys:
+            vectors, stats = embedder.embed(
+                texts, settings.prompt_prefix(task), settings.embedding, context.log
+            )
+            dimension = vectors.shape[1]
+            dropped = warehouse.replace_partition(
+                "task_embeddings",
+                embedding_columns(dimension),
+                task,
+                vectors_table(task, doc_ids, vectors),
+                settings.task_names,
+            )
+            if dropped:
+                context.log.info(
+                    "removed rows of %s from task_embeddings (no longer configured, or of "
+                    "another size; rebuilding them costs nothing: they are cached)",
+                    ", ".join(dropped),
+                )
+            problems[task] = embedding_problems(
+                vectors, len(doc_ids), settings.embedding.dimensions
+            )
+            context.add_asset_metadata(
+                {
+                    "table": "task_embeddings",
+                    "dagster/row_count": len(doc_ids),
+                    "dimension": dimension,
+                    "instruction": settings.tasks[task].instruction or "(none)",
+                    **stats.as_metadata(),
+                },
+                partition_key=task,
+            )
+        failed = {task: found for task, found in problems.items() if found}
+        yield MaterializeResult(
+            check_results=[
+                AssetCheckResult(
+                    check_name="unit_vectors_for_every_document",
+                    passed=not failed,
+                    metadata={task: "; ".join(found) for task, found in failed.items()}
+                    or {"tasks": ", ".join(problems)},
+                )
+            ]
+        )
+
+    return [task_instructions, task_embeddings]

@@ -1,0 +1,78 @@
+"""The projection stage: UMAP to 2-D, and alignment of each task's map onto a reference map.
+
+UMAP's axes are arbitrary (any rotation, reflection, scale or shift of a layout is the same
+layout), so two tasks' maps cannot be compared point by point as they come out. Aligning
+every layout onto the reference task's layout with orthogonal Procrustes (plus scale and
+translation) removes exactly that arbitrariness: what still moves is real change.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import orthogonal_procrustes
+
+from qwen_assets.settings import UmapSettings
+
+
+class ProjectionError(ValueError):
+    pass
+
+
+def umap_layout(embeddings: np.ndarray, settings: UmapSettings) -> np.ndarray:
+    """2-D UMAP coordinates, reproducible for a fixed ``random_state``."""
+    rows = embeddings.shape[0]
+    if rows <= settings.n_neighbors:
+        raise ProjectionError(
+            f"umap.n_neighbors is {settings.n_neighbors} but there are only {rows} documents; "
+            f"allowed: 2 to {rows - 1}"
+        )
+    import umap
+
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=settings.n_neighbors,
+        min_dist=settings.min_dist,
+        metric=settings.metric,
+        random_state=settings.random_state,
+    )
+    with warnings.catch_warnings():
+        # A fixed random_state turns off parallelism; UMAP says so every time.
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*overridden.*")
+        return np.asarray(reducer.fit_transform(embeddings), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Alignment:
+    coordinates: np.ndarray
+    rotation: np.ndarray
+    scale: float
+    translation: np.ndarray
+    # Residual after alignment as a share of the reference's spread: 0 is identical, 1 no fit.
+    disparity: float
+
+
+def align(layout: np.ndarray, reference: np.ndarray) -> Alignment:
+    """Rotate (or reflect), scale and shift ``layout`` to best match ``reference``."""
+    if layout.shape != reference.shape:
+        raise ProjectionError(
+            f"cannot align a layout of shape {layout.shape} onto one of shape {reference.shape}"
+        )
+    layout_mean, reference_mean = layout.mean(axis=0), reference.mean(axis=0)
+    centred, target = layout - layout_mean, reference - reference_mean
+    rotation, singular_sum = orthogonal_procrustes(centred, target)
+    spread = float((centred**2).sum())
+    scale = singular_sum / spread if spread > 0 else 1.0
+    coordinates = scale * centred @ rotation + reference_mean
+    target_spread = float((target**2).sum())
+    residual = float(((coordinates - reference) ** 2).sum())
+    disparity = residual / target_spread if target_spread > 0 else 0.0
+    return Alignment(
+        coordinates=coordinates,
+        rotation=rotation,
+        scale=float(scale),
+        translation=reference_mean - scale * layout_mean @ rotation,
+        disparity=disparity,
+    )

@@ -1,0 +1,54 @@
+"""Dagster resources: the DuckDB warehouse and the embedding service.
+
+Resources hold what differs between machines (where the database is, which backend runs,
+the API key); the experiment itself (tasks, model, UMAP) comes from the settings file.
+"""
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from qwen_assets import storage
+from qwen_assets.embedding import EmbeddingStats, build_backend, embed_texts
+from qwen_assets.settings import EmbeddingSettings
+
+
+class Warehouse(ConfigurableResource):
+    """The DuckDB database every asset's table lives in."""
+
+    database: str = Field(description="DuckDB path or connection string, e.g. md:qwen_assets")
+
+    def query(self, sql: str, parameters: Sequence[object] = ()) -> pd.DataFrame:
+        return storage.read_table(self.database, sql, parameters)
+
+    def replace_table(self, table: str, frame: pd.DataFrame | pa.Table) -> None:
+        storage.replace_table(self.database, table, frame)
+
+    def replace_partition(
+        self,
+        table: str,
+        columns: dict[str, str],
+        task: str,
+        frame: pd.DataFrame | pa.Table,
+        keep_tasks: Sequence[str],
+    ) -> list[str]:
+        return storage.replace_partition(self.database, table, columns, task, frame, keep_tasks)
+
+
+class Embedder(ConfigurableResource):
+    """Turns texts into vectors through the chosen backend and the persistent cache."""
+
+    backend: str = Field(description='"http" or "local"')
+    cache_database: str = Field(description="DuckDB path or connection string of the cache")
+    api_key: str | None = Field(default=None, description="Set from an EnvVar; never logged")
+
+    def embed(
+        self, texts: Sequence[str], prefix: str, settings: EmbeddingSettings, log: logging.Logger
+    ) -> tuple[np.ndarray, EmbeddingStats]:
+        backend = build_backend(self.backend, settings, self.api_key, log)
+        return embed_texts(texts, prefix, settings, backend, self.cache_database, log)
