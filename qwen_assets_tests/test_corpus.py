@@ -1,0 +1,94 @@
+"""The corpus assets, on the real archive."""
+
+import pandas as pd
+import pytest
+
+from qwen_assets.corpus import CorpusError, fill_sklearn_cache, stratified_sample
+from qwen_assets.settings import load_settings
+from qwen_assets.storage import read_table
+
+
+@pytest.fixture(scope="module")
+def raw(built) -> pd.DataFrame:
+    return read_table(built.database, "SELECT * FROM raw_newsgroups")
+
+
+@pytest.fixture(scope="module")
+def sample(built) -> pd.DataFrame:
+    return read_table(built.database, "SELECT * FROM newsgroups_sample ORDER BY position")
+
+
+def test_raw_table_holds_the_whole_corpus(raw):
+    assert len(raw) == 18_846
+    assert raw["category"].nunique() == 20
+    assert raw["doc_id"].is_unique
+    assert set(raw["split"]) == {"train", "test"}
+    assert raw["doc_id"].str.fullmatch(r"(train|test)/[a-z.-]+/\d+").all()
+    # doc_id names the post's own group
+    assert (raw["doc_id"].str.split("/").str[1] == raw["category"]).all()
+
+
+def test_sample_is_80_clean_documents_per_group(sample):
+    settings = load_settings()
+    assert len(sample) == 800
+    assert sample.groupby("category").size().to_dict() == {
+        c: 80 for c in settings.corpus.category_names
+    }
+    lengths = sample["text"].str.len()
+    assert lengths.between(100, 5000).all()
+    assert not sample["text"].str.contains(r"\s\s|[\n\t\r]").any()
+    assert sample["doc_id"].is_unique
+    assert (sample["preview"].str.len() <= 201).all()
+
+
+def test_sample_is_identical_when_built_twice(raw, sample):
+    settings = load_settings()
+    again = stratified_sample(raw, settings.corpus).frame
+    pd.testing.assert_frame_equal(
+        again.reset_index(drop=True), sample.reset_index(drop=True), check_dtype=False
+    )
+
+
+def test_sample_matches_the_published_recipe_text_for_text(raw, sample):
+    """The demo fetched the groups shuffled, cleaned, and drew 80 per group: same texts, same order."""
+    from sklearn.datasets import fetch_20newsgroups
+
+    settings = load_settings()
+    fetched = fetch_20newsgroups(
+        subset="all",
+        categories=settings.corpus.category_names,
+        remove=("headers", "footers", "quotes"),
+        random_state=42,
+        download_if_missing=False,
+    )
+    frame = pd.DataFrame(
+        {"text": fetched.data, "category": [fetched.target_names[t] for t in fetched.target]}
+    )
+    frame["text"] = frame["text"].str.replace(r"\s+", " ", regex=True).str.strip()
+    frame = frame[frame["text"].str.len() >= 100]
+    frame["text"] = frame["text"].str[:5000]
+    expected = pd.concat(
+        [
+            frame[frame["category"] == c].sample(n=80, random_state=42)
+            for c in sorted(frame["category"].unique())
+        ]
+    )
+    assert expected["text"].tolist() == sample["text"].tolist()
+
+
+def test_a_group_with_too_few_documents_gives_all_it_has(raw):
+    settings = load_settings()
+    corpus = settings.corpus.model_copy(update={"categories": ["sci.med"], "per_category": 5000})
+    drawn = stratified_sample(raw, corpus)
+    assert 0 < len(drawn.frame) == drawn.short_categories["sci.med"] < 5000
+
+
+def test_missing_or_corrupt_archive_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCIKIT_LEARN_DATA", str(tmp_path / "empty_home"))
+    with pytest.raises(CorpusError, match="does not exist"):
+        fill_sklearn_cache(tmp_path / "missing.tar.gz")
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(b"not a tarball at all")
+    with pytest.raises(CorpusError, match=r"not a readable \.tar\.gz"):
+        fill_sklearn_cache(broken)
+    assert not any((tmp_path / "empty_home").rglob("*.pkz")), "nothing half-written is left behind"

@@ -1,0 +1,185 @@
+"""The assets end to end: shapes, the cache, exact staleness, automation and the schedule."""
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dagster import (
+    AssetKey,
+    build_schedule_context,
+    evaluate_automation_conditions,
+    instance_for_test,
+)
+
+from qwen_assets.automation import stale_plan
+from qwen_assets.definitions import build_definitions
+from qwen_assets.pipeline import build_stale
+from qwen_assets.projection import align, umap_layout
+from qwen_assets.settings import load_settings
+from qwen_assets.storage import read_table
+from qwen_assets_tests.conftest import project_settings, write_settings
+
+TASKS = ["default", "topic", "sentiment", "toxicity"]
+
+
+def test_every_task_has_a_unit_vector_per_document(built):
+    frame = read_table(built.database, "SELECT task, doc_id, embedding FROM task_embeddings")
+    assert frame.groupby("task").size().to_dict() == {task: 800 for task in TASKS}
+    vectors = np.stack(frame["embedding"].to_numpy())
+    assert vectors.shape == (3200, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+    kind = read_table(
+        built.database,
+        "SELECT data_type FROM information_schema.columns WHERE table_name='task_embeddings' AND column_name='embedding'",
+    )
+    assert kind.iloc[0, 0] == "FLOAT[384]"
+
+
+def test_stored_vectors_answer_cosine_queries_without_casts(built):
+    nearest = read_table(
+        built.database,
+        """SELECT a.doc_id AS query, b.doc_id AS hit FROM task_embeddings a JOIN task_embeddings b USING (task)
+           WHERE a.task = 'topic' QUALIFY row_number() OVER (PARTITION BY a.doc_id
+           ORDER BY array_cosine_similarity(a.embedding, b.embedding) DESC) = 1""",
+    )
+    # every document is its own nearest neighbour (exact duplicates aside)
+    assert (nearest["query"] == nearest["hit"]).mean() > 0.99
+
+
+def test_instructions_reshape_the_space(built):
+    frame = read_table(
+        built.database, "SELECT task, embedding FROM task_embeddings ORDER BY task, doc_id"
+    )
+    by_task = {
+        task: np.stack(group["embedding"].to_numpy()) for task, group in frame.groupby("task")
+    }
+    same_doc = (by_task["default"] * by_task["sentiment"]).sum(axis=1)
+    assert same_doc.mean() < 0.99, "an instruction moves the vectors"
+
+
+def test_coordinates_are_finite_aligned_and_reproducible(built):
+    coordinates = read_table(built.database, "SELECT * FROM umap_coordinates")
+    assert coordinates.groupby("task").size().to_dict() == {task: 800 for task in TASKS}
+    assert np.isfinite(coordinates[["x", "y", "x_aligned", "y_aligned"]].to_numpy()).all()
+    default = coordinates[coordinates.task == "default"]
+    assert np.allclose(
+        default[["x", "y"]].to_numpy(), default[["x_aligned", "y_aligned"]].to_numpy(), atol=1e-6
+    )
+    settings = load_settings(built.settings_path)
+    vectors = read_table(
+        built.database,
+        "SELECT e.embedding FROM task_embeddings e JOIN newsgroups_sample s USING (doc_id) WHERE task='topic' ORDER BY s.position",
+    )
+    matrix = np.stack(vectors["embedding"].to_numpy())
+    first, second = umap_layout(matrix, settings.umap), umap_layout(matrix, settings.umap)
+    assert np.array_equal(first, second)
+
+
+def test_alignment_undoes_a_rotation_scale_and_shift():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(200, 2))
+    angle = 1.1
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    moved = 3.0 * reference @ rotation + [5, -2]
+    result = align(moved, reference)
+    assert np.allclose(result.coordinates, reference, atol=1e-9)
+    assert result.disparity < 1e-12
+
+
+@pytest.fixture
+def copy_of_project(built, server, archive, tmp_path: Path):
+    """A new project with its own Dagster instance and warehouse, sharing a copy of the built
+    project's paid embedding cache."""
+    shutil.copyfile(built.cache, tmp_path / "cache.duckdb")
+    settings_file = write_settings(
+        tmp_path / "settings.toml", project_settings(tmp_path, server, archive)
+    )
+    with instance_for_test() as instance:
+        yield settings_file, instance
+
+
+def edit(settings_file: Path, old: str, new: str) -> None:
+    text = settings_file.read_text()
+    assert old in text
+    settings_file.write_text(text.replace(old, new))
+
+
+def test_only_what_is_stale_is_rebuilt(copy_of_project, server):
+    settings_file, instance = copy_of_project
+    server.reset()
+    report = build_stale(instance, load_settings(settings_file), log=lambda line: None)
+    assert report.succeeded
+    assert server.received == [], (
+        "a full build from nothing with a warm cache asks the API for nothing"
+    )
+
+    settings = load_settings(settings_file)
+    assert stale_plan(build_definitions(settings).resolve_asset_graph(), instance).empty
+    again = build_stale(instance, settings, log=lambda line: None)
+    assert again.plan.empty and again.run_ids == []
+
+    edit(settings_file, 'or neutral"', 'or neutral, and why"')
+    server.reset()
+    report = build_stale(instance, load_settings(settings_file), log=lambda line: None)
+    assert report.changed_instructions == ["sentiment"]
+    assert report.plan.by_task == {
+        "sentiment": [AssetKey("task_embeddings"), AssetKey("umap_coordinates")]
+    }
+    assert not report.plan.before
+    batch = load_settings(settings_file).embedding.batch_size
+    assert len(server.received) == math.ceil(800 / batch)
+
+    edit(settings_file, "n_neighbors = 15", "n_neighbors = 12")
+    server.reset()
+    report = build_stale(instance, load_settings(settings_file), log=lambda line: None)
+    assert report.plan.by_task == {task: [AssetKey("umap_coordinates")] for task in TASKS}
+    assert all("new code version" in reason for reason in report.plan.reasons.values())
+    assert server.received == [], "a UMAP setting never re-embeds"
+
+
+def test_automation_requests_exactly_the_edited_task(copy_of_project, server):
+    settings_file, instance = copy_of_project
+    assert build_stale(instance, load_settings(settings_file), log=lambda line: None).succeeded
+    defs = build_definitions(load_settings(settings_file))
+    first = evaluate_automation_conditions(defs=defs, instance=instance)
+    quiet = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    assert quiet.total_requested == 0, "with no edit nothing is requested"
+
+    edit(
+        settings_file,
+        "Identify the topic or theme of the given text",
+        "Name the subject of the text",
+    )
+    settings = load_settings(settings_file)
+    from qwen_assets.automation import record_instruction_versions
+
+    assert record_instruction_versions(instance, settings) == ["topic"]
+    defs = build_definitions(settings)
+    after_edit = evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
+    assert after_edit.get_requested_partitions(AssetKey("task_embeddings")) == {"topic"}
+    assert after_edit.get_num_requested(AssetKey("umap_coordinates")) == 0, (
+        "maps wait for their embeddings"
+    )
+
+
+def test_the_schedule_skips_when_fresh_and_requests_the_stale_partition(copy_of_project, server):
+    settings_file, instance = copy_of_project
+    assert build_stale(instance, load_settings(settings_file), log=lambda line: None).succeeded
+    defs = build_definitions(load_settings(settings_file))
+    schedule = defs.resolve_schedule_def("daily_rebuild")
+    with build_schedule_context(instance=instance) as context:
+        result = schedule.evaluate_tick(context)
+    assert result.run_requests == [] and result.skip_message == "everything is fresh"
+
+    edit(
+        settings_file, "Classify the given text as either toxic or not toxic", "Is this text rude?"
+    )
+    defs = build_definitions(load_settings(settings_file))
+    schedule = defs.resolve_schedule_def("daily_rebuild")
+    with build_schedule_context(instance=instance) as context:
+        result = schedule.evaluate_tick(context)
+    assert [(r.partition_key, r.asset_selection) for r in result.run_requests] == [
+        ("toxicity", [AssetKey("task_embeddings"), AssetKey("umap_coordinates")])
+    ]

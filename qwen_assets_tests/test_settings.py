@@ -1,0 +1,98 @@
+"""The settings file: defaults reproduce the published demo; bad files fail clearly at load."""
+
+from pathlib import Path
+
+import pytest
+
+from qwen_assets.settings import NEWSGROUPS, SettingsError, load_settings, parse_settings
+from qwen_assets_tests.conftest import settings_dict, write_settings
+
+
+def test_defaults_reproduce_the_published_demo():
+    settings = load_settings()
+    assert settings.task_names == ["default", "topic", "sentiment", "toxicity"]
+    assert settings.tasks["default"].instruction == ""
+    assert settings.tasks["topic"].instruction == "Identify the topic or theme of the given text"
+    assert len(settings.corpus.category_names) == 10
+    assert set(settings.corpus.category_names) <= set(NEWSGROUPS)
+    assert (settings.corpus.per_category, settings.corpus.random_state) == (80, 42)
+    assert (settings.umap.n_neighbors, settings.umap.min_dist, settings.umap.random_state) == (
+        15,
+        0.1,
+        42,
+    )
+    assert settings.embedding.model == "Qwen/Qwen3-Embedding-0.6B"
+    assert (
+        settings.prompt_prefix("topic")
+        == "Instruct: Identify the topic or theme of the given text\nQuery:"
+    )
+    assert settings.prompt_prefix("default") == ""
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "says"),
+    [
+        ({"tasks": {"Topic!": {"instruction": "x"}}}, "tasks", "not a slug"),
+        ({"tasks": {"topic": {"instruction": "  "}}}, "tasks", "empty instruction"),
+        (
+            {"corpus": {"categories": ["sci.med", "sci.cooking"]}},
+            "corpus.categories",
+            "allowed: alt.atheism",
+        ),
+        ({"corpus": {"per_category": 0}}, "corpus.per_category", 'above 0, or "all"'),
+        ({"corpus": {"max_chars": -5}}, "corpus.max_chars", "greater than 0"),
+        ({"umap": {"min_dist": 1.5}}, "umap.min_dist", "less than or equal to 1"),
+        ({"umap": {"n_neighbors": 1}}, "umap.n_neighbors", "greater than or equal to 2"),
+        ({"umap": {"metric": "jaccardish"}}, "umap.metric", "'euclidean'"),
+        ({"umap": {"align_to": "nope"}}, "umap.align_to", "allowed: default, topic"),
+        ({"embedding": {"backend": "gpu"}}, "embedding.backend", "'auto', 'http' or 'local'"),
+        ({"embedding": {"dimensions": 8}}, "embedding.dimensions", "greater than or equal to 32"),
+        (
+            {"embedding": {"prompt_template": "{text}"}},
+            "embedding.prompt_template",
+            "{instruction}",
+        ),
+        ({"embedding": {"batch_sise": 3}}, "embedding.batch_sise", "unknown key; allowed: model"),
+    ],
+)
+def test_bad_settings_name_the_key_and_what_is_allowed(overrides, key, says):
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(settings_dict(**overrides), "bad.toml")
+    message = str(caught.value)
+    assert message.startswith("settings file bad.toml is invalid:")
+    assert f"{key}:" in message and says in message
+    assert "Traceback" not in message and "pydantic" not in message
+
+
+def test_duplicate_task_names_are_refused_by_the_file_format(tmp_path: Path):
+    path = tmp_path / "dup.toml"
+    path.write_text('[tasks.topic]\ninstruction = "a"\n[tasks.topic]\ninstruction = "b"\n')
+    with pytest.raises(SettingsError, match=r"dup.toml is not valid TOML: .*topic"):
+        load_settings(path)
+
+
+def test_environment_points_at_another_file_and_overrides_paths(tmp_path: Path, monkeypatch):
+    path = write_settings(
+        tmp_path / "mine.toml", settings_dict(tasks={"extra": {"instruction": "Say more"}})
+    )
+    monkeypatch.setenv("QWEN_ASSETS_SETTINGS", str(path))
+    monkeypatch.setenv("QWEN_ASSETS_DATABASE", "md:somewhere")
+    settings = load_settings()
+    assert settings.task_names[-1] == "extra"
+    assert settings.storage.database == "md:somewhere"
+
+
+def test_a_missing_file_is_one_clear_line(tmp_path: Path):
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(tmp_path / "nowhere.toml")
+
+
+def test_task_version_changes_only_with_that_tasks_prompt():
+    before = parse_settings(settings_dict())
+    after = parse_settings(settings_dict(tasks={"topic": {"instruction": "What is this about?"}}))
+    assert before.task_version("topic") != after.task_version("topic")
+    assert all(
+        before.task_version(t) == after.task_version(t)
+        for t in ("default", "sentiment", "toxicity")
+    )
+    assert before.corpus.sample_fingerprint() == after.corpus.sample_fingerprint()
