@@ -169,7 +169,9 @@ def test_the_schedule_skips_when_fresh_and_requests_the_stale_partition(copy_of_
     assert build_stale(instance, load_settings(settings_file), log=lambda line: None).succeeded
     defs = build_definitions(load_settings(settings_file))
     schedule = defs.resolve_schedule_def("daily_rebuild")
-    with build_schedule_context(instance=instance) as context:
+    with build_schedule_context(
+        instance=instance, repository_def=defs.get_repository_def()
+    ) as context:
         result = schedule.evaluate_tick(context)
     assert result.run_requests == [] and result.skip_message == "everything is fresh"
 
@@ -178,7 +180,9 @@ def test_the_schedule_skips_when_fresh_and_requests_the_stale_partition(copy_of_
     )
     defs = build_definitions(load_settings(settings_file))
     schedule = defs.resolve_schedule_def("daily_rebuild")
-    with build_schedule_context(instance=instance) as context:
+    with build_schedule_context(
+        instance=instance, repository_def=defs.get_repository_def()
+    ) as context:
         result = schedule.evaluate_tick(context)
     assert [(r.partition_key, r.asset_selection) for r in result.run_requests] == [
         ("toxicity", [AssetKey("task_embeddings"), AssetKey("umap_coordinates")])

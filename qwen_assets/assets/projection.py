@@ -58,6 +58,7 @@ def projection_assets(
 
     @asset(
         partitions_def=tasks,
+        group_name="projection",
         deps=[AssetDep(embeddings, partition_mapping=mapping)],
         code_version=fingerprint({"projection": 1, "umap": settings.umap.model_dump()}),
         pool="duckdb",
