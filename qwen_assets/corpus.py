@@ -48,12 +48,12 @@ def load_raw_newsgroups(archive: str | os.PathLike[str] | None = None) -> pd.Dat
             f"could not download 20 Newsgroups ({type(error).__name__}: {error}); on a machine "
             "without internet set QWEN_ASSETS_NEWSGROUPS_ARCHIVE to a local 20news-bydate.tar.gz"
         ) from error
-    paths = [Path(name) for name in bunch.filenames]
+    doc_ids = [_doc_id(Path(name)) for name in bunch.filenames]
     frame = pd.DataFrame(
         {
-            "doc_id": [_doc_id(path) for path in paths],
-            "corpus_position": np.arange(len(paths), dtype=np.int32),
-            "split": [path.parent.parent.name.rsplit("-", 1)[-1] for path in paths],
+            "doc_id": doc_ids,
+            "corpus_position": np.arange(len(doc_ids), dtype=np.int32),
+            "split": [doc_id.split("/", 1)[0] for doc_id in doc_ids],
             "category": [bunch.target_names[target] for target in bunch.target],
             "text": bunch.data,
         }

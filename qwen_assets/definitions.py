@@ -50,10 +50,11 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         umap_coordinates,
     ]
 
-    backend, _reason = resolve_backend(settings.embedding, environ)
+    backend, reason = resolve_backend(settings.embedding, environ)
     key_variable = settings.embedding.http.api_key_env
     embedder = Embedder(
         backend=backend,
+        backend_reason=reason,
         cache_database=settings.storage.embedding_cache,
         api_key=EnvVar(key_variable) if backend == "http" and environ.get(key_variable) else None,
     )

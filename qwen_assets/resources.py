@@ -44,6 +44,7 @@ class Embedder(ConfigurableResource):
     """Turns texts into vectors through the chosen backend and the persistent cache."""
 
     backend: str = Field(description='"http" or "local"')
+    backend_reason: str = Field(default="", description="Why this backend was chosen")
     cache_database: str = Field(description="DuckDB path or connection string of the cache")
     api_key: str | None = Field(default=None, description="Set from an EnvVar; never logged")
 

@@ -164,26 +164,26 @@ def test_automation_requests_exactly_the_edited_task(copy_of_project, server):
     )
 
 
-def test_the_schedule_skips_when_fresh_and_requests_the_stale_partition(copy_of_project, server):
-    settings_file, instance = copy_of_project
-    assert build_stale(instance, load_settings(settings_file), log=lambda line: None).succeeded
+def schedule_tick(settings_file: Path, instance):
+    """One tick of the daily schedule, on definitions freshly loaded from the settings file."""
     defs = build_definitions(load_settings(settings_file))
     schedule = defs.resolve_schedule_def("daily_rebuild")
     with build_schedule_context(
         instance=instance, repository_def=defs.get_repository_def()
     ) as context:
-        result = schedule.evaluate_tick(context)
+        return schedule.evaluate_tick(context)
+
+
+def test_the_schedule_skips_when_fresh_and_requests_the_stale_partition(copy_of_project, server):
+    settings_file, instance = copy_of_project
+    assert build_stale(instance, load_settings(settings_file), log=lambda line: None).succeeded
+    result = schedule_tick(settings_file, instance)
     assert result.run_requests == [] and result.skip_message == "everything is fresh"
 
     edit(
         settings_file, "Classify the given text as either toxic or not toxic", "Is this text rude?"
     )
-    defs = build_definitions(load_settings(settings_file))
-    schedule = defs.resolve_schedule_def("daily_rebuild")
-    with build_schedule_context(
-        instance=instance, repository_def=defs.get_repository_def()
-    ) as context:
-        result = schedule.evaluate_tick(context)
+    result = schedule_tick(settings_file, instance)
     assert [(r.partition_key, r.asset_selection) for r in result.run_requests] == [
         ("toxicity", [AssetKey("task_embeddings"), AssetKey("umap_coordinates")])
     ]

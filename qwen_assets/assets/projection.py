@@ -6,7 +6,6 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 from dagster import (
-    AssetCheckResult,
     AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
@@ -19,7 +18,7 @@ from dagster import (
 )
 
 from qwen_assets.automation import rebuild_when_inputs_change
-from qwen_assets.checks import coordinate_problems
+from qwen_assets.checks import check_result, coordinate_problems
 from qwen_assets.projection import align, umap_layout
 from qwen_assets.resources import Warehouse
 from qwen_assets.settings import Settings, fingerprint
@@ -79,14 +78,19 @@ def projection_assets(
     def umap_coordinates(
         context: AssetExecutionContext, warehouse: Warehouse
     ) -> Iterator[MaterializeResult]:
-        layouts: dict[str, np.ndarray] = {}
+        layouts: dict[str, tuple[list[str], np.ndarray, float]] = {}
 
         def layout_of(task: str) -> tuple[list[str], np.ndarray, float]:
-            started = time.monotonic()
-            doc_ids, vectors = load_embeddings(warehouse, task)
+            """Each task is read and projected once per run, however often it is needed."""
             if task not in layouts:
-                layouts[task] = umap_layout(vectors, settings.umap)
-            return doc_ids, layouts[task], time.monotonic() - started
+                started = time.monotonic()
+                doc_ids, vectors = load_embeddings(warehouse, task)
+                layouts[task] = (
+                    doc_ids,
+                    umap_layout(vectors, settings.umap),
+                    time.monotonic() - started,
+                )
+            return layouts[task]
 
         problems: dict[str, list[str]] = {}
         for task in sorted(context.partition_keys, key=lambda name: name != reference):
@@ -118,16 +122,8 @@ def projection_assets(
                 },
                 partition_key=task,
             )
-        failed = {task: found for task, found in problems.items() if found}
         yield MaterializeResult(
-            check_results=[
-                AssetCheckResult(
-                    check_name="finite_point_for_every_document",
-                    passed=not failed,
-                    metadata={task: "; ".join(found) for task, found in failed.items()}
-                    or {"tasks": ", ".join(problems)},
-                )
-            ]
+            check_results=[check_result("finite_point_for_every_document", problems)]
         )
 
     return [umap_coordinates]

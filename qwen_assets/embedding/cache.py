@@ -75,16 +75,6 @@ class EmbeddingCache:
                 [self.model, self.dimensions],
             )
 
-    def count(self) -> int:
-        with connect(self.database) as connection:
-            if not table_exists(connection, TABLE):
-                return 0
-            row = connection.execute(
-                f"SELECT count(*) FROM {TABLE} WHERE model = ? AND dimensions = ?",
-                [self.model, self.dimensions],
-            ).fetchall()
-        return int(row[0][0])
-
 
 def _to_matrix(column: pa.ChunkedArray) -> list[np.ndarray]:
     return [np.asarray(value, dtype=np.float32) for value in column.to_numpy(zero_copy_only=False)]

@@ -98,9 +98,9 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     last: float = 0.0
 
-    def update(self, force: bool = False) -> None:
+    def update(self) -> None:
         now = time.monotonic()
-        if not force and now - self.last < self.interval:
+        if now - self.last < self.interval:
             return
         self.last = now
         elapsed = max(now - self.started, 1e-9)

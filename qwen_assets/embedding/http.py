@@ -15,7 +15,7 @@ import base64
 import ipaddress
 import logging
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlparse
@@ -79,8 +79,6 @@ def retry_after_seconds(value: str | None) -> float | None:
         moment = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    from datetime import datetime
-
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
