@@ -32,6 +32,10 @@ from dagster._core.definitions.data_version import (
     StaleStatus,
 )
 from dagster._core.definitions.events import AssetKeyPartitionKey
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 from dagster._time import get_current_datetime
 
 from qwen_assets.settings import Settings
@@ -92,6 +96,35 @@ def record_instruction_versions(instance: DagsterInstance, settings: Settings) -
     return [str(observation.partition) for observation in observations]
 
 
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run: some assets, for no partition, one task, or a range of consecutive tasks
+    (a single-run backfill, so the sample is read once and DuckDB is opened by one run)."""
+
+    keys: list[AssetKey]
+    tasks: tuple[str, ...] = ()
+
+    @property
+    def partition_key(self) -> str | None:
+        return self.tasks[0] if len(self.tasks) == 1 else None
+
+    @property
+    def tags(self) -> dict[str, str]:
+        if len(self.tasks) < 2:
+            return {}
+        return {
+            ASSET_PARTITION_RANGE_START_TAG: self.tasks[0],
+            ASSET_PARTITION_RANGE_END_TAG: self.tasks[-1],
+        }
+
+    def describe(self) -> str:
+        names = ", ".join(key.to_user_string() for key in self.keys)
+        if not self.tasks:
+            return names
+        span = self.tasks[0] if len(self.tasks) == 1 else f"{self.tasks[0]}...{self.tasks[-1]}"
+        return f"{names} [{span}]"
+
+
 @dataclass
 class StalePlan:
     """What to rebuild, in order: assets feeding the task partitions, each task's
@@ -105,6 +138,20 @@ class StalePlan:
     @property
     def empty(self) -> bool:
         return not (self.before or self.by_task or self.after)
+
+    def runs(self) -> list[PlannedRun]:
+        """The plan as runs, in order; consecutive tasks needing the same assets share one."""
+        runs = [PlannedRun(self.before)] if self.before else []
+        groups: list[tuple[list[AssetKey], list[str]]] = []
+        for task, keys in self.by_task.items():
+            if groups and groups[-1][0] == keys:
+                groups[-1][1].append(task)
+            else:
+                groups.append((keys, [task]))
+        runs += [PlannedRun(keys, tuple(tasks)) for keys, tasks in groups]
+        if self.after:
+            runs.append(PlannedRun(self.after))
+        return runs
 
 
 def _label(target: AssetKeyPartitionKey) -> str:
@@ -154,27 +201,28 @@ def stale_plan(asset_graph: BaseAssetGraph, instance: DagsterInstance) -> StaleP
         (order.index(key) for key in order if asset_graph.get(key).partitions_def),
         default=len(order),
     )
+    tasks: list[str] = []
     for key in order:
-        if asset_graph.get(key).partitions_def is None:
+        partitions_def = asset_graph.get(key).partitions_def
+        if partitions_def is None:
             if AssetKeyPartitionKey(key, None) in rebuild:
                 (plan.before if order.index(key) < first_partitioned else plan.after).append(key)
             continue
-        for partition in asset_graph.get(key).partitions_def.get_partition_keys():
+        tasks += [task for task in partitions_def.get_partition_keys() if task not in tasks]
+        for partition in partitions_def.get_partition_keys():
             if AssetKeyPartitionKey(key, partition) in rebuild:
                 plan.by_task.setdefault(partition, []).append(key)
+    # In partition order, so that tasks in a row can share a run (a partition range).
+    plan.by_task = {task: plan.by_task[task] for task in tasks if task in plan.by_task}
     return plan
 
 
 def run_requests(plan: StalePlan) -> list[RunRequest]:
     """The plan as runs; the project's run queue executes them one at a time, in order."""
-    requests = []
-    if plan.before:
-        requests.append(RunRequest(asset_selection=plan.before))
-    for task, keys in plan.by_task.items():
-        requests.append(RunRequest(partition_key=task, asset_selection=keys))
-    if plan.after:
-        requests.append(RunRequest(asset_selection=plan.after))
-    return requests
+    return [
+        RunRequest(asset_selection=run.keys, partition_key=run.partition_key, tags=run.tags)
+        for run in plan.runs()
+    ]
 
 
 def build_automation(settings: Settings, asset_graph_of: Callable[[], BaseAssetGraph]):

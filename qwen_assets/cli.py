@@ -1,13 +1,14 @@
-"""The ``qwen-assets`` command line.
+"""The ``qwen-assets`` command line: build, and query the stored embeddings.
 
 argparse (the standard library) parses the commands: the CLI needs subcommands, help and
 exit codes, nothing a dependency would add. Every user error is one line on stderr and
-exit code 2.
+exit code 2. Queries open DuckDB read-only, so they never block a running materialization.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -18,6 +19,8 @@ from qwen_assets.settings import SettingsError
 
 USER_ERROR = 2
 DEFAULT_DAGSTER_HOME = ".dagster"
+OUTPUT_FORMATS = ("table", "json", "csv")
+TABLE_TEXT_WIDTH = 60  # previews are cut to this in tables; json and csv carry them whole
 
 
 def dagster_instance():
@@ -42,6 +45,80 @@ def command_build(arguments: argparse.Namespace) -> int:
     return 0 if report.succeeded else 1
 
 
+def print_frame(frame, output_format: str, footer: str | None = None) -> None:
+    """One result table, as an aligned table, JSON records or CSV; missing values are empty."""
+    plain = frame.astype(object).where(frame.notna(), None)
+    if output_format == "json":
+        print(json.dumps(plain.to_dict(orient="records"), ensure_ascii=False, indent=2))
+    elif output_format == "csv":
+        print(plain.to_csv(index=False), end="")
+    else:
+        from tabulate import tabulate
+
+        shown = plain.map(_shorten)
+        print(tabulate(shown, headers="keys", showindex=False, floatfmt=".4f", missingval="-"))
+        if footer:
+            print(footer)
+
+
+def _shorten(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    flat = " ".join(value.split())
+    return flat if len(flat) <= TABLE_TEXT_WIDTH else flat[: TABLE_TEXT_WIDTH - 1] + "…"
+
+
+def command_neighbours(arguments: argparse.Namespace) -> int:
+    from qwen_assets.query import neighbours
+    from qwen_assets.settings import load_settings
+
+    frame = neighbours(load_settings(), arguments.doc_id, arguments.task, arguments.k)
+    print_frame(frame, arguments.format)
+    return 0
+
+
+def command_search(arguments: argparse.Namespace) -> int:
+    import logging
+
+    from qwen_assets.embedding import resolve_backend
+    from qwen_assets.query import search
+    from qwen_assets.settings import load_settings
+
+    settings = load_settings()
+    backend, _ = resolve_backend(settings.embedding, os.environ)
+    log = logging.getLogger("qwen_assets.search")
+    frame = search(
+        settings,
+        arguments.text,
+        arguments.task,
+        arguments.k,
+        backend_name=backend,
+        api_key=os.environ.get(settings.embedding.http.api_key_env),
+        log=log,
+    )
+    print_frame(frame, arguments.format)
+    return 0
+
+
+def command_compare(arguments: argparse.Namespace) -> int:
+    from qwen_assets.query import compare, neighbourhood_summary
+    from qwen_assets.settings import load_settings
+
+    tasks = [task.strip() for task in arguments.tasks.split(",") if task.strip()]
+    frame = compare(load_settings(), arguments.doc_id, tasks, arguments.k)
+    print_frame(frame, arguments.format, neighbourhood_summary(frame, tasks, arguments.k))
+    return 0
+
+
+def command_export(arguments: argparse.Namespace) -> int:
+    from qwen_assets.query import export
+    from qwen_assets.settings import load_settings
+
+    rows = export(load_settings(), arguments.task, Path(arguments.out), arguments.format)
+    print(f"wrote {rows} rows to {arguments.out}", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="qwen-assets",
@@ -56,6 +133,49 @@ def parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--dry-run", action="store_true", help="print the plan, build nothing")
     build.set_defaults(handler=command_build)
+
+    def query_command(name: str, help_text: str, handler) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help_text, description=help_text.capitalize())
+        command.set_defaults(handler=handler)
+        return command
+
+    def output_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("-k", type=int, default=10, help="how many documents (default 10)")
+        command.add_argument(
+            "--format", choices=OUTPUT_FORMATS, default="table", help="output format"
+        )
+
+    neighbours = query_command(
+        "neighbours", "nearest documents to a document in one task's space", command_neighbours
+    )
+    neighbours.add_argument("doc_id", metavar="DOC_ID", help="e.g. train/sci.space/60248")
+    neighbours.add_argument("--task", required=True, help="task name, e.g. topic")
+    output_options(neighbours)
+
+    search = query_command(
+        "search",
+        "embed a text with a task's instruction and find the nearest documents",
+        command_search,
+    )
+    search.add_argument("text", metavar="TEXT", help="the text to search for")
+    search.add_argument("--task", required=True, help="task name, e.g. topic")
+    output_options(search)
+
+    compare = query_command(
+        "compare", "how a document's neighbourhood differs between tasks", command_compare
+    )
+    compare.add_argument("doc_id", metavar="DOC_ID")
+    compare.add_argument("--tasks", required=True, help="comma-separated, e.g. default,topic")
+    output_options(compare)
+
+    export = query_command(
+        "export",
+        "write documents, category, text, task, embedding and x/y to Parquet or CSV",
+        command_export,
+    )
+    export.add_argument("out", metavar="OUT", help="the file to write")
+    export.add_argument("--task", default="all", help='a task name, or "all" (default)')
+    export.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     return top
 
 
@@ -71,9 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _user_errors() -> tuple[type[Exception], ...]:
     from qwen_assets.corpus import CorpusError
     from qwen_assets.embedding import EmbeddingError
+    from qwen_assets.query import QueryError
+    from qwen_assets.site import SiteError
     from qwen_assets.storage import StorageError
 
-    return (CorpusError, EmbeddingError, StorageError)
+    return (CorpusError, EmbeddingError, QueryError, SiteError, StorageError)
 
 
 if __name__ == "__main__":

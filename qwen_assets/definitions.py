@@ -26,6 +26,7 @@ from dagster import (
 from qwen_assets.assets.corpus import corpus_assets
 from qwen_assets.assets.embeddings import embedding_assets
 from qwen_assets.assets.projection import projection_assets
+from qwen_assets.assets.site import site_assets
 from qwen_assets.automation import BUILD_JOB, build_automation
 from qwen_assets.embedding import resolve_backend
 from qwen_assets.resources import Embedder, Warehouse
@@ -42,12 +43,15 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         raw_newsgroups, newsgroups_sample = corpus_assets(settings)
         task_instructions, task_embeddings = embedding_assets(settings, tasks, newsgroups_sample)
         (umap_coordinates,) = projection_assets(settings, tasks, task_embeddings)
+        site_data, site_pages = site_assets(settings, task_embeddings, umap_coordinates)
     assets = [
         raw_newsgroups,
         newsgroups_sample,
         task_instructions,
         task_embeddings,
         umap_coordinates,
+        site_data,
+        site_pages,
     ]
 
     backend, reason = resolve_backend(settings.embedding, environ)
@@ -81,7 +85,10 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
             ),
         ],
         resources={
-            "warehouse": Warehouse(database=settings.storage.database),
+            "warehouse": Warehouse(
+                database=settings.storage.database,
+                lock_wait_seconds=settings.storage.lock_wait_seconds,
+            ),
             "embedder": embedder,
         },
         executor=in_process_executor,

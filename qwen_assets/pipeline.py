@@ -47,24 +47,16 @@ def build_stale(
     if dry_run:
         return report
     job = defs.resolve_job_def(BUILD_JOB)
-    steps: list[tuple[str | None, list]] = []
-    if plan.before:
-        steps.append((None, plan.before))
-    steps += list(plan.by_task.items())
-    if plan.after:
-        steps.append((None, plan.after))
-    for partition, keys in steps:
+    for run in plan.runs():
         result = job.execute_in_process(
             instance=instance,
-            partition_key=partition,
-            asset_selection=keys,
-            tags={"qwen_assets/trigger": "qwen-assets build"},
+            partition_key=run.partition_key,
+            asset_selection=run.keys,
+            tags={**run.tags, "qwen_assets/trigger": "qwen-assets build"},
             raise_on_error=False,
         )
         report.run_ids.append(result.run_id)
-        names = ", ".join(key.to_user_string() for key in keys)
-        where = f" [{partition}]" if partition else ""
-        log(f"{'built' if result.success else 'FAILED'} {names}{where} (run {result.run_id})")
+        log(f"{'built' if result.success else 'FAILED'} {run.describe()} (run {result.run_id})")
         if not result.success:
             report.succeeded = False
             break

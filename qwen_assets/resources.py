@@ -22,12 +22,30 @@ class Warehouse(ConfigurableResource):
     """The DuckDB database every asset's table lives in."""
 
     database: str = Field(description="DuckDB path or connection string, e.g. md:qwen_assets")
+    lock_wait_seconds: float = Field(
+        default=storage.WAIT_FOR_LOCK_SECONDS,
+        description="How long to wait for another process's lock before giving up",
+    )
 
     def query(self, sql: str, parameters: Sequence[object] = ()) -> pd.DataFrame:
-        return storage.read_table(self.database, sql, parameters)
+        return storage.read_table(
+            self.database, sql, parameters, wait_seconds=self.lock_wait_seconds
+        )
 
     def replace_table(self, table: str, frame: pd.DataFrame | pa.Table) -> None:
-        storage.replace_table(self.database, table, frame)
+        storage.replace_table(self.database, table, frame, wait_seconds=self.lock_wait_seconds)
+
+    def create_views(self) -> None:
+        """The convenience views over the sample, embeddings and coordinates (see README)."""
+        from qwen_assets.query import create_views
+
+        with storage.connect(self.database, wait_seconds=self.lock_wait_seconds) as connection:
+            create_views(connection)
+
+    def append(self, table: str, columns: dict[str, str], frame: pd.DataFrame) -> None:
+        storage.append_rows(
+            self.database, table, columns, frame, wait_seconds=self.lock_wait_seconds
+        )
 
     def replace_partition(
         self,
@@ -37,7 +55,15 @@ class Warehouse(ConfigurableResource):
         frame: pd.DataFrame | pa.Table,
         keep_tasks: Sequence[str],
     ) -> list[str]:
-        return storage.replace_partition(self.database, table, columns, task, frame, keep_tasks)
+        return storage.replace_partition(
+            self.database,
+            table,
+            columns,
+            task,
+            frame,
+            keep_tasks,
+            wait_seconds=self.lock_wait_seconds,
+        )
 
 
 class Embedder(ConfigurableResource):

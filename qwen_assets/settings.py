@@ -200,11 +200,19 @@ class SiteSettings(_Section):
     output_dir: str = "site"
     neighbours: Annotated[int, Field(ge=1, le=50)] = 10
     coordinate_decimals: Annotated[int, Field(ge=0, le=8)] = 3
+    # Silhouette and trustworthiness cost O(n^2): above this many documents, a fixed sample.
+    quality_sample_size: Annotated[int, Field(ge=100)] = 4000
+    # SVG points animate between tasks; above this many the explorer draws with WebGL.
+    webgl_above: Annotated[int, Field(ge=0)] = 3000
+    # Up to this many documents the payload carries every text; above, the texts go to
+    # chunk files the page loads on demand, and the payload carries previews.
+    inline_texts_up_to: Annotated[int, Field(ge=0)] = 5000
 
 
 class StorageSettings(_Section):
     database: Annotated[str, Field(min_length=1)] = "data/qwen_assets.duckdb"
     embedding_cache: Annotated[str, Field(min_length=1)] = "data/embedding_cache.duckdb"
+    lock_wait_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
 
 
 class TaskSettings(_Section):

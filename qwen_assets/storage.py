@@ -83,17 +83,44 @@ def table_exists(connection: duckdb.DuckDBPyConnection, table: str) -> bool:
     return bool(found[0][0])
 
 
-def read_table(database: str, query: str, parameters: Sequence[object] = ()) -> pd.DataFrame:
-    with connect(database, read_only=True) as connection:
+def read_table(
+    database: str,
+    query: str,
+    parameters: Sequence[object] = (),
+    *,
+    wait_seconds: float = WAIT_FOR_LOCK_SECONDS,
+) -> pd.DataFrame:
+    with connect(database, read_only=True, wait_seconds=wait_seconds) as connection:
         return connection.execute(query, list(parameters)).df()
 
 
-def replace_table(database: str, table: str, frame: pd.DataFrame) -> None:
+def replace_table(
+    database: str, table: str, frame: pd.DataFrame, *, wait_seconds: float = WAIT_FOR_LOCK_SECONDS
+) -> None:
     """Swap in a whole table in one transaction: readers see the old or the new, never half."""
-    with connect(database) as connection:
+    with connect(database, wait_seconds=wait_seconds) as connection:
         connection.register("incoming", frame)
         connection.execute("BEGIN")
         connection.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM incoming')
+        connection.execute("COMMIT")
+
+
+def append_rows(
+    database: str,
+    table: str,
+    columns: dict[str, str],
+    frame: pd.DataFrame,
+    *,
+    wait_seconds: float = WAIT_FOR_LOCK_SECONDS,
+) -> None:
+    """Add rows to a log-like table, creating it on first use."""
+    schema = ", ".join(f'"{name}" {kind}' for name, kind in columns.items())
+    names = ", ".join(f'"{name}"' for name in columns)
+    with connect(database, wait_seconds=wait_seconds) as connection:
+        connection.register("incoming", frame)
+        connection.execute("BEGIN")
+        connection.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({schema})')
+        connection.execute(f'INSERT INTO "{table}" ({names}) SELECT {names} FROM incoming')
         connection.execute("COMMIT")
 
 
@@ -104,6 +131,8 @@ def replace_partition(
     task: str,
     frame: pd.DataFrame,
     keep_tasks: Sequence[str],
+    *,
+    wait_seconds: float = WAIT_FOR_LOCK_SECONDS,
 ) -> list[str]:
     """Replace one task's rows of a task-partitioned table, in one transaction.
 
@@ -115,7 +144,7 @@ def replace_partition(
     schema = ", ".join(f'"{name}" {kind}' for name, kind in columns.items())
     names = ", ".join(f'"{name}"' for name in columns)
     dropped: list[str] = []
-    with connect(database) as connection:
+    with connect(database, wait_seconds=wait_seconds) as connection:
         connection.register("incoming", frame)
         connection.execute("BEGIN")
         if table_exists(connection, table) and _schema(connection, table) != columns:

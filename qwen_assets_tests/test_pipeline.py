@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from dagster import (
     AssetKey,
+    AssetRecordsFilter,
     build_schedule_context,
     evaluate_automation_conditions,
     instance_for_test,
@@ -135,7 +136,12 @@ def test_only_what_is_stale_is_rebuilt(copy_of_project, server):
     server.reset()
     report = build_stale(instance, load_settings(settings_file), log=lambda line: None)
     assert report.plan.by_task == {task: [AssetKey("umap_coordinates")] for task in TASKS}
-    assert all("new code version" in reason for reason in report.plan.reasons.values())
+    assert all(
+        "new code version" in reason
+        for target, reason in report.plan.reasons.items()
+        if target.startswith("umap_coordinates")
+    )
+    assert report.plan.after == [AssetKey("site_data"), AssetKey("site_pages")]
     assert server.received == [], "a UMAP setting never re-embeds"
 
 
@@ -185,5 +191,60 @@ def test_the_schedule_skips_when_fresh_and_requests_the_stale_partition(copy_of_
     )
     result = schedule_tick(settings_file, instance)
     assert [(r.partition_key, r.asset_selection) for r in result.run_requests] == [
-        ("toxicity", [AssetKey("task_embeddings"), AssetKey("umap_coordinates")])
-    ]
+        ("toxicity", [AssetKey("task_embeddings"), AssetKey("umap_coordinates")]),
+        (None, [AssetKey("site_data"), AssetKey("site_pages")]),
+    ], "the edited task, then the site is republished"
+
+
+def materialization_runs(instance, asset: str) -> dict[str, str]:
+    """partition -> run id of its latest materialization."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(asset)), limit=100
+    ).records
+    runs: dict[str, str] = {}
+    for record in records:  # newest first
+        runs.setdefault(record.partition_key, record.run_id)
+    return runs
+
+
+def test_a_cold_build_backfills_every_task_in_a_single_run(built):
+    embeddings = materialization_runs(built.instance, "task_embeddings")
+    coordinates = materialization_runs(built.instance, "umap_coordinates")
+    assert set(embeddings) == set(coordinates) == set(TASKS)
+    assert len(set(embeddings.values()) | set(coordinates.values())) == 1, (
+        "all partitions of both assets are built in one run"
+    )
+    runs = built.instance.get_runs()
+    assert len(runs) == 3, "the corpus, then one run for every task, then the site"
+    assert [run.tags.get("dagster/asset_partition_range_start") for run in runs].count(
+        TASKS[0]
+    ) == 1
+
+
+def test_a_new_embedding_size_rebuilds_the_table_without_a_manual_drop(
+    built, server, archive, tmp_path: Path
+):
+    shutil.copyfile(built.database, tmp_path / "warehouse.duckdb")
+    shutil.copyfile(built.cache, tmp_path / "cache.duckdb")
+    raw = project_settings(tmp_path, server, archive)
+    raw["embedding"]["dimensions"] = 128
+    settings = load_settings(write_settings(tmp_path / "settings.toml", raw))
+    job = build_definitions(settings).resolve_job_def("build_assets")
+    with instance_for_test() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key="topic",
+            asset_selection=[AssetKey("task_embeddings")],
+            raise_on_error=False,
+        )
+        assert result.success
+        logs = " ".join(
+            event.message for event in instance.all_logs(result.run_id) if event.message
+        )
+    assert "removed rows of default, sentiment, toxicity" in logs
+    stored = read_table(
+        settings.storage.database,
+        "SELECT task, count(*) AS n, any_value(typeof(embedding)) AS kind "
+        "FROM task_embeddings GROUP BY task",
+    )
+    assert stored.to_dict("records") == [{"task": "topic", "n": 800, "kind": "FLOAT[128]"}]

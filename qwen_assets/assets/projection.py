@@ -110,6 +110,7 @@ def projection_assets(
             warehouse.replace_partition(
                 "umap_coordinates", COORDINATE_COLUMNS, task, frame, settings.task_names
             )
+            warehouse.create_views()
             problems[task] = coordinate_problems(np.c_[layout, alignment.coordinates], len(doc_ids))
             context.add_asset_metadata(
                 {

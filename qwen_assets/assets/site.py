@@ -1,0 +1,198 @@
+"""umap_coordinates + task_embeddings -> site_data -> site_pages."""
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
+
+from qwen_assets.assets._metadata import counts_markdown
+from qwen_assets.assets.projection import load_embeddings
+from qwen_assets.automation import rebuild_when_inputs_change
+from qwen_assets.metrics import nearest_neighbours, task_quality
+from qwen_assets.resources import Warehouse
+from qwen_assets.settings import Settings, fingerprint
+from qwen_assets.site import (
+    TaskMap,
+    build_payload,
+    publish_pages,
+    sources_dir,
+    sources_fingerprint,
+    task_page_name,
+    write_payload,
+)
+
+SITE_BUILD_COLUMNS = {
+    "built_at": "TIMESTAMP",
+    "payload_sha256": "VARCHAR",
+    "payload_bytes": "BIGINT",
+    "documents": "INTEGER",
+    "tasks": "VARCHAR[]",
+    "task_versions": "MAP(VARCHAR, VARCHAR)",
+    "settings_fingerprint": "VARCHAR",
+    "output_dir": "VARCHAR",
+}
+
+
+def quality_markdown(quality: dict[str, dict]) -> str:
+    names = ["knn_accuracy", "silhouette", "trustworthiness", "overlap_with_reference"]
+    lines = ["| task | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for task, figures in quality.items():
+        lines.append(f"| {task} | " + " | ".join(f"{figures[name]:.3f}" for name in names) + " |")
+    return "\n".join(lines)
+
+
+def site_assets(
+    settings: Settings, embeddings: AssetsDefinition, coordinates: AssetsDefinition
+) -> list[AssetsDefinition]:
+    site = settings.site
+    reference = settings.umap.align_to
+    output_dir = Path(site.output_dir)
+
+    @asset(
+        group_name="site",
+        deps=[embeddings, coordinates],
+        code_version=fingerprint({"site_data": 1, "site": site.model_dump()}),
+        pool="duckdb",
+        automation_condition=rebuild_when_inputs_change(),
+        kinds={"json", "duckdb"},
+        description=f"The site's payload, {output_dir}/data.json (and data.js for pages opened "
+        "from disk): texts once, aligned coordinates, top-k neighbours and quality figures per "
+        "task. Each build is recorded in the site_builds table.",
+    )
+    def site_data(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
+        started = time.monotonic()
+        documents = warehouse.query(
+            "SELECT doc_id, category, text, preview FROM newsgroups_sample ORDER BY position"
+        )
+        labels = pd.Categorical(
+            documents["category"], categories=sorted(set(documents["category"]))
+        )
+        positions = {doc_id: row for row, doc_id in enumerate(documents["doc_id"])}
+        layouts = warehouse.query("SELECT task, doc_id, x_aligned, y_aligned FROM umap_coordinates")
+
+        def layout_of(task: str) -> np.ndarray:
+            rows = layouts[layouts["task"] == task]
+            order = rows["doc_id"].map(positions).to_numpy()
+            layout = np.empty((len(documents), 2))
+            layout[order] = rows[["x_aligned", "y_aligned"]].to_numpy()
+            return layout
+
+        neighbours = {}
+        vectors = {}
+        for task in settings.task_names:
+            _, vectors[task] = load_embeddings(warehouse, task)
+            neighbours[task] = nearest_neighbours(vectors[task], site.neighbours)
+        maps = []
+        for task in settings.task_names:
+            layout = layout_of(task)
+            quality = task_quality(
+                vectors[task],
+                layout,
+                labels.codes,
+                neighbours[task][0],
+                neighbours[reference][0],
+                sample_size=site.quality_sample_size,
+            )
+            maps.append(
+                TaskMap(
+                    name=task,
+                    instruction=settings.tasks[task].instruction,
+                    description=settings.tasks[task].description,
+                    coordinates=layout,
+                    neighbours=neighbours[task][0],
+                    similarity=neighbours[task][1],
+                    quality=quality.rounded(),
+                )
+            )
+        payload = build_payload(
+            doc_ids=documents["doc_id"].tolist(),
+            categories=documents["category"].tolist(),
+            texts=documents["text"].tolist(),
+            previews=documents["preview"].tolist(),
+            tasks=maps,
+            model=settings.embedding.model,
+            prompt_template=settings.embedding.prompt_template,
+            reference_task=reference,
+            coordinate_decimals=site.coordinate_decimals,
+            webgl_above=site.webgl_above,
+            preview_chars=settings.corpus.preview_chars,
+            inline_texts=len(documents) <= site.inline_texts_up_to,
+        )
+        written = write_payload(payload, output_dir, documents["text"].tolist())
+        quality = {task_map.name: dict(task_map.quality) for task_map in maps}
+        warehouse.replace_table(
+            "task_quality",
+            pd.DataFrame([{"task": task, **figures} for task, figures in quality.items()]),
+        )
+        warehouse.append(
+            "site_builds",
+            SITE_BUILD_COLUMNS,
+            pd.DataFrame(
+                [
+                    {
+                        "built_at": datetime.now(UTC).replace(tzinfo=None),
+                        "payload_sha256": written.sha256,
+                        "payload_bytes": written.bytes,
+                        "documents": len(documents),
+                        "tasks": settings.task_names,
+                        "task_versions": {
+                            task: settings.task_version(task) for task in settings.task_names
+                        },
+                        "settings_fingerprint": fingerprint(settings.model_dump(mode="json")),
+                        "output_dir": str(output_dir.resolve()),
+                    }
+                ]
+            ),
+        )
+        return MaterializeResult(
+            metadata={
+                "path": MetadataValue.path(str(written.json_path.resolve())),
+                "payload_bytes": written.bytes,
+                "bytes_per_1000_documents": round(written.bytes * 1000 / len(documents)),
+                "payload_sha256": written.sha256,
+                "documents": len(documents),
+                "tasks": ", ".join(settings.task_names),
+                "categories": counts_markdown(documents["category"].value_counts(), "category"),
+                "quality": MetadataValue.md(quality_markdown(quality)),
+                **{
+                    f"{task}/{name}": value
+                    for task, figures in quality.items()
+                    for name, value in figures.items()
+                    if name != "documents_scored"
+                },
+                "seconds": round(time.monotonic() - started, 2),
+            }
+        )
+
+    @asset(
+        group_name="site",
+        deps=[site_data],
+        code_version=fingerprint(
+            {
+                "site_pages": 1,
+                "sources": sources_fingerprint(sources_dir()),
+                "tasks": settings.task_names,
+            }
+        ),
+        automation_condition=rebuild_when_inputs_change(),
+        kinds={"html"},
+        description=f"The static site in {output_dir}/: the explorer (index.html), a side-by-side "
+        "comparison and one page per task, with plotly.js copied from the plotly package. "
+        "Works from disk and from any static host.",
+    )
+    def site_pages() -> MaterializeResult:
+        written = publish_pages(output_dir, settings.task_names)
+        index = output_dir / "index.html"
+        return MaterializeResult(
+            metadata={
+                "index": MetadataValue.url(index.resolve().as_uri()),
+                "files": len(written),
+                "task_pages": ", ".join(task_page_name(task) for task in settings.task_names),
+                "bytes": sum(path.stat().st_size for path in written),
+            }
+        )
+
+    return [site_data, site_pages]

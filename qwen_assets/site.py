@@ -1,0 +1,280 @@
+"""The published site: the data payload and the static pages around it.
+
+The payload is columnar JSON (schema below, versioned by ``SCHEMA_VERSION``): every text
+once, coordinates rounded to what a screen can show, neighbour lists as indices into the
+document columns. It is written twice: ``data.json`` for any consumer, and ``data.js``
+(the same object assigned to ``window.QWEN_SITE_DATA``) because browsers refuse ``fetch()``
+of files opened from disk, while a ``<script src>`` loads from disk and from any host.
+
+Schema, version 1::
+
+    {"schema": "qwen-assets/site-data", "version": 1, "model": str, "prompt_template": str,
+     "reference_task": str, "neighbours": k, "render": {"webgl_above": int},
+     "categories": [str],                       # legend order
+     "documents": {"id": [str], "category": [int],
+                   "text": [str]                  # when the texts are inline, or else
+                   "preview": [str]},             # previews, with the texts in chunks:
+     "texts": null | {"chunk_size": int, "chunks": int},  # texts/0000.json (and .js), ...
+     "preview_chars": int,                      # a preview is the text's first characters
+     "tasks": [{"name", "instruction", "description",
+                "x": [float], "y": [float],        # aligned onto the reference task
+                "neighbours": [[int] * k],         # per document, most similar first
+                "similarity": [[float] * k],
+                "quality": {"knn_accuracy", "silhouette", "trustworthiness",
+                            "overlap_with_reference", "documents_scored"}}]}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = "qwen-assets/site-data"
+PUBLISHED_MODE = 0o644  # readable by the web server, whoever it runs as
+SCHEMA_VERSION = 1
+PAYLOAD_GLOBAL = "QWEN_SITE_DATA"
+TEXTS_GLOBAL = "QWEN_SITE_TEXTS"
+TEXT_CHUNK_SIZE = 1000
+TASK_PAGE_TEMPLATE = "task.template.html"
+# The hand-written sources, committed next to what the site assets generate.
+SOURCE_FILES = ("index.html", "compare.html", TASK_PAGE_TEMPLATE, "assets")
+
+
+class SiteError(RuntimeError):
+    """The site cannot be built; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class TaskMap:
+    """One task's share of the payload."""
+
+    name: str
+    instruction: str
+    description: str
+    coordinates: np.ndarray  # (n, 2), aligned onto the reference task
+    neighbours: np.ndarray  # (n, k) indices
+    similarity: np.ndarray  # (n, k)
+    quality: Mapping[str, float | int]
+
+
+def build_payload(
+    *,
+    doc_ids: Sequence[str],
+    categories: Sequence[str],
+    texts: Sequence[str],
+    previews: Sequence[str],
+    tasks: Sequence[TaskMap],
+    model: str,
+    prompt_template: str,
+    reference_task: str,
+    coordinate_decimals: int,
+    webgl_above: int,
+    preview_chars: int,
+    inline_texts: bool,
+) -> dict:
+    """The payload. With ``inline_texts`` every text is in it (and previews are cut from
+    them in the page); otherwise it carries previews, and ``text_chunks`` the texts."""
+    legend = sorted(set(categories))
+    index = {name: position for position, name in enumerate(legend)}
+    documents: dict[str, list] = {
+        "id": list(doc_ids),
+        "category": [index[name] for name in categories],
+    }
+    if inline_texts:
+        documents["text"] = list(texts)
+    else:
+        documents["preview"] = list(previews)
+    return {
+        "schema": SCHEMA,
+        "version": SCHEMA_VERSION,
+        "model": model,
+        "prompt_template": prompt_template,
+        "reference_task": reference_task,
+        "neighbours": int(tasks[0].neighbours.shape[1]) if tasks else 0,
+        "render": {"webgl_above": webgl_above},
+        "categories": legend,
+        "documents": documents,
+        "texts": None
+        if inline_texts
+        else {"chunk_size": TEXT_CHUNK_SIZE, "chunks": -(-len(texts) // TEXT_CHUNK_SIZE)},
+        "preview_chars": preview_chars,
+        "tasks": [
+            {
+                "name": task.name,
+                "instruction": task.instruction,
+                "description": task.description,
+                "x": _rounded(task.coordinates[:, 0], coordinate_decimals),
+                "y": _rounded(task.coordinates[:, 1], coordinate_decimals),
+                "neighbours": task.neighbours.astype(int).tolist(),
+                "similarity": np.round(task.similarity.astype(float), 3).tolist(),
+                "quality": dict(task.quality),
+            }
+            for task in tasks
+        ],
+    }
+
+
+def _rounded(values: np.ndarray, decimals: int) -> list[float]:
+    return np.round(values.astype(float), decimals).tolist()
+
+
+def encode_payload(payload: dict) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def script_form(encoded: bytes, assignment: str = f"window.{PAYLOAD_GLOBAL}") -> bytes:
+    """JSON as a classic script, which loads from disk where ``fetch()`` may not. ``</`` is
+    escaped so that no text can close a ``<script>`` element early."""
+    body = encoded.replace(b"</", b"<\\/")
+    return assignment.encode() + b" = " + body + b";\n"
+
+
+def text_chunks(texts: Sequence[str]) -> list[list[str]]:
+    return [
+        list(texts[start : start + TEXT_CHUNK_SIZE])
+        for start in range(0, len(texts), TEXT_CHUNK_SIZE)
+    ]
+
+
+def text_chunk_name(number: int) -> str:
+    return f"texts/{number:04d}"
+
+
+def write_atomically(path: Path, content: bytes) -> None:
+    """Readers (and a static host mid-upload) see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(content)
+        os.chmod(temporary, PUBLISHED_MODE)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class WrittenPayload:
+    json_path: Path
+    script_path: Path
+    sha256: str
+    bytes: int
+
+
+def write_payload(
+    payload: dict, output_dir: Path, texts: Sequence[str] | None = None
+) -> WrittenPayload:
+    """Write the payload, and the texts in chunks when the payload does not carry them.
+    Chunks of an earlier, larger build are removed."""
+    encoded = encode_payload(payload)
+    chunk_files: set[Path] = set()
+    if payload["texts"] is not None:
+        if texts is None:
+            raise ValueError("the payload's texts are chunked: pass them to write_payload")
+        for number, chunk in enumerate(text_chunks(texts)):
+            name = output_dir / text_chunk_name(number)
+            chunk_encoded = encode_payload(chunk)
+            write_atomically(name.with_suffix(".json"), chunk_encoded)
+            write_atomically(
+                name.with_suffix(".js"), script_form(chunk_encoded, f"{TEXTS_GLOBAL}[{number}]")
+            )
+            chunk_files |= {name.with_suffix(".json"), name.with_suffix(".js")}
+    for stale in (output_dir / "texts").glob("*.js*") if (output_dir / "texts").is_dir() else []:
+        if stale not in chunk_files:
+            stale.unlink()
+    json_path, script_path = output_dir / "data.json", output_dir / "data.js"
+    write_atomically(json_path, encoded)
+    write_atomically(script_path, script_form(encoded))
+    return WrittenPayload(json_path, script_path, hashlib.sha256(encoded).hexdigest(), len(encoded))
+
+
+def read_payload(output_dir: Path) -> dict:
+    return json.loads((output_dir / "data.json").read_text(encoding="utf-8"))
+
+
+def sources_dir() -> Path:
+    """The committed site sources: the repository's ``site/`` folder."""
+    return Path(__file__).resolve().parents[1] / "site"
+
+
+def sources_fingerprint(sources: Path) -> str:
+    """Changes when any hand-written source changes, so the pages go stale with them."""
+    digest = hashlib.sha256()
+    for path in sorted(_source_paths(sources)):
+        digest.update(str(path.relative_to(sources)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _source_paths(sources: Path) -> list[Path]:
+    paths = []
+    for name in SOURCE_FILES:
+        path = sources / name
+        paths += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [path for path in paths if path.exists()]
+
+
+def plotly_bundle() -> Path:
+    """plotly.js as shipped inside the ``plotly`` Python package: no CDN."""
+    import plotly
+
+    bundle = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    if not bundle.is_file():
+        raise SiteError(
+            f"plotly.min.js is missing from the plotly package ({bundle}); reinstall plotly"
+        )
+    return bundle
+
+
+def task_page_name(task: str) -> str:
+    return f"task-{task}.html"
+
+
+def publish_pages(
+    output_dir: Path, tasks: Sequence[str], sources: Path | None = None
+) -> list[Path]:
+    """Copy the sources and plotly.js into ``output_dir`` and write one page per task.
+
+    Pages of tasks no longer configured are removed. Returns the files written.
+    """
+    sources = sources or sources_dir()
+    missing = [name for name in SOURCE_FILES if not (sources / name).exists()]
+    if missing:
+        raise SiteError(
+            f"the site sources {', '.join(missing)} are missing from {sources}; "
+            "run from a clone of the repository"
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    same_folder = output_dir.resolve() == sources.resolve()
+    for source in _source_paths(sources):
+        if source.name == TASK_PAGE_TEMPLATE:
+            continue
+        target = output_dir / source.relative_to(sources)
+        if not same_folder:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        written.append(target)
+    vendor = output_dir / "vendor" / "plotly.min.js"
+    vendor.parent.mkdir(exist_ok=True)
+    shutil.copyfile(plotly_bundle(), vendor)
+    written.append(vendor)
+    template = (sources / TASK_PAGE_TEMPLATE).read_text(encoding="utf-8")
+    for old in output_dir.glob(task_page_name("*")):
+        if old.name not in {task_page_name(task) for task in tasks}:
+            old.unlink()
+    for task in tasks:
+        page = output_dir / task_page_name(task)
+        write_atomically(page, template.replace("{{task}}", html.escape(task)).encode("utf-8"))
+        written.append(page)
+    return written

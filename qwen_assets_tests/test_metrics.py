@@ -1,0 +1,90 @@
+"""The quality figures, as properties that hold whatever the data."""
+
+import numpy as np
+import pytest
+from sklearn.neighbors import NearestNeighbors
+
+from qwen_assets import metrics
+from qwen_assets.metrics import (
+    knn_accuracy,
+    nearest_neighbours,
+    neighbourhood_overlap,
+    task_quality,
+)
+
+
+def clusters(per_cluster: int = 40, count: int = 4, spread: float = 0.05, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(count, 16))
+    vectors = np.concatenate(
+        [centre + spread * rng.normal(size=(per_cluster, 16)) for centre in centres]
+    )
+    return vectors, np.repeat(np.arange(count), per_cluster)
+
+
+@pytest.mark.parametrize("block", [7, 2048])
+def test_neighbours_match_a_brute_force_search_across_blocks(monkeypatch, block):
+    monkeypatch.setattr(metrics, "NEIGHBOUR_BLOCK", block)
+    vectors = np.random.default_rng(1).normal(size=(50, 8))
+    indices, similarities = nearest_neighbours(vectors, 5)
+    expected = (
+        NearestNeighbors(n_neighbors=6, metric="cosine")
+        .fit(vectors)
+        .kneighbors(vectors, return_distance=False)[:, 1:]
+    )
+    assert np.array_equal(indices, expected)
+    assert (np.diff(similarities, axis=1) <= 1e-6).all(), "most similar first"
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert np.allclose(similarities[:, 0], (unit * unit[indices[:, 0]]).sum(axis=1), atol=1e-5)
+
+
+def test_a_document_is_never_its_own_neighbour_even_with_a_twin():
+    vectors = np.random.default_rng(2).normal(size=(20, 4))
+    vectors[3] = vectors[7]
+    indices, similarities = nearest_neighbours(vectors, 3)
+    assert all(row not in indices[row] for row in range(20))
+    assert indices[3, 0] == 7 and indices[7, 0] == 3
+    assert similarities[3, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_overlap_is_one_with_itself_and_zero_when_disjoint():
+    first = np.array([[1, 2, 3], [4, 5, 6]])
+    assert neighbourhood_overlap(first, first).tolist() == [1.0, 1.0]
+    assert neighbourhood_overlap(first, first + 10).tolist() == [0.0, 0.0]
+    assert neighbourhood_overlap(np.array([[1, 2]]), np.array([[2, 3]])).tolist() == [1 / 3]
+
+
+def test_knn_accuracy_is_perfect_on_separated_clusters_and_near_chance_on_shuffled_labels():
+    vectors, labels = clusters()
+    neighbours, _ = nearest_neighbours(vectors, 10)
+    assert knn_accuracy(neighbours, labels) == 1.0
+    shuffled = np.random.default_rng(3).permutation(labels)
+    assert knn_accuracy(neighbours, shuffled) < 0.5
+
+
+def test_task_quality_ranks_a_separating_space_above_a_mixed_one():
+    vectors, labels = clusters()
+    noise = np.random.default_rng(4).normal(size=vectors.shape)
+    layout = vectors[:, :2]
+    separated_neighbours, _ = nearest_neighbours(vectors, 10)
+    noise_neighbours, _ = nearest_neighbours(noise, 10)
+    separated = task_quality(
+        vectors, layout, labels, separated_neighbours, separated_neighbours, sample_size=1000
+    )
+    mixed = task_quality(
+        noise, noise[:, :2], labels, noise_neighbours, separated_neighbours, sample_size=1000
+    )
+    assert separated.overlap_with_reference == 1.0
+    assert mixed.overlap_with_reference < 0.2
+    assert separated.knn_accuracy > mixed.knn_accuracy
+    assert separated.silhouette > 0.5 > mixed.silhouette
+    assert 0 <= mixed.trustworthiness <= 1 and 0 <= separated.trustworthiness <= 1
+    assert separated.documents_scored == len(vectors)
+
+
+def test_task_quality_samples_the_quadratic_figures_above_the_sample_size():
+    vectors, labels = clusters(per_cluster=100)
+    neighbours, _ = nearest_neighbours(vectors, 10)
+    quality = task_quality(vectors, vectors[:, :2], labels, neighbours, neighbours, sample_size=150)
+    assert quality.documents_scored == 150
+    assert quality.knn_accuracy == 1.0, "k-NN accuracy always uses every document"

@@ -1,0 +1,281 @@
+"""The published site in a real browser (Debian's chromium driven by Playwright), opened
+from disk and from a loopback HTTP server, built from the session's real pipeline run."""
+
+import io
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from qwen_assets.site import read_payload, task_page_name, write_payload
+from qwen_assets_tests.conftest import REPO
+
+CHROMIUM_ENV = "QWEN_ASSETS_CHROMIUM"
+ARTIFACTS = REPO / "test-artifacts"
+HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script> & "quotes"'
+TRANSITION_SETTLE_MS = 900
+
+
+def chromium_path() -> str:
+    configured = os.environ.get(CHROMIUM_ENV)
+    found = configured or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.fail(f"no chromium: apt-get install chromium, or set {CHROMIUM_ENV} to a browser")
+    return found
+
+
+@pytest.fixture(scope="session")
+def site_dir(built, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built site, with one document's text replaced by a hostile one."""
+    copy = tmp_path_factory.mktemp("site") / "site"
+    shutil.copytree(built.root / "site", copy)
+    payload = read_payload(copy)
+    payload["documents"]["text"][0] = HOSTILE + "\n" + payload["documents"]["text"][0]
+    write_payload(payload, copy)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def payload(site_dir: Path) -> dict:
+    return read_payload(site_dir)
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def http_root(site_dir: Path) -> Iterator[str]:
+    """Any static host will do: the standard library's, on 127.0.0.1."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=site_dir))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"]
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(params=["file", "http"])
+def root(request, site_dir: Path) -> str:
+    if request.param == "file":
+        return site_dir.as_uri() + "/"
+    return request.getfixturevalue("http_root")
+
+
+class Page:
+    """A browser page that records console errors and every request it makes."""
+
+    def __init__(self, browser, root: str, **context_options) -> None:
+        self.context = browser.new_context(**context_options)
+        self.page = self.context.new_page()
+        self.root = root
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("request", lambda request: self.requests.append(request.url))
+
+    def _console(self, message) -> None:
+        if message.type == "error":
+            self.errors.append(message.text)
+
+    def open(self, path: str = "index.html") -> None:
+        self.page.goto(self.root + path)
+        self.page.wait_for_selector("body[data-ready='true']", timeout=30_000)
+
+    def foreign_requests(self) -> list[str]:
+        return [url for url in self.requests if not url.startswith(self.root)]
+
+    def trace_x(self) -> list[float]:
+        return self.page.evaluate("() => document.getElementById('plot').data[0].x.slice(0, 20)")
+
+    def point_position(self, doc_index: int) -> tuple[float, float]:
+        """Where a document's point is drawn on the page, from Plotly's own axes."""
+        return tuple(
+            self.page.evaluate(
+                """(doc) => {
+                  const plot = document.getElementById('plot');
+                  const trace = plot.data.findIndex((t) => t.customdata.includes(doc));
+                  const at = plot.data[trace].customdata.indexOf(doc);
+                  const layout = plot._fullLayout, box = plot.getBoundingClientRect();
+                  return [box.left + layout.xaxis._offset + layout.xaxis.l2p(plot.data[trace].x[at]),
+                          box.top + layout.yaxis._offset + layout.yaxis.l2p(plot.data[trace].y[at])];
+                }""",
+                doc_index,
+            )
+        )
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def page(browser, root) -> Iterator[Page]:
+    opened = Page(browser, root, viewport={"width": 1280, "height": 900})
+    yield opened
+    opened.close()
+
+
+def test_the_explorer_loads_cleanly_and_stays_on_its_origin(page, payload):
+    page.open()
+    assert page.errors == []
+    assert page.foreign_requests() == []
+    buttons = page.page.locator("#task-buttons button")
+    assert buttons.all_inner_texts() == [task["name"] for task in payload["tasks"]]
+    rows = page.page.locator("#quality-rows tr").count()
+    assert rows == len(payload["tasks"])
+
+
+def test_every_task_button_moves_the_points_and_renders_a_picture(page, payload, request):
+    page.open()
+    seen = []
+    origin = request.node.callspec.params["root"]
+    for task in payload["tasks"]:
+        page.page.click(f"#task-buttons button[data-task='{task['name']}']")
+        page.page.wait_for_timeout(TRANSITION_SETTLE_MS)
+        assert f"task={task['name']}" in page.page.url
+        assert (
+            page.page.get_attribute(
+                f"#task-buttons button[data-task='{task['name']}']", "aria-pressed"
+            )
+            == "true"
+        )
+        seen.append(tuple(page.trace_x()))
+        shot = page.page.locator("#plot").screenshot()
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / f"explorer-{task['name']}-{origin}.png").write_bytes(shot)
+        colours = Image.open(io.BytesIO(shot)).convert("RGB").getcolors(maxcolors=1 << 20)
+        assert len(colours) > 20, f"the {task['name']} map looks blank"
+    assert len(set(seen)) == len(payload["tasks"]), "each task draws its own coordinates"
+    assert page.errors == []
+
+
+def test_hovering_a_point_shows_its_category_and_preview(page, payload):
+    page.open()
+    doc = 5
+    page.page.mouse.move(*page.point_position(doc))
+    tooltip = page.page.locator(".hoverlayer .hovertext")
+    tooltip.wait_for(timeout=5_000)
+    text = tooltip.inner_text()
+    category = payload["categories"][payload["documents"]["category"][doc]]
+    assert category in text
+    first_words = " ".join(payload["documents"]["text"][doc].split()[:3])
+    assert first_words in " ".join(text.split())
+
+
+def test_clicking_a_point_opens_its_neighbours_and_the_link_restores_the_view(page, payload):
+    page.open("index.html#task=topic")
+    doc = 7
+    page.page.mouse.click(*page.point_position(doc))
+    panel = page.page.locator("#panel")
+    panel.wait_for(state="visible")
+    doc_id = payload["documents"]["id"][doc]
+    assert page.page.inner_text("#doc-id") == doc_id
+    neighbours = page.page.locator("#neighbours button")
+    assert neighbours.count() == payload["neighbours"]
+    topic = next(task for task in payload["tasks"] if task["name"] == "topic")
+    first = topic["neighbours"][doc][0]
+    assert neighbours.first.get_attribute("data-doc") == payload["documents"]["id"][first]
+    scores = [float(s) for s in page.page.locator("#neighbours .score").all_inner_texts()]
+    assert scores == sorted(scores, reverse=True)
+
+    neighbours.first.click()
+    assert page.page.inner_text("#doc-id") == payload["documents"]["id"][first]
+    url = page.page.url
+    assert "task=topic" in url and "doc=" in url
+
+    page.page.goto("about:blank")
+    page.page.goto(url)
+    page.page.wait_for_selector("body[data-ready='true']")
+    assert page.page.inner_text("#doc-id") == payload["documents"]["id"][first]
+    assert page.page.get_attribute("#task-buttons [data-task='topic']", "aria-pressed") == "true"
+    assert page.errors == []
+
+
+def test_a_hostile_document_shows_as_text_and_runs_nothing(page, payload):
+    hostile_id = payload["documents"]["id"][0]
+    page.open(f"index.html#doc={hostile_id}")
+    assert HOSTILE in page.page.inner_text("#doc-text")
+    assert page.page.locator("#panel img, #panel script").count() == 0
+    page.page.mouse.move(*page.point_position(0))
+    tooltip = page.page.locator(".hoverlayer .hovertext")
+    tooltip.wait_for(timeout=5_000)
+    assert "<img src=x" in tooltip.inner_text()
+    assert page.page.locator(".hoverlayer image, .hoverlayer img").count() == 0
+    assert page.page.evaluate("() => window.__pwned") is None
+    assert page.foreign_requests() == [], "the planted <img src=x> was never fetched"
+
+
+def test_search_colour_modes_and_keys(page, payload):
+    page.open()
+    page.page.fill("#search", "space")
+    expected = sum("space" in text.lower() for text in payload["documents"]["text"])
+    page.page.wait_for_function(
+        "() => document.getElementById('search-count').textContent.length > 0"
+    )
+    assert (
+        page.page.inner_text("#search-count")
+        == f"{expected} of {len(payload['documents']['id'])} match"
+    )
+    assert "q=space" in page.page.url
+
+    page.page.click("[data-colour='change']")
+    colour_bar = page.page.evaluate(
+        "() => Boolean(document.getElementById('plot').data[0].marker.colorbar)"
+    )
+    assert colour_bar
+    page.page.locator("#plot").click(position={"x": 5, "y": 5})
+    page.page.keyboard.press("2")
+    second = payload["tasks"][1]["name"]
+    assert page.page.get_attribute(f"[data-task='{second}']", "aria-pressed") == "true"
+    assert page.errors == []
+
+
+def test_the_comparison_and_task_pages_draw_every_map(browser, root, payload):
+    pages = [("compare.html", len(payload["tasks"]))] + [
+        (task_page_name(task["name"]), 1) for task in payload["tasks"]
+    ]
+    for path, maps in pages:
+        opened = Page(browser, root)
+        try:
+            opened.open(path)
+            assert opened.page.locator(".map-card .main-svg").count() >= maps
+            assert opened.page.locator(".map-card").count() == maps
+            assert opened.errors == [] and opened.foreign_requests() == []
+        finally:
+            opened.close()
+
+
+def test_a_phone_in_dark_mode_gets_a_fitting_dark_page(browser, root):
+    phone = Page(
+        browser, root, viewport={"width": 390, "height": 844}, color_scheme="dark", is_mobile=True
+    )
+    try:
+        phone.open()
+        width = phone.page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 390, "nothing overflows sideways"
+        background = phone.page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+        red, green, blue = (int(value) for value in re.findall(r"\d+", background)[:3])
+        assert red + green + blue < 3 * 80, background
+        assert phone.page.locator("#plot .main-svg").first.is_visible()
+    finally:
+        phone.close()
