@@ -220,7 +220,12 @@ def stale_plan(asset_graph: BaseAssetGraph, instance: DagsterInstance) -> StaleP
 def run_requests(plan: StalePlan) -> list[RunRequest]:
     """The plan as runs; the project's run queue executes them one at a time, in order."""
     return [
-        RunRequest(asset_selection=run.keys, partition_key=run.partition_key, tags=run.tags)
+        RunRequest(
+            run_key=run.describe(),  # unique within a tick, as Dagster asks of several runs
+            asset_selection=run.keys,
+            partition_key=run.partition_key,
+            tags=run.tags,
+        )
         for run in plan.runs()
     ]
 

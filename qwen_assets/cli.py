@@ -8,12 +8,16 @@ exit code 2. Queries open DuckDB read-only, so they never block a running materi
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
 import os
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import pandas as pd
 
 from qwen_assets.settings import SettingsError
 
@@ -47,18 +51,30 @@ def command_build(arguments: argparse.Namespace) -> int:
 
 def print_frame(frame, output_format: str, footer: str | None = None) -> None:
     """One result table, as an aligned table, JSON records or CSV; missing values are empty."""
-    plain = frame.astype(object).where(frame.notna(), None)
+    records = [
+        {column: _plain(value) for column, value in row.items()}
+        for row in frame.to_dict(orient="records")
+    ]
     if output_format == "json":
-        print(json.dumps(plain.to_dict(orient="records"), ensure_ascii=False, indent=2))
+        print(json.dumps(records, ensure_ascii=False, indent=2))
     elif output_format == "csv":
-        print(plain.to_csv(index=False), end="")
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(frame.columns), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
     else:
         from tabulate import tabulate
 
-        shown = plain.map(_shorten)
-        print(tabulate(shown, headers="keys", showindex=False, floatfmt=".4f", missingval="-"))
+        rows = [[_shorten(value) for value in record.values()] for record in records]
+        print(tabulate(rows, headers=list(frame.columns), floatfmt=".4f", missingval="-"))
         if footer:
             print(footer)
+
+
+def _plain(value: object) -> object:
+    """numpy and pandas scalars as Python ones, missing values as None."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
 
 
 def _shorten(value: object) -> object:

@@ -9,6 +9,9 @@ installed folder with the hub offline; it stands in for Qwen3-Embedding, which i
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -171,3 +174,30 @@ def built(tmp_path_factory: pytest.TempPathFactory, server: EmbeddingServer, arc
             str(root / "cache.duckdb"),
             instance,
         )
+
+
+class Writer:
+    """Another process holding the database's write lock mid-transaction, as a run would."""
+
+    def __init__(self, database: str) -> None:
+        script = textwrap.dedent(
+            f"""
+            import sys, duckdb
+            connection = duckdb.connect({database!r})
+            connection.execute("BEGIN")
+            connection.execute("DELETE FROM task_embeddings")
+            print("locked", flush=True)
+            sys.stdin.readline()
+            connection.execute("ROLLBACK")
+            connection.close()
+            """
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout.readline().strip() == "locked"
+
+    def release(self) -> None:
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+        self.process.wait(timeout=30)

@@ -44,6 +44,7 @@ class EmbeddingServer:
     api_key: str | None = None
     latency: Callable[[], float] | None = None  # seconds to wait before answering
     requests_per_minute: int | None = None  # answer 429 above this rate
+    rate_window_seconds: float = 60.0  # the rate is enforced over windows this long
     faults: deque[Fault] = field(default_factory=deque)
     received: list[list[str]] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
@@ -102,9 +103,10 @@ class EmbeddingServer:
         if self.requests_per_minute is not None:
             now = time.monotonic()
             with self.lock:
-                while self._window and now - self._window[0] > 60:
+                while self._window and now - self._window[0] > self.rate_window_seconds:
                     self._window.popleft()
-                limited = len(self._window) >= self.requests_per_minute
+                allowed = self.requests_per_minute * self.rate_window_seconds / 60
+                limited = len(self._window) >= allowed
                 if not limited:
                     self._window.append(now)
             if limited:

@@ -175,7 +175,7 @@ def test_hovering_a_point_shows_its_category_and_preview(page, payload):
     page.page.mouse.move(*page.point_position(doc))
     tooltip = page.page.locator(".hoverlayer .hovertext")
     tooltip.wait_for(timeout=5_000)
-    text = tooltip.inner_text()
+    text = tooltip.text_content()
     category = payload["categories"][payload["documents"]["category"][doc]]
     assert category in text
     first_words = " ".join(payload["documents"]["text"][doc].split()[:3])
@@ -219,7 +219,7 @@ def test_a_hostile_document_shows_as_text_and_runs_nothing(page, payload):
     page.page.mouse.move(*page.point_position(0))
     tooltip = page.page.locator(".hoverlayer .hovertext")
     tooltip.wait_for(timeout=5_000)
-    assert "<img src=x" in tooltip.inner_text()
+    assert "<img src=x" in tooltip.text_content()
     assert page.page.locator(".hoverlayer image, .hoverlayer img").count() == 0
     assert page.page.evaluate("() => window.__pwned") is None
     assert page.foreign_requests() == [], "the planted <img src=x> was never fetched"

@@ -2,9 +2,6 @@
 a new embedding size or column rebuilds a table without a manual drop."""
 
 import shutil
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -15,35 +12,9 @@ import pytest
 
 from qwen_assets.assets.embeddings import embedding_columns, vectors_table
 from qwen_assets.storage import DatabaseBusyError, read_table, replace_partition
+from qwen_assets_tests.conftest import Writer
 
 COUNT = "SELECT task, count(*) AS n FROM task_embeddings GROUP BY task ORDER BY task"
-
-
-class Writer:
-    """Another process holding the database's write lock mid-transaction, as a run would."""
-
-    def __init__(self, database: str) -> None:
-        script = textwrap.dedent(
-            f"""
-            import sys, duckdb
-            connection = duckdb.connect({database!r})
-            connection.execute("BEGIN")
-            connection.execute("DELETE FROM task_embeddings")
-            print("locked", flush=True)
-            sys.stdin.readline()
-            connection.execute("ROLLBACK")
-            connection.close()
-            """
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert self.process.stdout.readline().strip() == "locked"
-
-    def release(self) -> None:
-        self.process.stdin.write("\n")
-        self.process.stdin.flush()
-        self.process.wait(timeout=30)
 
 
 @pytest.fixture

@@ -1,0 +1,97 @@
+"""Incremental cost: requests and wall time of a cold build, a rebuild with nothing changed,
+one instruction changed, and one UMAP setting changed.
+
+The 800-document demo sample, embedded through a loopback OpenAI-compatible server backed
+by the small real model (all-MiniLM-L6-v2), with a fresh cache, so a cold build pays for
+every vector as it would against a paid API.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from benchmarks.results import table, write_section
+from benchmarks.workspace import TEST_MAX_SEQ_LENGTH, project
+from qwen_assets_tests.conftest import TEST_MODEL_NAME, minilm_path
+from qwen_assets_tests.embedding_server import EmbeddingServer
+
+
+def run() -> str:
+    from dagster import instance_for_test
+
+    from qwen_assets.embedding.local import load_model
+    from qwen_assets.pipeline import build_stale
+    from qwen_assets.settings import load_settings
+
+    model = load_model(minilm_path(), "cpu", TEST_MAX_SEQ_LENGTH)
+    server = EmbeddingServer(
+        lambda texts: np.asarray(model.encode(texts, batch_size=16, show_progress_bar=False))
+    ).start()
+    settings_path = project(
+        "incremental",
+        embedding={
+            "model": TEST_MODEL_NAME,
+            "backend": "http",
+            "http": {"base_url": server.base_url, "max_in_flight": 4},
+        },
+    )
+    root = settings_path.parent
+    for name in ["warehouse.duckdb", "cache.duckdb"]:
+        (root / name).unlink(missing_ok=True)
+    text = settings_path.read_text().replace(
+        str(root.parent / "cache.duckdb"), str(root / "cache.duckdb")
+    )
+    settings_path.write_text(text)
+    rows = []
+    try:
+        with instance_for_test() as instance:
+
+            def step(label: str, expected: str) -> None:
+                server.reset()
+                started = time.monotonic()
+                report = build_stale(instance, load_settings(settings_path), log=lambda line: None)
+                assert report.succeeded
+                rows.append(
+                    [
+                        label,
+                        len(server.received),
+                        expected,
+                        f"{time.monotonic() - started:.1f}",
+                        len(report.run_ids),
+                    ]
+                )
+
+            batch = load_settings(settings_path).embedding.batch_size
+            documents = 800
+            step(
+                "cold build (empty cache)",
+                f"4 x ceil({documents}/{batch}) = {4 * math.ceil(documents / batch)}",
+            )
+            step("nothing changed", "0")
+            settings_path.write_text(
+                settings_path.read_text().replace("or neutral", "or neutral, and how strongly")
+            )
+            step(
+                "one instruction changed (sentiment)",
+                f"ceil({documents}/{batch}) = {math.ceil(documents / batch)}",
+            )
+            settings_path.write_text(
+                settings_path.read_text().replace("n_neighbors = 15", "n_neighbors = 20")
+            )
+            step("one UMAP setting changed (n_neighbors)", "0")
+    finally:
+        server.stop()
+    body = (
+        "Embedding requests sent to the API and wall time of `qwen-assets build` (the same "
+        "code path), 800 documents, 4 tasks, batch 32.\n\n"
+        + table(["change", "requests", "target", "seconds", "runs"], rows)
+    )
+    write_section("incremental", "Incremental cost", body)
+    return body
+
+
+if __name__ == "__main__":
+    print(run())

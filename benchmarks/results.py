@@ -1,0 +1,50 @@
+"""Writing figures into benchmarks/RESULTS.md, one section per benchmark, with the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+HEADER = """# Benchmark results
+
+Written by `python -m benchmarks.run` (one section per benchmark; rerun one with
+`python -m benchmarks.run NAME`). Each section names the machine and the command.
+"""
+
+
+def machine() -> str:
+    memory = ""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        memory = f", {total / 2**30:.0f} GB RAM"
+    except (ValueError, OSError):
+        pass
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores{memory}, Python {platform.python_version()}"
+
+
+def write_section(name: str, title: str, body: str) -> None:
+    """Replace (or add) the section of this benchmark, leaving the others as they were."""
+    text = RESULTS.read_text() if RESULTS.exists() else HEADER
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    section = (
+        f"<!-- {name} -->\n## {title}\n\n"
+        f"Command: `python -m benchmarks.run {name}` · {stamp} · {machine()}\n\n"
+        f"{body.strip()}\n<!-- /{name} -->\n"
+    )
+    pattern = re.compile(rf"<!-- {name} -->.*?<!-- /{name} -->\n", re.S)
+    text = (
+        pattern.sub(lambda _: section, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + section
+    )
+    RESULTS.write_text(text)
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)

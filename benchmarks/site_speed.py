@@ -1,0 +1,106 @@
+"""The site in headless Chromium: payload bytes, time to first render and to switch tasks,
+for every site the other benchmarks built (800 documents and the whole corpus)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+
+from benchmarks.results import table, write_section
+from benchmarks.workspace import work_dir
+
+PUBLISHED_DEMO_BYTES = 1_234_932  # the published demo's data.json, 800 documents x 4 tasks
+RUNS = 3
+
+
+def chromium() -> str:
+    found = os.environ.get("QWEN_ASSETS_CHROMIUM") or shutil.which("chromium")
+    if not found:
+        raise SystemExit("no chromium: apt-get install chromium, or set QWEN_ASSETS_CHROMIUM")
+    return found
+
+
+SWITCH = """async (name) => {
+  const plot = document.getElementById('plot');
+  const started = performance.now();
+  const drawn = new Promise((resolve) => plot.once('plotly_afterplot', resolve));
+  document.querySelector(`#task-buttons [data-task="${name}"]`).click();
+  await drawn;
+  return performance.now() - started;
+}"""
+
+
+def measure(browser, site) -> dict:
+    payload = json.loads((site / "data.json").read_text())
+    tasks = [task["name"] for task in payload["tasks"]]
+    first_render, switches = [], []
+    for _ in range(RUNS):
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto((site / "index.html").as_uri())
+        page.wait_for_selector("body[data-ready='true']", timeout=120_000)
+        first_render.append(
+            page.evaluate("() => performance.now()")
+        )  # navigation start -> drawn and interactive
+        for name in tasks[1:] + tasks[:1]:
+            switches.append(page.evaluate(SWITCH, name))
+            page.wait_for_timeout(700)  # let the transition finish
+        page.close()
+    return {
+        "documents": len(payload["documents"]["id"]),
+        "bytes": (site / "data.json").stat().st_size,
+        "render_ms": statistics.median(first_render),
+        "switch_ms": statistics.median(switches),
+        "webgl": len(payload["documents"]["id"]) > payload["render"]["webgl_above"],
+    }
+
+
+def run() -> str:
+    from playwright.sync_api import sync_playwright
+
+    sites = sorted(
+        (path.parent for path in work_dir().glob("*/site/data.json")),
+        key=lambda site: site.stat().st_size,
+    )
+    if not sites:
+        raise SystemExit("no built site: run the incremental and growth benchmarks first")
+    rows = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        for site in sites:
+            figures = measure(browser, site)
+            rows.append(
+                [
+                    f"{figures['documents']:,} ({site.parent.name})",
+                    f"{figures['bytes']:,}",
+                    f"{figures['bytes'] * 1000 / figures['documents'] / 1e3:,.0f} kB",
+                    f"{figures['render_ms']:.0f}",
+                    f"{figures['switch_ms']:.0f}",
+                    "WebGL, no animation" if figures["webgl"] else "SVG, animated",
+                ]
+            )
+        browser.close()
+    body = (
+        f"data.json bytes (the published demo: {PUBLISHED_DEMO_BYTES:,} bytes for 800 documents "
+        "x 4 tasks), time from navigation to a drawn, interactive explorer, and from a task "
+        f"button's click to the redrawn plot (median of {RUNS} loads, every task), headless "
+        "Chromium from disk.\n\n"
+        + table(
+            [
+                "documents",
+                "data.json bytes",
+                "per 1,000 docs",
+                "first render ms",
+                "switch ms",
+                "rendering",
+            ],
+            rows,
+        )
+    )
+    write_section("site", "The site in Chromium", body)
+    return body
+
+
+if __name__ == "__main__":
+    print(run())

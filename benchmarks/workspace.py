@@ -1,0 +1,52 @@
+"""Where the benchmarks keep their projects: benchmarks/.work (or BENCH_WORK), with one
+embedding cache shared by all of them, so that a vector is computed once across runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from qwen_assets_tests.conftest import minilm_path, settings_dict, write_settings
+
+ARCHIVE_ENV = "QWEN_ASSETS_NEWSGROUPS_ARCHIVE"
+TEST_MAX_SEQ_LENGTH = 128
+
+
+def work_dir() -> Path:
+    root = Path(os.environ.get("BENCH_WORK") or Path(__file__).with_name(".work"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def archive() -> str:
+    path = os.environ.get(ARCHIVE_ENV)
+    if not path:
+        raise SystemExit(f"set {ARCHIVE_ENV} to the 20news-bydate.tar.gz archive")
+    return path
+
+
+def project(name: str, corpus: dict | None = None, embedding: dict | None = None) -> Path:
+    """A settings file for a project under the work folder; the small local model unless
+    ``embedding`` says otherwise. Returns the settings path."""
+    root = work_dir() / name
+    root.mkdir(parents=True, exist_ok=True)
+    raw = settings_dict(
+        corpus={"archive": archive(), **(corpus or {})},
+        embedding=embedding
+        or {
+            "model": "all-MiniLM-L6-v2",
+            "backend": "local",
+            "local": {
+                "model": minilm_path(),
+                "device": "cpu",
+                "max_seq_length": TEST_MAX_SEQ_LENGTH,
+                "batch_size": 32,
+            },
+        },
+        storage={
+            "database": str(root / "warehouse.duckdb"),
+            "embedding_cache": str(work_dir() / "cache.duckdb"),
+        },
+        site={"output_dir": str(root / "site")},
+    )
+    return write_settings(root / "settings.toml", raw)

@@ -1,0 +1,224 @@
+"""Querying the built database: the README's SQL, and the command line's subcommands."""
+
+import csv
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from qwen_assets.cli import USER_ERROR, main
+from qwen_assets.site import read_payload
+from qwen_assets_tests.conftest import REPO, Writer, project_settings, write_settings
+
+DOC = "train/sci.space/61178"  # a sci.space post of the demo's sample, used in the README
+TASKS = ["default", "topic", "sentiment", "toxicity"]
+
+
+def readme_queries() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    return re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def database(built):
+    connection = duckdb.connect(built.database, read_only=True)
+    yield connection
+    connection.close()
+
+
+def run(connection, sql: str):
+    return connection.sql(sql).df()
+
+
+def test_the_readme_documents_the_queries_the_tests_run():
+    assert len(readme_queries()) == 5
+
+
+def test_readme_nearest_neighbours_start_with_the_post_itself(database):
+    result = run(database, readme_queries()[0])
+    assert len(result) == 10
+    assert result["doc_id"][0] == DOC and result["similarity"][0] == pytest.approx(1, abs=1e-5)
+    assert result["similarity"].is_monotonic_decreasing
+
+
+def test_readme_side_by_side_neighbours_agree_with_the_cli(database, cli):
+    result = run(database, readme_queries()[1])
+    assert result["rank"].tolist() == [1, 2, 3, 4, 5]
+    for task, column in [("default", "in_default"), ("topic", "in_topic")]:
+        ranked = json.loads(cli("neighbours", DOC, "--task", task, "-k", "6", "--format", "json"))
+        assert result[column].tolist() == [row["doc_id"] for row in ranked[1:]]
+
+
+def test_readme_centroid_query_beats_chance_in_every_task(database):
+    result = run(database, readme_queries()[2])
+    assert sorted(result["task"]) == sorted(TASKS)
+    assert (result["own_group_is_nearest"] > 1 / 10).all()
+    assert (result["own_group_is_nearest"] <= 1).all()
+
+
+def test_readme_same_group_query_matches_the_sites_neighbours(database, built):
+    result = run(database, readme_queries()[3]).set_index("task")["same_group_of_10"]
+    payload = read_payload(built.root / "site")
+    categories = np.array(payload["documents"]["category"])
+    for task in payload["tasks"]:
+        neighbours = np.array(task["neighbours"])
+        same = (categories[neighbours] == categories[:, None]).sum(axis=1).mean()
+        assert result[task["name"]] == pytest.approx(same, abs=0.02), (
+            "DuckDB and numpy find the same neighbours"
+        )
+
+
+def test_readme_quality_query_lists_every_task(database):
+    result = run(database, readme_queries()[4])
+    assert sorted(result["task"]) == sorted(TASKS)
+    assert result["knn_accuracy"].is_monotonic_decreasing
+
+
+@pytest.fixture
+def cli(built, monkeypatch, capsys):
+    """Run ``qwen-assets ...`` in process on the built project; returns stdout."""
+    monkeypatch.setenv("QWEN_ASSETS_SETTINGS", str(built.settings_path))
+
+    def invoke(*arguments: str, expect: int = 0) -> str:
+        capsys.readouterr()
+        code = main(list(arguments))
+        captured = capsys.readouterr()
+        assert code == expect, captured.err
+        invoke.err = captured.err
+        return captured.out
+
+    return invoke
+
+
+def test_neighbours_rank_the_post_first_and_sort_the_rest(cli):
+    rows = json.loads(cli("neighbours", DOC, "--task", "topic", "-k", "7", "--format", "json"))
+    assert len(rows) == 7
+    assert rows[0]["doc_id"] == DOC and rows[0]["similarity"] == pytest.approx(1, abs=1e-5)
+    similarities = [row["similarity"] for row in rows]
+    assert similarities == sorted(similarities, reverse=True)
+    assert [row["rank"] for row in rows] == list(range(1, 8))
+    table = cli("neighbours", DOC, "--task", "topic", "-k", "3")
+    assert table.splitlines()[0].split()[:3] == ["rank", "doc_id", "category"]
+    assert len(table.splitlines()) == 2 + 3
+    parsed = list(
+        csv.DictReader(io.StringIO(cli("neighbours", DOC, "--task", "topic", "--format", "csv")))
+    )
+    assert [row["doc_id"] for row in parsed][:7] == [row["doc_id"] for row in rows]
+
+
+def test_search_for_a_sentence_of_a_post_finds_that_post_first(cli, built, fresh_server):
+    sample = duckdb.connect(built.database, read_only=True)
+    try:
+        doc_id, text = sample.execute(
+            "SELECT doc_id, text FROM newsgroups_sample WHERE length(text) > 600 ORDER BY position LIMIT 1"
+        ).fetchall()[0]
+    finally:
+        sample.close()
+    sentence = " ".join(text.split()[:40])
+    rows = json.loads(cli("search", sentence, "--task", "topic", "-k", "5", "--format", "json"))
+    assert rows[0]["doc_id"] == doc_id
+    assert [row["similarity"] for row in rows] == sorted(
+        (row["similarity"] for row in rows), reverse=True
+    )
+    assert len(fresh_server.received) == 1, "the query was embedded by the configured backend"
+    cli("search", sentence, "--task", "topic", "-k", "5", "--format", "json")
+    assert len(fresh_server.received) == 1, "the same query again comes from the cache"
+
+
+def test_compare_shows_each_neighbours_rank_in_both_tasks(cli):
+    rows = json.loads(
+        cli("compare", DOC, "--tasks", "default,topic", "-k", "5", "--format", "json")
+    )
+    default = json.loads(cli("neighbours", DOC, "--task", "default", "-k", "6", "--format", "json"))
+    assert {row["doc_id"] for row in rows if row["rank_default"]} == {
+        r["doc_id"] for r in default[1:]
+    }
+    for row in rows:
+        assert row["in_all"] == (row["rank_default"] is not None and row["rank_topic"] is not None)
+    shared = sum(row["in_all"] for row in rows)
+    assert len(rows) == 10 - shared
+    table = cli("compare", DOC, "--tasks", "default,topic", "-k", "5")
+    assert f"{shared} of 5 neighbours shared by default and topic" in table
+
+
+def test_export_round_trips_through_duckdb(cli, tmp_path: Path):
+    everything = tmp_path / "all.parquet"
+    cli("export", str(everything))
+    rows = duckdb.sql(
+        f"SELECT count(*), min(len(embedding)), max(len(embedding)), count(DISTINCT task), "
+        f"count(x) FROM '{everything}'"
+    ).fetchall()[0]
+    assert rows == (3200, 384, 384, 4, 3200)
+    columns = [row[0] for row in duckdb.sql(f"DESCRIBE SELECT * FROM '{everything}'").fetchall()]
+    assert columns == ["task", "doc_id", "category", "text", "x", "y", "embedding"]
+    one = tmp_path / "topic.csv"
+    cli("export", str(one), "--task", "topic", "--format", "csv")
+    assert duckdb.sql(f"SELECT count(*), count(DISTINCT task) FROM '{one}'").fetchall() == [
+        (800, 1)
+    ]
+    assert not list(tmp_path.glob(".*partial")), "no half-written file is left behind"
+
+
+@pytest.mark.parametrize("command", ["build", "neighbours", "search", "compare", "export"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main([command, "--help"])
+    assert raised.value.code == 0
+    assert "usage: qwen-assets " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["neighbours", "train/sci.space/1", "--task", "topic"],
+            "unknown document 'train/sci.space/1'",
+        ),
+        (
+            ["neighbours", DOC, "--task", "mood"],
+            "unknown task 'mood'; built tasks: default, sentiment, topic, toxicity",
+        ),
+        (["search", "   ", "--task", "topic"], "the search text is empty"),
+        (["compare", DOC, "--tasks", "topic"], "--tasks needs at least two task names"),
+        (["neighbours", DOC, "--task", "topic", "-k", "0"], "-k must be at least 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(cli, arguments, message):
+    cli(*arguments, expect=USER_ERROR)
+    assert message in cli.err
+    assert len(cli.err.strip().splitlines()) == 1 and "Traceback" not in cli.err
+
+
+def test_a_missing_database_says_to_build_first(cli, server, archive, tmp_path: Path, monkeypatch):
+    settings = write_settings(
+        tmp_path / "settings.toml", project_settings(tmp_path, server, archive)
+    )
+    monkeypatch.setenv("QWEN_ASSETS_SETTINGS", str(settings))
+    cli("neighbours", DOC, "--task", "topic", expect=USER_ERROR)
+    assert "does not exist yet: run `qwen-assets build` first" in cli.err
+
+
+def test_a_busy_database_waits_then_says_so(
+    cli, built, server, archive, tmp_path: Path, monkeypatch
+):
+    shutil.copyfile(built.database, tmp_path / "warehouse.duckdb")
+    raw = project_settings(tmp_path, server, archive)
+    raw["storage"]["lock_wait_seconds"] = 1
+    monkeypatch.setenv("QWEN_ASSETS_SETTINGS", str(write_settings(tmp_path / "settings.toml", raw)))
+    writer = Writer(str(tmp_path / "warehouse.duckdb"))
+    try:
+        cli("neighbours", DOC, "--task", "topic", expect=USER_ERROR)
+    finally:
+        writer.release()
+    assert "is busy: another process" in cli.err and len(cli.err.strip().splitlines()) == 1
+    assert (
+        json.loads(cli("neighbours", DOC, "--task", "topic", "-k", "1", "--format", "json"))[0][
+            "doc_id"
+        ]
+        == DOC
+    )
