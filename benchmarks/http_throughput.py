@@ -53,7 +53,7 @@ def ours(server: EmbeddingServer, *, rpm: int, corpus: list[str]) -> tuple[float
     backend = HttpBackend(settings, "bench", None, None, logging.getLogger("bench"))
     done = 0
 
-    def deliver(batch, vectors) -> None:
+    def deliver(batch, vectors, tokens) -> None:
         nonlocal done
         done += len(batch.texts)
 

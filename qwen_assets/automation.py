@@ -12,6 +12,7 @@ from dagster import (
     AssetKey,
     AssetObservation,
     AssetRecordsFilter,
+    AssetSelection,
     AutomationCondition,
     DagsterInstance,
     DefaultScheduleStatus,
@@ -44,12 +45,19 @@ INSTRUCTIONS = AssetKey("task_instructions")
 BUILD_JOB = "build_assets"
 
 
-def rebuild_when_inputs_change() -> AutomationCondition:
-    """Like ``eager()``, and also when the asset's own code version (its settings) changes."""
+def rebuild_when_inputs_change(ignore: AssetSelection | None = None) -> AutomationCondition:
+    """Like ``eager()``, and also when the asset's own code version (its settings) changes.
+
+    ``ignore``: inputs whose updates alone do not trigger a rebuild, because another input
+    always follows them (the site waits for the maps rather than building once per step).
+    """
+    updated = AutomationCondition.any_deps_updated()
+    if ignore is not None:
+        updated = updated.ignore(ignore)
     return (
         (
             AutomationCondition.newly_missing()
-            | AutomationCondition.any_deps_updated()
+            | updated
             | AutomationCondition.code_version_changed()
         ).since_last_handled()
         & ~AutomationCondition.any_deps_missing()

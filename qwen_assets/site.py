@@ -82,7 +82,8 @@ def build_payload(
     inline_texts: bool,
 ) -> dict:
     """The payload. With ``inline_texts`` every text is in it (and previews are cut from
-    them in the page); otherwise it carries previews, and ``text_chunks`` the texts."""
+    them in the page); otherwise it carries previews, and ``text_chunks`` the texts
+    (``write_payload`` writes them)."""
     legend = sorted(set(categories))
     index = {name: position for position, name in enumerate(legend)}
     documents: dict[str, list] = {
@@ -138,11 +139,8 @@ def script_form(encoded: bytes, assignment: str = f"window.{PAYLOAD_GLOBAL}") ->
     return assignment.encode() + b" = " + body + b";\n"
 
 
-def text_chunks(texts: Sequence[str]) -> list[list[str]]:
-    return [
-        list(texts[start : start + TEXT_CHUNK_SIZE])
-        for start in range(0, len(texts), TEXT_CHUNK_SIZE)
-    ]
+def text_chunks(texts: Sequence[str], size: int = TEXT_CHUNK_SIZE) -> list[list[str]]:
+    return [list(texts[start : start + size]) for start in range(0, len(texts), size)]
 
 
 def text_chunk_name(number: int) -> str:
@@ -181,7 +179,7 @@ def write_payload(
     if payload["texts"] is not None:
         if texts is None:
             raise ValueError("the payload's texts are chunked: pass them to write_payload")
-        for number, chunk in enumerate(text_chunks(texts)):
+        for number, chunk in enumerate(text_chunks(texts, payload["texts"]["chunk_size"])):
             name = output_dir / text_chunk_name(number)
             chunk_encoded = encode_payload(chunk)
             write_atomically(name.with_suffix(".json"), chunk_encoded)

@@ -168,6 +168,9 @@ def test_automation_requests_exactly_the_edited_task(copy_of_project, server):
     assert after_edit.get_num_requested(AssetKey("umap_coordinates")) == 0, (
         "maps wait for their embeddings"
     )
+    assert after_edit.get_num_requested(AssetKey("site_data")) == 0, (
+        "the site waits for its inputs, and is built once, after the maps"
+    )
 
 
 def schedule_tick(settings_file: Path, instance):

@@ -2,6 +2,7 @@
 from disk and from a loopback HTTP server, built from the session's real pipeline run."""
 
 import io
+import json
 import os
 import re
 import shutil
@@ -279,3 +280,82 @@ def test_a_phone_in_dark_mode_gets_a_fitting_dark_page(browser, root):
         assert phone.page.locator("#plot .main-svg").first.is_visible()
     finally:
         phone.close()
+
+
+@pytest.fixture(scope="session")
+def large_site_dir(built, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built site in the form a large corpus gets: previews up front, full texts in
+    chunk files loaded on demand, WebGL points."""
+    copy = tmp_path_factory.mktemp("large-site") / "site"
+    shutil.copytree(built.root / "site", copy)
+    payload = read_payload(copy)
+    texts = payload["documents"].pop("text")
+    payload["documents"]["preview"] = [text[:80] for text in texts]
+    payload["texts"] = {"chunk_size": 300, "chunks": 3}
+    payload["render"]["webgl_above"] = 100
+    write_payload(payload, copy, texts)
+    return copy
+
+
+def test_a_large_site_loads_texts_on_demand_and_draws_with_webgl(browser, large_site_dir, payload):
+    assert sorted(path.name for path in (large_site_dir / "texts").iterdir()) == [
+        f"{number:04d}.{kind}" for number in range(3) for kind in ("js", "json")
+    ]
+    opened = Page(browser, large_site_dir.as_uri() + "/", viewport={"width": 1280, "height": 900})
+    try:
+        doc = 650  # in the third chunk
+        opened.open(f"index.html#doc={payload['documents']['id'][doc]}")
+        assert (
+            opened.page.evaluate("() => document.getElementById('plot').data[0].type")
+            == "scattergl"
+        )
+        text = payload["documents"]["text"][doc]
+        opened.page.wait_for_function(
+            "(expected) => document.getElementById('doc-text').textContent === expected",
+            arg=text,
+        )
+        assert any(url.endswith("texts/0002.js") for url in opened.requests)
+        assert not any(url.endswith("texts/0000.js") for url in opened.requests), (
+            "only the chunk needed"
+        )
+        opened.page.fill("#search", "space")
+        expected = sum("space" in text.lower() for text in payload["documents"]["text"])
+        opened.page.wait_for_function(
+            "() => /match$/.test(document.getElementById('search-count').textContent)"
+        )
+        assert opened.page.inner_text("#search-count").startswith(f"{expected} of ")
+        assert opened.errors == [] and opened.foreign_requests() == []
+    finally:
+        opened.close()
+
+
+def test_a_smaller_rebuild_removes_the_text_chunks_of_a_larger_one(large_site_dir, tmp_path: Path):
+    site = tmp_path / "site"
+    shutil.copytree(large_site_dir, site)
+    payload = read_payload(site)
+    texts = [
+        text
+        for chunk in range(3)
+        for text in json.loads((site / f"texts/{chunk:04d}.json").read_text())
+    ]
+    assert len(texts) == len(payload["documents"]["id"])
+    payload["documents"]["text"] = texts
+    del payload["documents"]["preview"]
+    payload["texts"] = None
+    write_payload(payload, site)
+    assert list((site / "texts").iterdir()) == []
+    assert read_payload(site)["documents"]["text"] == texts
+    script = (site / "data.js").read_text()
+    assert script.startswith("window.QWEN_SITE_DATA = ") and "</script" not in script.lower()
+
+
+def test_switching_tasks_moves_the_points_smoothly(page, payload):
+    page.open()
+    point = "() => document.querySelector('.scatterlayer .trace .point').getAttribute('transform')"
+    before = page.page.evaluate(point)
+    page.page.click(f"#task-buttons [data-task='{payload['tasks'][1]['name']}']")
+    during = page.page.evaluate(point)
+    page.page.wait_for_timeout(TRANSITION_SETTLE_MS)
+    after = page.page.evaluate(point)
+    assert before != after
+    assert during != after, "the point was still on its way right after the click"

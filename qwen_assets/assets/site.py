@@ -6,7 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    AssetSelection,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from qwen_assets.assets._metadata import counts_markdown
 from qwen_assets.assets.projection import load_embeddings
@@ -56,7 +63,8 @@ def site_assets(
         deps=[embeddings, coordinates],
         code_version=fingerprint({"site_data": 1, "site": site.model_dump()}),
         pool="duckdb",
-        automation_condition=rebuild_when_inputs_change(),
+        # New vectors always lead to new maps: build the site once, after the maps.
+        automation_condition=rebuild_when_inputs_change(ignore=AssetSelection.assets(embeddings)),
         kinds={"json", "duckdb"},
         description=f"The site's payload, {output_dir}/data.json (and data.js for pages opened "
         "from disk): texts once, aligned coordinates, top-k neighbours and quality figures per "

@@ -104,10 +104,27 @@
     // Keeps zoom and legend choices across redraws of the same mode.
     layout.uirevision = state.colour;
     layout.showlegend = state.colour === "category";
-    const smooth = animate && drawnColour === state.colour && site.traceType() === "scatter";
-    if (smooth) layout.transition = { duration: TRANSITION_MS, easing: "cubic-in-out" };
+    const config = site.plotConfig("qwen-embedding-" + state.task);
+    const smooth =
+      animate &&
+      drawnColour === state.colour &&
+      site.traceType() === "scatter" &&
+      plot.data &&
+      plot.data.length === traces.length;
     drawnColour = state.colour;
-    return window.Plotly.react(plot, traces, layout, site.plotConfig("qwen-embedding-" + state.task));
+    if (!smooth) return window.Plotly.react(plot, traces, layout, config);
+    // Move every point from its old place to its new one, then settle the rest (colours,
+    // hover text) without a transition.
+    const moves = traces.map((trace) => ({ x: trace.x, y: trace.y }));
+    return window.Plotly.animate(
+      plot,
+      { data: moves, traces: traces.map((_, index) => index) },
+      {
+        transition: { duration: TRANSITION_MS, easing: "cubic-in-out" },
+        frame: { duration: TRANSITION_MS, redraw: false },
+        mode: "immediate",
+      }
+    ).then(() => window.Plotly.react(plot, traces, layout, config));
   }
 
   function showTaskText() {
