@@ -32,7 +32,7 @@ DIMENSION = 64
 # (label, server requests per minute, texts); the server enforces its rate over 2 s windows,
 # so the limit bites within a short run as it would over a long one.
 SCENARIOS = [
-    ("latency-bound (RPM 6,000)", 6000, 8000),
+    ("latency-bound (RPM 6,000)", 6000, 16000),
     ("rate-bound (RPM 900)", 900, 4000),
 ]
 

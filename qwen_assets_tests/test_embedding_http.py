@@ -2,6 +2,7 @@
 
 import logging
 import math
+import time
 
 import duckdb
 import numpy as np
@@ -196,3 +197,10 @@ def test_matryoshka_dimensions_truncate_and_renormalise(fresh_server, cache):
     vectors, _ = embed_texts(TEXTS, "", settings, backend, cache, logging.getLogger("t"))
     assert vectors.shape == (len(TEXTS), 64)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_the_request_budget_spaces_requests_evenly(fresh_server, cache):
+    started = time.monotonic()
+    run(fresh_server, cache, requests_per_minute=300)  # 5 requests, one per 0.2 s
+    assert len(fresh_server.received) == math.ceil(len(TEXTS) / 8) == 5
+    assert time.monotonic() - started >= 0.75, "no opening burst: the budget is spread out"

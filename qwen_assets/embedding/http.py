@@ -107,8 +107,9 @@ class HttpBackend:
                 'or use embedding.backend = "local"'
             )
         rpm = settings.requests_per_minute
-        # Spread the allowance over the minute rather than allowing one burst of all of it.
-        self._requests = AsyncLimiter(rpm / 60, 1.0) if rpm >= 60 else AsyncLimiter(1, 60 / rpm)
+        # One request every 60/rpm seconds: evenly spaced, so no opening burst trips a
+        # server that counts its limit over short windows.
+        self._requests = AsyncLimiter(1, 60 / rpm)
         tpm = settings.tokens_per_minute
         self._tokens = AsyncLimiter(tpm, 60.0) if tpm else None
 
