@@ -38,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from qwen_assets.metrics import nearest_neighbours, task_quality
+from qwen_assets.settings import Settings
+
 SCHEMA = "qwen-assets/site-data"
 PUBLISHED_MODE = 0o644  # readable by the web server, whoever it runs as
 SCHEMA_VERSION = 1
@@ -64,6 +67,39 @@ class TaskMap:
     neighbours: np.ndarray  # (n, k) indices
     similarity: np.ndarray  # (n, k)
     quality: Mapping[str, float | int]
+
+
+def task_maps(
+    settings: Settings,
+    categories: Sequence[str],
+    vectors: Mapping[str, np.ndarray],
+    layouts: Mapping[str, np.ndarray],
+) -> list[TaskMap]:
+    """Each task's share of the payload: its aligned layout, its top-k neighbours by
+    full-dimension cosine, and its quality figures. Rows are documents, in one order."""
+    site = settings.site
+    labels = np.unique(np.asarray(categories), return_inverse=True)[1]
+    neighbours = {task: nearest_neighbours(vectors[task], site.neighbours) for task in vectors}
+    reference = neighbours[settings.umap.align_to][0]
+    return [
+        TaskMap(
+            name=task,
+            instruction=settings.tasks[task].instruction,
+            description=settings.tasks[task].description,
+            coordinates=layouts[task],
+            neighbours=neighbours[task][0],
+            similarity=neighbours[task][1],
+            quality=task_quality(
+                vectors[task],
+                layouts[task],
+                labels,
+                neighbours[task][0],
+                reference,
+                sample_size=site.quality_sample_size,
+            ).rounded(),
+        )
+        for task in settings.task_names
+    ]
 
 
 def build_payload(

@@ -18,15 +18,14 @@ from dagster import (
 from qwen_assets.assets._metadata import counts_markdown
 from qwen_assets.assets.projection import load_embeddings
 from qwen_assets.automation import rebuild_when_inputs_change
-from qwen_assets.metrics import nearest_neighbours, task_quality
 from qwen_assets.resources import Warehouse
 from qwen_assets.settings import Settings, fingerprint
 from qwen_assets.site import (
-    TaskMap,
     build_payload,
     publish_pages,
     sources_dir,
     sources_fingerprint,
+    task_maps,
     task_page_name,
     write_payload,
 )
@@ -49,6 +48,12 @@ def quality_markdown(quality: dict[str, dict]) -> str:
     for task, figures in quality.items():
         lines.append(f"| {task} | " + " | ".join(f"{figures[name]:.3f}" for name in names) + " |")
     return "\n".join(lines)
+
+
+def in_document_order(rows: pd.DataFrame, positions: dict[str, int]) -> np.ndarray:
+    layout = np.empty((len(positions), 2))
+    layout[rows["doc_id"].map(positions).to_numpy()] = rows[["x_aligned", "y_aligned"]].to_numpy()
+    return layout
 
 
 def site_assets(
@@ -75,46 +80,17 @@ def site_assets(
         documents = warehouse.query(
             "SELECT doc_id, category, text, preview FROM newsgroups_sample ORDER BY position"
         )
-        labels = pd.Categorical(
-            documents["category"], categories=sorted(set(documents["category"]))
-        )
         positions = {doc_id: row for row, doc_id in enumerate(documents["doc_id"])}
         layouts = warehouse.query("SELECT task, doc_id, x_aligned, y_aligned FROM umap_coordinates")
-
-        def layout_of(task: str) -> np.ndarray:
-            rows = layouts[layouts["task"] == task]
-            order = rows["doc_id"].map(positions).to_numpy()
-            layout = np.empty((len(documents), 2))
-            layout[order] = rows[["x_aligned", "y_aligned"]].to_numpy()
-            return layout
-
-        neighbours = {}
-        vectors = {}
-        for task in settings.task_names:
-            _, vectors[task] = load_embeddings(warehouse, task)
-            neighbours[task] = nearest_neighbours(vectors[task], site.neighbours)
-        maps = []
-        for task in settings.task_names:
-            layout = layout_of(task)
-            quality = task_quality(
-                vectors[task],
-                layout,
-                labels.codes,
-                neighbours[task][0],
-                neighbours[reference][0],
-                sample_size=site.quality_sample_size,
-            )
-            maps.append(
-                TaskMap(
-                    name=task,
-                    instruction=settings.tasks[task].instruction,
-                    description=settings.tasks[task].description,
-                    coordinates=layout,
-                    neighbours=neighbours[task][0],
-                    similarity=neighbours[task][1],
-                    quality=quality.rounded(),
-                )
-            )
+        maps = task_maps(
+            settings,
+            documents["category"].tolist(),
+            vectors={task: load_embeddings(warehouse, task)[1] for task in settings.task_names},
+            layouts={
+                task: in_document_order(layouts[layouts["task"] == task], positions)
+                for task in settings.task_names
+            },
+        )
         payload = build_payload(
             doc_ids=documents["doc_id"].tolist(),
             categories=documents["category"].tolist(),
