@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from qwen_assets.query import EXPORT_FORMATS
 from qwen_assets.settings import SettingsError
 
 USER_ERROR = 2
@@ -151,7 +152,9 @@ def parser() -> argparse.ArgumentParser:
     build.set_defaults(handler=command_build)
 
     def query_command(name: str, help_text: str, handler) -> argparse.ArgumentParser:
-        command = commands.add_parser(name, help=help_text, description=help_text.capitalize())
+        command = commands.add_parser(
+            name, help=help_text, description=help_text[0].upper() + help_text[1:]
+        )
         command.set_defaults(handler=handler)
         return command
 
@@ -164,7 +167,7 @@ def parser() -> argparse.ArgumentParser:
     neighbours = query_command(
         "neighbours", "nearest documents to a document in one task's space", command_neighbours
     )
-    neighbours.add_argument("doc_id", metavar="DOC_ID", help="e.g. train/sci.space/60248")
+    neighbours.add_argument("doc_id", metavar="DOC_ID", help="e.g. train/sci.space/61178")
     neighbours.add_argument("--task", required=True, help="task name, e.g. topic")
     output_options(neighbours)
 
@@ -191,7 +194,7 @@ def parser() -> argparse.ArgumentParser:
     )
     export.add_argument("out", metavar="OUT", help="the file to write")
     export.add_argument("--task", default="all", help='a task name, or "all" (default)')
-    export.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="parquet")
     return top
 
 
