@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from qwen_assets_tests.conftest import minilm_path, settings_dict, write_settings
-
-ARCHIVE_ENV = "QWEN_ASSETS_NEWSGROUPS_ARCHIVE"
-TEST_MAX_SEQ_LENGTH = 128
+from qwen_assets_tests.conftest import (
+    ARCHIVE_ENV,
+    TEST_MAX_SEQ_LENGTH,
+    minilm_path,
+    settings_dict,
+    write_settings,
+)
 
 
 def work_dir() -> Path:
@@ -25,9 +28,16 @@ def archive() -> str:
     return path
 
 
-def project(name: str, corpus: dict | None = None, embedding: dict | None = None) -> Path:
+def project(
+    name: str,
+    corpus: dict | None = None,
+    embedding: dict | None = None,
+    *,
+    own_cache: bool = False,
+) -> Path:
     """A settings file for a project under the work folder; the small local model unless
-    ``embedding`` says otherwise. Returns the settings path."""
+    ``embedding`` says otherwise, and the shared cache unless ``own_cache``. Returns the
+    settings path."""
     root = work_dir() / name
     root.mkdir(parents=True, exist_ok=True)
     raw = settings_dict(
@@ -45,7 +55,7 @@ def project(name: str, corpus: dict | None = None, embedding: dict | None = None
         },
         storage={
             "database": str(root / "warehouse.duckdb"),
-            "embedding_cache": str(work_dir() / "cache.duckdb"),
+            "embedding_cache": str((root if own_cache else work_dir()) / "cache.duckdb"),
         },
         site={"output_dir": str(root / "site")},
     )

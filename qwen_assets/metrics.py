@@ -13,13 +13,9 @@ import numpy as np
 from sklearn.manifold import trustworthiness
 from sklearn.metrics import silhouette_score
 
+from qwen_assets.embedding.core import normalise
+
 NEIGHBOUR_BLOCK = 2048  # rows of the similarity matrix held at once
-
-
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms == 0, 1, norms)
 
 
 def nearest_neighbours(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -28,7 +24,7 @@ def nearest_neighbours(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     Returns (indices, similarities), both of shape (n, k). A document is never its own
     neighbour, even when another document has the very same text.
     """
-    unit = unit_rows(vectors)
+    unit = normalise(np.asarray(vectors, dtype=np.float32), None)
     n = len(unit)
     k = min(k, n - 1)
     indices = np.empty((n, k), dtype=np.int64)
@@ -106,9 +102,9 @@ def task_quality(
     k = neighbours.shape[1]
     return TaskQuality(
         knn_accuracy=knn_accuracy(neighbours, labels),
-        silhouette=float(silhouette_score(unit_rows(vectors[rows]), labels[rows], metric="cosine")),
+        silhouette=float(silhouette_score(vectors[rows], labels[rows], metric="cosine")),
         trustworthiness=float(
-            trustworthiness(unit_rows(vectors[rows]), layout[rows], n_neighbors=k, metric="cosine")
+            trustworthiness(vectors[rows], layout[rows], n_neighbors=k, metric="cosine")
         ),
         overlap_with_reference=float(
             neighbourhood_overlap(neighbours, reference_neighbours).mean()

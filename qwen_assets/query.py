@@ -58,9 +58,13 @@ def _reader(settings: Settings):
     )
 
 
-def _check_task(connection, settings: Settings, task: str) -> None:
+def _check_built(connection) -> None:
     if not table_exists(connection, "task_embeddings"):
         raise QueryError("the database has no embeddings yet: run `qwen-assets build` first")
+
+
+def _check_task(connection, task: str) -> None:
+    _check_built(connection)
     stored = [
         row[0]
         for row in connection.execute(
@@ -108,7 +112,7 @@ def neighbours(
     """The ``k`` documents most cosine-similar to ``doc_id`` in ``task``'s space, ranked."""
     _check_k(k)
     with _reader(settings) as connection:
-        _check_task(connection, settings, task)
+        _check_task(connection, task)
         _check_document(connection, doc_id)
         sql = NEIGHBOURS_SQL.format(self_filter="TRUE" if include_self else "b.doc_id <> a.doc_id")
         frame = connection.execute(sql, [task, doc_id, k]).df()
@@ -136,7 +140,7 @@ def search(
     if task not in settings.tasks:
         raise QueryError(f"unknown task {task!r}; configured tasks: {', '.join(settings.tasks)}")
     with _reader(settings) as connection:
-        _check_task(connection, settings, task)
+        _check_task(connection, task)
         dimension = connection.execute(
             "SELECT len(embedding) FROM task_embeddings WHERE task = ? LIMIT 1", [task]
         ).fetchall()[0][0]
@@ -206,10 +210,10 @@ def export(settings: Settings, task: str, output: Path, file_format: str) -> int
             f"unknown export format {file_format!r}; allowed: {', '.join(EXPORT_FORMATS)}"
         )
     with _reader(settings) as connection:
-        if task != "all":
-            _check_task(connection, settings, task)
-        elif not table_exists(connection, "task_embeddings"):
-            raise QueryError("the database has no embeddings yet: run `qwen-assets build` first")
+        if task == "all":
+            _check_built(connection)
+        else:
+            _check_task(connection, task)
         output.parent.mkdir(parents=True, exist_ok=True)
         where = "" if task == "all" else "WHERE e.task = $task"
         select = f"""
@@ -221,8 +225,10 @@ def export(settings: Settings, task: str, output: Path, file_format: str) -> int
         options = "FORMAT parquet" if file_format == "parquet" else "FORMAT csv, HEADER"
         temporary = output.with_name(f".{output.name}.partial")
         parameters = {} if task == "all" else {"task": task}
-        connection.execute(f"COPY ({select}) TO '{_sql_string(temporary)}' ({options})", parameters)
-        rows = connection.execute(f"SELECT count(*) FROM ({select})", parameters).fetchall()[0][0]
+        # COPY answers with the number of rows it wrote.
+        rows = connection.execute(
+            f"COPY ({select}) TO '{_sql_string(temporary)}' ({options})", parameters
+        ).fetchall()[0][0]
     temporary.replace(output)
     return rows
 

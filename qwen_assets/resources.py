@@ -15,6 +15,7 @@ from pydantic import Field
 
 from qwen_assets import storage
 from qwen_assets.embedding import EmbeddingStats, build_backend, embed_texts
+from qwen_assets.query import create_views
 from qwen_assets.settings import EmbeddingSettings
 
 
@@ -37,8 +38,6 @@ class Warehouse(ConfigurableResource):
 
     def create_views(self) -> None:
         """The convenience views over the sample, embeddings and coordinates (see README)."""
-        from qwen_assets.query import create_views
-
         with storage.connect(self.database, wait_seconds=self.lock_wait_seconds) as connection:
             create_views(connection)
 

@@ -200,7 +200,6 @@ def write_atomically(path: Path, content: bytes) -> None:
 @dataclass(frozen=True)
 class WrittenPayload:
     json_path: Path
-    script_path: Path
     sha256: str
     bytes: int
 
@@ -229,7 +228,7 @@ def write_payload(
     json_path, script_path = output_dir / "data.json", output_dir / "data.js"
     write_atomically(json_path, encoded)
     write_atomically(script_path, script_form(encoded))
-    return WrittenPayload(json_path, script_path, hashlib.sha256(encoded).hexdigest(), len(encoded))
+    return WrittenPayload(json_path, hashlib.sha256(encoded).hexdigest(), len(encoded))
 
 
 def read_payload(output_dir: Path) -> dict:

@@ -105,6 +105,12 @@ def replace_table(
         connection.execute("COMMIT")
 
 
+def _column_sql(columns: dict[str, str]) -> tuple[str, str]:
+    """(``"a" INT, "b" VARCHAR``, ``"a", "b"``) for a name -> DuckDB type map."""
+    schema = ", ".join(f'"{name}" {kind}' for name, kind in columns.items())
+    return schema, ", ".join(f'"{name}"' for name in columns)
+
+
 def append_rows(
     database: str,
     table: str,
@@ -114,8 +120,7 @@ def append_rows(
     wait_seconds: float = WAIT_FOR_LOCK_SECONDS,
 ) -> None:
     """Add rows to a log-like table, creating it on first use."""
-    schema = ", ".join(f'"{name}" {kind}' for name, kind in columns.items())
-    names = ", ".join(f'"{name}"' for name in columns)
+    schema, names = _column_sql(columns)
     with connect(database, wait_seconds=wait_seconds) as connection:
         connection.register("incoming", frame)
         connection.execute("BEGIN")
@@ -141,8 +146,7 @@ def replace_partition(
     other tasks' rows that still fit. Rows of tasks no longer in ``keep_tasks`` are removed.
     Returns the tasks whose rows were dropped because they no longer fit or were removed.
     """
-    schema = ", ".join(f'"{name}" {kind}' for name, kind in columns.items())
-    names = ", ".join(f'"{name}"' for name in columns)
+    schema, names = _column_sql(columns)
     dropped: list[str] = []
     with connect(database, wait_seconds=wait_seconds) as connection:
         connection.register("incoming", frame)

@@ -110,7 +110,6 @@ def projection_assets(
             warehouse.replace_partition(
                 "umap_coordinates", COORDINATE_COLUMNS, task, frame, settings.task_names
             )
-            warehouse.create_views()
             problems[task] = coordinate_problems(np.c_[layout, alignment.coordinates], len(doc_ids))
             context.add_asset_metadata(
                 {
@@ -123,6 +122,7 @@ def projection_assets(
                 },
                 partition_key=task,
             )
+        warehouse.create_views()
         yield MaterializeResult(
             check_results=[check_result("finite_point_for_every_document", problems)]
         )

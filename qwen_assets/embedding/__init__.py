@@ -1,7 +1,7 @@
 """Embedding backends: Qwen3-Embedding over an OpenAI-compatible HTTP API or in process.
 
-``embed_task`` is the one entry point the pipeline uses; the backends only turn batches
-of texts into vectors.
+``embed_texts`` is the one entry point the pipeline and the CLI use; the backends only
+turn batches of texts into vectors.
 """
 
 from __future__ import annotations

@@ -158,8 +158,10 @@
     }));
   }
 
-  function neighbourSet(task, index) {
-    return new Set(task.neighbours[index]);
+  /* How many of a document's reference-task neighbours it keeps in this task. */
+  function keptNeighbours(task, index) {
+    const theirs = new Set(tasksByName.get(data.reference_task).neighbours[index]);
+    return task.neighbours[index].filter((other) => theirs.has(other)).length;
   }
 
   /* Per document: the Jaccard index of its neighbours here and in the reference task. */
@@ -167,21 +169,13 @@
   function neighbourhoodChange(task) {
     if (!changeCache.has(task.name)) {
       const reference = tasksByName.get(data.reference_task);
-      const values = new Array(count);
-      for (let index = 0; index < count; index++) {
-        const mine = task.neighbours[index];
-        const theirs = neighbourSet(reference, index);
-        const shared = mine.filter((other) => theirs.has(other)).length;
-        values[index] = shared / (mine.length + theirs.size - shared);
-      }
+      const values = task.neighbours.map((mine, index) => {
+        const shared = keptNeighbours(task, index);
+        return shared / (mine.length + reference.neighbours[index].length - shared);
+      });
       changeCache.set(task.name, values);
     }
     return changeCache.get(task.name);
-  }
-
-  function keptNeighbours(task, index) {
-    const theirs = neighbourSet(tasksByName.get(data.reference_task), index);
-    return task.neighbours[index].filter((other) => theirs.has(other)).length;
   }
 
   function taskPageName(name) {
