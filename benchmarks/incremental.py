@@ -22,8 +22,8 @@ from qwen_assets_tests.embedding_server import EmbeddingServer
 def run() -> str:
     from dagster import instance_for_test
 
+    from qwen_assets.defs.headless_build import build_stale
     from qwen_assets.embedding.local import load_model
-    from qwen_assets.pipeline import build_stale
     from qwen_assets.settings import load_settings
 
     model = load_model(minilm_path(), "cpu", TEST_MAX_SEQ_LENGTH)

@@ -6,7 +6,6 @@ Each returns the problems found (empty when all is well), so a failure says what
 from __future__ import annotations
 
 import numpy as np
-from dagster import AssetCheckResult
 
 NORM_TOLERANCE = 1e-3
 
@@ -36,14 +35,3 @@ def coordinate_problems(coordinates: np.ndarray, expected_rows: int) -> list[str
     if not np.isfinite(coordinates).all():
         problems.append("non-finite coordinates")
     return problems
-
-
-def check_result(check_name: str, problems: dict[str, list[str]]) -> AssetCheckResult:
-    """One result for all tasks in the run: passed, or each failing task with its problems."""
-    failed = {task: found for task, found in problems.items() if found}
-    return AssetCheckResult(
-        check_name=check_name,
-        passed=not failed,
-        metadata={task: "; ".join(found) for task, found in failed.items()}
-        or {"tasks": ", ".join(problems)},
-    )

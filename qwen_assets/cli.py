@@ -43,7 +43,7 @@ def dagster_instance():
 
 
 def command_build(arguments: argparse.Namespace) -> int:
-    from qwen_assets.pipeline import build_stale
+    from qwen_assets.defs.headless_build import build_stale
 
     with dagster_instance() as instance:
         report = build_stale(instance, dry_run=arguments.dry_run, log=print)

@@ -23,13 +23,13 @@ from dagster import (
     in_process_executor,
 )
 
-from qwen_assets.assets.corpus import corpus_assets
-from qwen_assets.assets.embeddings import embedding_assets
-from qwen_assets.assets.projection import projection_assets
-from qwen_assets.assets.site import site_assets
-from qwen_assets.automation import BUILD_JOB, build_automation
+from qwen_assets.defs.automation import BUILD_JOB, build_automation
+from qwen_assets.defs.corpus_assets import corpus_assets
+from qwen_assets.defs.embedding_assets import embedding_assets
+from qwen_assets.defs.projection_assets import projection_assets
+from qwen_assets.defs.resources import Embedder, Warehouse
+from qwen_assets.defs.site_assets import site_assets
 from qwen_assets.embedding import resolve_backend
-from qwen_assets.resources import Embedder, Warehouse
 from qwen_assets.settings import Settings, load_settings
 
 

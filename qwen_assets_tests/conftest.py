@@ -158,7 +158,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, server: EmbeddingServer, arc
     server; tests that change settings work on copies of its files."""
     from dagster import instance_for_test
 
-    from qwen_assets.pipeline import build_stale
+    from qwen_assets.defs.headless_build import build_stale
     from qwen_assets.settings import load_settings
 
     root = tmp_path_factory.mktemp("project")

@@ -14,9 +14,9 @@ from dagster import (
     instance_for_test,
 )
 
-from qwen_assets.automation import stale_plan
 from qwen_assets.definitions import build_definitions
-from qwen_assets.pipeline import build_stale
+from qwen_assets.defs.automation import stale_plan
+from qwen_assets.defs.headless_build import build_stale
 from qwen_assets.projection import align, umap_layout
 from qwen_assets.settings import load_settings
 from qwen_assets.storage import read_table
@@ -159,7 +159,7 @@ def test_automation_requests_exactly_the_edited_task(copy_of_project, server):
         "Name the subject of the text",
     )
     settings = load_settings(settings_file)
-    from qwen_assets.automation import record_instruction_versions
+    from qwen_assets.defs.automation import record_instruction_versions
 
     assert record_instruction_versions(instance, settings) == ["topic"]
     defs = build_definitions(settings)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qwen_assets.assets.embeddings import embedding_columns, vectors_table
+from qwen_assets.defs.embedding_assets import embedding_columns, vectors_table
 from qwen_assets.storage import DatabaseBusyError, read_table, replace_partition
 from qwen_assets_tests.conftest import Writer
 

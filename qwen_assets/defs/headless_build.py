@@ -10,7 +10,12 @@ from dataclasses import dataclass, field
 
 from dagster import DagsterInstance, Definitions
 
-from qwen_assets.automation import BUILD_JOB, StalePlan, record_instruction_versions, stale_plan
+from qwen_assets.defs.automation import (
+    BUILD_JOB,
+    StalePlan,
+    record_instruction_versions,
+    stale_plan,
+)
 from qwen_assets.settings import Settings, load_settings
 
 

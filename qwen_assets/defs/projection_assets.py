@@ -17,10 +17,11 @@ from dagster import (
     asset,
 )
 
-from qwen_assets.automation import rebuild_when_inputs_change
-from qwen_assets.checks import check_result, coordinate_problems
+from qwen_assets.checks import coordinate_problems
+from qwen_assets.defs.automation import rebuild_when_inputs_change
+from qwen_assets.defs.metadata import check_result
+from qwen_assets.defs.resources import Warehouse
 from qwen_assets.projection import align, umap_layout
-from qwen_assets.resources import Warehouse
 from qwen_assets.settings import Settings, fingerprint
 
 COORDINATE_COLUMNS = {

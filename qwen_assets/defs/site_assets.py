@@ -15,10 +15,10 @@ from dagster import (
     asset,
 )
 
-from qwen_assets.assets._metadata import counts_markdown
-from qwen_assets.assets.projection import load_embeddings
-from qwen_assets.automation import rebuild_when_inputs_change
-from qwen_assets.resources import Warehouse
+from qwen_assets.defs.automation import rebuild_when_inputs_change
+from qwen_assets.defs.metadata import counts_markdown
+from qwen_assets.defs.projection_assets import load_embeddings
+from qwen_assets.defs.resources import Warehouse
 from qwen_assets.settings import Settings, fingerprint
 from qwen_assets.site import (
     build_payload,

@@ -1,11 +1,11 @@
-"""Metadata helpers shared by the assets, so the UI shows the same things everywhere."""
+"""What the assets show in the UI: metadata and check results, the same way everywhere."""
 
 from __future__ import annotations
 
 import hashlib
 
 import pandas as pd
-from dagster import MetadataValue
+from dagster import AssetCheckResult, MetadataValue
 
 
 def preview_markdown(frame: pd.DataFrame, rows: int = 5, width: int = 80) -> MetadataValue:
@@ -25,3 +25,14 @@ def content_hash(frame: pd.DataFrame) -> str:
     """Changes exactly when the table's content does: a rebuilt identical table keeps its version."""
     hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
     return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
+
+
+def check_result(check_name: str, problems: dict[str, list[str]]) -> AssetCheckResult:
+    """One result for all tasks in the run: passed, or each failing task with its problems."""
+    failed = {task: found for task, found in problems.items() if found}
+    return AssetCheckResult(
+        check_name=check_name,
+        passed=not failed,
+        metadata={task: "; ".join(found) for task, found in failed.items()}
+        or {"tasks": ", ".join(problems)},
+    )

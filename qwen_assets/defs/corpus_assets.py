@@ -2,9 +2,9 @@
 
 from dagster import AssetExecutionContext, AssetsDefinition, DataVersion, MaterializeResult, asset
 
-from qwen_assets.assets._metadata import content_hash, counts_markdown, preview_markdown
 from qwen_assets.corpus import load_raw_newsgroups, stratified_sample
-from qwen_assets.resources import Warehouse
+from qwen_assets.defs.metadata import content_hash, counts_markdown, preview_markdown
+from qwen_assets.defs.resources import Warehouse
 from qwen_assets.settings import Settings, fingerprint
 
 CORPUS_CODE_VERSION = fingerprint({"loader": 1})

@@ -17,9 +17,10 @@ from dagster import (
     observable_source_asset,
 )
 
-from qwen_assets.automation import rebuild_when_inputs_change
-from qwen_assets.checks import check_result, embedding_problems
-from qwen_assets.resources import Embedder, Warehouse
+from qwen_assets.checks import embedding_problems
+from qwen_assets.defs.automation import rebuild_when_inputs_change
+from qwen_assets.defs.metadata import check_result
+from qwen_assets.defs.resources import Embedder, Warehouse
 from qwen_assets.settings import Settings, fingerprint
 
 EMBEDDINGS_CODE_VERSION = fingerprint({"embeddings": 1})
