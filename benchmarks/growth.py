@@ -38,13 +38,13 @@ def child(settings_path: str) -> None:
     """Build from nothing; print step seconds, peak memory and the site's payload size."""
     from dagster import DagsterEventType, instance_for_test
 
-    from qwen_assets.defs.headless_build import build_stale
+    from qwen_assets.definitions import rebuild_stale
     from qwen_assets.settings import load_settings
 
     settings = load_settings(settings_path)
     started = time.monotonic()
     with instance_for_test() as instance:
-        report = build_stale(instance, settings, log=lambda line: None)
+        report = rebuild_stale(instance, settings, log=lambda line: None)
         assert report.succeeded, report.plan.reasons
         seconds: dict[str, float] = {}
         for run_id in report.run_ids:

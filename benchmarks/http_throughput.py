@@ -22,7 +22,7 @@ from benchmarks.results import table, write_section
 from qwen_assets.embedding.core import make_batches
 from qwen_assets.embedding.http import HttpBackend
 from qwen_assets.settings import HttpSettings
-from qwen_assets_tests.embedding_server import EmbeddingServer
+from qwen_assets.testing.embedding_server import EmbeddingServer
 
 LATENCY = (0.150, 0.400)
 BATCH = 32

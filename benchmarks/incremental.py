@@ -15,14 +15,16 @@ import numpy as np
 
 from benchmarks.results import table, write_section
 from benchmarks.workspace import project
-from qwen_assets_tests.conftest import TEST_MAX_SEQ_LENGTH, TEST_MODEL_NAME, minilm_path
-from qwen_assets_tests.embedding_server import EmbeddingServer
+from qwen_assets.testing import TEST_MAX_SEQ_LENGTH, TEST_MODEL_NAME, minilm_path
+from qwen_assets.testing.embedding_server import EmbeddingServer
+
+PROJECT = "incremental"  # its folder under the benchmarks' work folder
 
 
 def run() -> str:
     from dagster import instance_for_test
 
-    from qwen_assets.defs.headless_build import build_stale
+    from qwen_assets.definitions import rebuild_stale
     from qwen_assets.embedding.local import load_model
     from qwen_assets.settings import load_settings
 
@@ -31,7 +33,7 @@ def run() -> str:
         lambda texts: np.asarray(model.encode(texts, batch_size=16, show_progress_bar=False))
     ).start()
     settings_path = project(
-        "incremental",
+        PROJECT,
         embedding={
             "model": TEST_MODEL_NAME,
             "backend": "http",
@@ -48,7 +50,9 @@ def run() -> str:
             def step(label: str, expected: str) -> None:
                 server.reset()
                 started = time.monotonic()
-                report = build_stale(instance, load_settings(settings_path), log=lambda line: None)
+                report = rebuild_stale(
+                    instance, load_settings(settings_path), log=lambda line: None
+                )
                 assert report.succeeded
                 rows.append(
                     [

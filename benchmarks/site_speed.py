@@ -8,6 +8,8 @@ import os
 import shutil
 import statistics
 
+from benchmarks.growth import SIZES as GROWTH_SIZES
+from benchmarks.incremental import PROJECT as INCREMENTAL_PROJECT
 from benchmarks.results import table, write_section
 from benchmarks.workspace import work_dir
 
@@ -21,6 +23,8 @@ def chromium() -> str:
         raise SystemExit("no chromium: apt-get install chromium, or set QWEN_ASSETS_CHROMIUM")
     return found
 
+
+BENCHMARK_PROJECTS = {INCREMENTAL_PROJECT, *(f"growth-{size}" for size in GROWTH_SIZES)}
 
 SWITCH = """async (name) => {
   const plot = document.getElementById('plot');
@@ -59,8 +63,13 @@ def measure(browser, site) -> dict:
 def run() -> str:
     from playwright.sync_api import sync_playwright
 
+    # Only the projects the other benchmarks build, so every row comes from a command here.
     sites = sorted(
-        (path.parent for path in work_dir().glob("*/site/data.json")),
+        (
+            path.parent
+            for path in work_dir().glob("*/site/data.json")
+            if path.parent.parent.name in BENCHMARK_PROJECTS
+        ),
         key=lambda site: (site / "data.json").stat().st_size,
     )
     if not sites:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from qwen_assets_tests.conftest import (
-    ARCHIVE_ENV,
-    TEST_MAX_SEQ_LENGTH,
-    minilm_path,
-    settings_dict,
-    write_settings,
+from qwen_assets.settings import ENVIRONMENT_OVERRIDES
+from qwen_assets.testing import TEST_MAX_SEQ_LENGTH, minilm_path, settings_dict, write_settings
+
+ARCHIVE_ENV = next(
+    variable for variable, key in ENVIRONMENT_OVERRIDES.items() if key == ("corpus", "archive")
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import math
 import os
 import shutil
@@ -23,6 +24,7 @@ from qwen_assets.query import EXPORT_FORMATS
 from qwen_assets.settings import SettingsError
 
 USER_ERROR = 2
+INTERRUPTED = 130  # the shell convention for a command stopped by SIGINT
 DEFAULT_DAGSTER_HOME = ".dagster"
 OUTPUT_FORMATS = ("table", "json", "csv")
 TABLE_TEXT_WIDTH = 60  # previews are cut to this in tables; json and csv carry them whole
@@ -42,12 +44,117 @@ def dagster_instance():
     return DagsterInstance.get()
 
 
-def command_build(arguments: argparse.Namespace) -> int:
-    from qwen_assets.defs.headless_build import build_stale
+class BuildDisplay(logging.Handler):
+    """What `qwen-assets build` shows: its own lines, and the embedding progress reports
+    (see ``qwen_assets.embedding.core``) as a live bar with rate and ETA on a terminal, or a
+    line per quarter elsewhere (logs, CI)."""
 
-    with dagster_instance() as instance:
-        report = build_stale(instance, dry_run=arguments.dry_run, log=print)
-    return 0 if report.succeeded else 1
+    def __init__(self, live: bool) -> None:
+        super().__init__()
+        from rich.console import Console
+
+        self.console = Console(highlight=False, soft_wrap=True)
+        self.live = live and self.console.is_terminal
+        self.bar = None
+        self.tasks: dict[str, int] = {}  # label -> bar task id, or last quarter printed
+
+    def line(self, text: str) -> None:
+        self.console.print(text, markup=False)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        report = getattr(record, "embedding_progress", None)
+        if report is None:
+            return
+        rate = report.done / report.elapsed if report.elapsed > 0 else 0.0
+        if report.label not in self.tasks:
+            self.line(
+                f"  embedding {report.label or 'texts'}: {report.total} to embed, {report.cached} "
+                f"from the cache ({report.backend} backend, {report.model})"
+            )
+            self.tasks[report.label] = self._add_bar(report) if self.live else 0
+            return
+        if self.live and self.bar is not None:
+            self.bar.update(
+                self.tasks[report.label],
+                completed=report.done,
+                rate=f"{rate:.1f}",
+                retries=report.retries,
+            )
+            return
+        quarter = 4 * report.done // max(report.total, 1)
+        if quarter > self.tasks[report.label]:
+            self.tasks[report.label] = quarter
+            left = (report.total - report.done) / rate if rate else 0.0
+            self.line(
+                f"  embedding {report.label}: {report.done}/{report.total} texts, "
+                f"{rate:.1f} texts/s, {left:.0f}s left, {report.retries} retries"
+            )
+
+    def _add_bar(self, report) -> int:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        if self.bar is None:
+            self.bar = Progress(
+                TextColumn("  {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} texts/s"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[retries]} retries"),
+                console=self.console,
+            )
+            self.bar.start()
+        return self.bar.add_task(report.label, total=report.total, rate="0.0", retries=0)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        super().close()
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def command_build(arguments: argparse.Namespace) -> int:
+    import signal
+
+    from qwen_assets.definitions import rebuild_stale
+    from qwen_assets.embedding.core import PROGRESS_LOGGER
+
+    # SIGTERM (a service manager, `timeout`, `kill`) stops a build as cleanly as Ctrl-C.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    display = BuildDisplay(live=not arguments.verbose)
+    PROGRESS_LOGGER.addHandler(display)
+    try:
+        with dagster_instance() as instance:
+            report = rebuild_stale(
+                instance, dry_run=arguments.dry_run, verbose=arguments.verbose, log=display.line
+            )
+    except KeyboardInterrupt:
+        display.close()
+        print(
+            "qwen-assets: build interrupted: its run was stopped and marked canceled; "
+            "what was embedded is cached",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
+    finally:
+        PROGRESS_LOGGER.removeHandler(display)
+        display.close()
+    where = f" (Dagster's full log: {report.log_file})" if report.log_file else ""
+    if report.failure:
+        print(f"qwen-assets: {report.failure}{where}", file=sys.stderr)
+        return 1
+    if report.run_ids:
+        display.line(f"built {len(report.run_ids)} run(s){where}")
+    return 0
 
 
 def print_frame(frame, output_format: str, footer: str | None = None) -> None:
@@ -148,7 +255,10 @@ def parser() -> argparse.ArgumentParser:
         description="Rebuild every missing or stale asset partition through the Dagster "
         "instance in DAGSTER_HOME (default ./.dagster), printing what and why.",
     )
-    build.add_argument("--dry-run", action="store_true", help="print the plan, build nothing")
+    build.add_argument(
+        "--dry-run", action="store_true", help="print the plan; write nothing, build nothing"
+    )
+    build.add_argument("--verbose", action="store_true", help="also print Dagster's own log lines")
     build.set_defaults(handler=command_build)
 
     def query_command(name: str, help_text: str, handler) -> argparse.ArgumentParser:

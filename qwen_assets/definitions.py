@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
 from dagster import (
     AssetSelection,
-    AutomationConditionSensorDefinition,
     BetaWarning,
-    DefaultSensorStatus,
+    DagsterInstance,
     Definitions,
     EnvVar,
     StaticPartitionsDefinition,
@@ -26,7 +26,9 @@ from dagster import (
 from qwen_assets.defs.automation import BUILD_JOB, build_automation
 from qwen_assets.defs.corpus_assets import corpus_assets
 from qwen_assets.defs.embedding_assets import embedding_assets
+from qwen_assets.defs.headless_build import BuildReport, build_stale
 from qwen_assets.defs.projection_assets import projection_assets
+from qwen_assets.defs.query_assets import query_assets
 from qwen_assets.defs.resources import Embedder, Warehouse
 from qwen_assets.defs.site_assets import site_assets
 from qwen_assets.embedding import resolve_backend
@@ -44,6 +46,7 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         task_instructions, task_embeddings = embedding_assets(settings, tasks, newsgroups_sample)
         (umap_coordinates,) = projection_assets(settings, tasks, task_embeddings)
         site_data, site_pages = site_assets(settings, task_embeddings, umap_coordinates)
+        (query_views,) = query_assets(newsgroups_sample, task_embeddings, umap_coordinates)
     assets = [
         raw_newsgroups,
         newsgroups_sample,
@@ -52,6 +55,7 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         umap_coordinates,
         site_data,
         site_pages,
+        query_views,
     ]
 
     backend, reason = resolve_backend(settings.embedding, environ)
@@ -65,25 +69,17 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
 
     build_job = define_asset_job(
         BUILD_JOB,
-        selection=AssetSelection.all() - AssetSelection.assets("task_instructions"),
-        description="Any selection of the assets; the headless build and the schedule use it.",
+        selection=AssetSelection.all(),
+        description="Any selection of the assets; the headless build, the sensor and the "
+        "schedule launch it with the stale partitions.",
     )
     defs_holder: list[Definitions] = []
-    watcher, schedule = build_automation(settings, lambda: defs_holder[0].resolve_asset_graph())
+    sensor, schedule = build_automation(settings, lambda: defs_holder[0])
     defs = Definitions(
         assets=assets,
         jobs=[build_job],
         schedules=[schedule],
-        sensors=[
-            watcher,
-            AutomationConditionSensorDefinition(
-                "rebuild_stale_assets",
-                target=AssetSelection.all(),
-                default_status=DefaultSensorStatus.RUNNING,
-                minimum_interval_seconds=30,
-                description="Rebuilds stale partitions after a settings edit and reload.",
-            ),
-        ],
+        sensors=[sensor],
         resources={
             "warehouse": Warehouse(
                 database=settings.storage.database,
@@ -95,6 +91,14 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
     )
     defs_holder.append(defs)
     return defs
+
+
+def rebuild_stale(
+    instance: DagsterInstance, settings: Settings | None = None, **options: Any
+) -> BuildReport:
+    """The headless build over the Definitions of ``settings`` (default: the settings file)."""
+    settings = settings or load_settings()
+    return build_stale(instance, settings, build_definitions(settings), **options)
 
 
 defs = build_definitions(load_settings())

@@ -236,8 +236,9 @@ def read_payload(output_dir: Path) -> dict:
 
 
 def sources_dir() -> Path:
-    """The committed site sources: the repository's ``site/`` folder."""
-    return Path(__file__).resolve().parents[1] / "site"
+    """The hand-written site sources, shipped inside the package (``site_sources/``), so any
+    install builds the pages from any working directory."""
+    return Path(__file__).resolve().with_name("site_sources")
 
 
 def sources_fingerprint(sources: Path) -> str:
@@ -285,7 +286,7 @@ def publish_pages(
     if missing:
         raise SiteError(
             f"the site sources {', '.join(missing)} are missing from {sources}; "
-            "run from a clone of the repository"
+            "reinstall qwen_assets"
         )
     output_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

@@ -9,12 +9,13 @@ busy. A database is any DuckDB connection string: a file path, or ``md:name`` fo
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 WAIT_FOR_LOCK_SECONDS = 30.0
@@ -30,6 +31,10 @@ class DatabaseBusyError(StorageError):
 
 class DatabaseMissingError(StorageError):
     pass
+
+
+class PartitionMissingError(StorageError):
+    """A task's rows that an asset reads are missing or incomplete."""
 
 
 def is_local_file(database: str) -> bool:
@@ -129,83 +134,71 @@ def append_rows(
         connection.execute("COMMIT")
 
 
-def replace_partition(
+class PartitionShapeError(StorageError):
+    """A run would strand other partitions' rows in a table of another shape."""
+
+
+def replace_partitions(
     database: str,
     table: str,
     columns: dict[str, str],
-    task: str,
-    frame: pd.DataFrame,
-    keep_tasks: Sequence[str],
+    frames: Mapping[str, pd.DataFrame | pa.Table],
+    configured_tasks: Sequence[str],
     *,
     wait_seconds: float = WAIT_FOR_LOCK_SECONDS,
 ) -> list[str]:
-    """Replace one task's rows of a task-partitioned table, in one transaction.
+    """Replace the rows of the tasks in ``frames`` of a task-partitioned table, in one
+    transaction: readers, and Dagster, see every partition of the run or none.
 
-    ``columns`` is the table's schema (name -> DuckDB type). When the stored table has another
-    schema (a new column, another embedding size), it is rebuilt with the new one, keeping the
-    other tasks' rows that still fit. Rows of tasks no longer in ``keep_tasks`` are removed.
-    Returns the tasks whose rows were dropped because they no longer fit or were removed.
+    Only those tasks' rows change, and rows of tasks that are no longer configured (they are
+    no partition any more) are removed. ``columns`` is the table's schema (name -> DuckDB
+    type). When it differs from the stored one (another embedding size, a new column) and
+    other configured tasks have rows, nothing is written: :class:`PartitionShapeError` names
+    them, since such a change makes every partition stale and they must be rebuilt together.
+    Returns the removed tasks.
     """
     schema, names = _column_sql(columns)
-    dropped: list[str] = []
+    casts = ", ".join(f'CAST("{name}" AS {kind})' for name, kind in columns.items())
     with connect(database, wait_seconds=wait_seconds) as connection:
-        connection.register("incoming", frame)
         connection.execute("BEGIN")
-        if table_exists(connection, table) and _schema(connection, table) != columns:
-            dropped = _rebuild(connection, table, schema, names, columns, task)
+        stored = _stored_tasks(connection, table)
+        removed = sorted(set(stored) - set(configured_tasks))
+        if stored and _schema(connection, table) != columns:
+            others = sorted(set(stored) & set(configured_tasks) - set(frames))
+            if others:
+                connection.execute("ROLLBACK")
+                old = ", ".join(
+                    f"{name} {kind}" for name, kind in _schema(connection, table).items()
+                )
+                raise PartitionShapeError(
+                    f"{table} stores ({old}) for {', '.join(others)}; this run writes "
+                    f"({', '.join(f'{n} {k}' for n, k in columns.items())}) for "
+                    f"{', '.join(frames)}. Such a change makes every task stale: materialize "
+                    f"all partitions of {table} in one run (or run `qwen-assets build`); "
+                    "nothing was written, and computed vectors are cached."
+                )
+            connection.execute(f'DROP TABLE "{table}"')
         connection.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({schema})')
-        gone = connection.execute(
-            f'SELECT DISTINCT task FROM "{table}" WHERE task <> ? AND NOT list_contains(?, task)',
-            [task, list(keep_tasks)],
-        ).fetchall()
-        dropped += [row[0] for row in gone]
         connection.execute(
-            f'DELETE FROM "{table}" WHERE task = ? OR NOT list_contains(?, task)',
-            [task, list(keep_tasks)],
+            f'DELETE FROM "{table}" WHERE list_contains(?, task) OR NOT list_contains(?, task)',
+            [list(frames), list(configured_tasks)],
         )
-        casts = ", ".join(f'CAST("{name}" AS {kind})' for name, kind in columns.items())
-        connection.execute(f'INSERT INTO "{table}" ({names}) SELECT {casts} FROM incoming')
+        for number, frame in enumerate(frames.values()):
+            connection.register(f"incoming_{number}", frame)
+            connection.execute(
+                f'INSERT INTO "{table}" ({names}) SELECT {casts} FROM incoming_{number}'
+            )
         connection.execute("COMMIT")
-    return sorted(set(dropped))
+    return removed
+
+
+def _stored_tasks(connection: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    if not table_exists(connection, table):
+        return []
+    rows = connection.execute(f'SELECT DISTINCT task FROM "{table}"').fetchall()
+    return [row[0] for row in rows]
 
 
 def _schema(connection: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
     rows = connection.execute(f'DESCRIBE "{table}"').fetchall()
     return {row[0]: row[1] for row in rows}
-
-
-def _rebuild(
-    connection: duckdb.DuckDBPyConnection,
-    table: str,
-    schema: str,
-    names: str,
-    columns: dict[str, str],
-    task: str,
-) -> list[str]:
-    old = _schema(connection, table)
-    connection.execute(f'CREATE TABLE "{table}__new" ({schema})')
-    kept_tasks: list[str] = []
-    all_tasks = [
-        row[0] for row in connection.execute(f'SELECT DISTINCT task FROM "{table}"').fetchall()
-    ]
-    if set(columns) <= set(old):
-        casts = ", ".join(f'TRY_CAST("{name}" AS {kind})' for name, kind in columns.items())
-        connection.execute(
-            f'INSERT INTO "{table}__new" ({names}) SELECT {casts} FROM "{table}" WHERE task <> ?',
-            [task],
-        )
-        # A row whose values did not fit the new types came back NULL: drop its whole task.
-        not_null = " AND ".join(f'"{name}" IS NOT NULL' for name in columns)
-        broken = connection.execute(
-            f'SELECT DISTINCT task FROM "{table}__new" WHERE NOT ({not_null})'
-        ).fetchall()
-        connection.execute(
-            f'DELETE FROM "{table}__new" WHERE list_contains(?, task)', [[row[0] for row in broken]]
-        )
-        kept_tasks = [
-            row[0]
-            for row in connection.execute(f'SELECT DISTINCT task FROM "{table}__new"').fetchall()
-        ]
-    connection.execute(f'DROP TABLE "{table}"')
-    connection.execute(f'ALTER TABLE "{table}__new" RENAME TO "{table}"')
-    return [name for name in all_tasks if name != task and name not in kept_tasks]

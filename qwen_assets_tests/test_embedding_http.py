@@ -16,8 +16,8 @@ from qwen_assets.embedding import (
 )
 from qwen_assets.embedding.http import HttpBackend
 from qwen_assets.settings import parse_settings
-from qwen_assets_tests.conftest import settings_dict
-from qwen_assets_tests.embedding_server import Fault
+from qwen_assets.testing import settings_dict
+from qwen_assets.testing.embedding_server import Fault
 
 TEXTS = [
     f"Post number {i} about {topic}."
@@ -114,8 +114,9 @@ def test_a_batch_too_large_is_split_in_half(fresh_server, cache):
         (Fault(drop_vector=True), "got 7 vectors for 8 texts|indices"),
         (Fault(nan=True), "NaN"),
         (Fault(wrong_dimension=True), "dimensions, expected"),
+        (Fault(zero_vector=True), "1 all-zero vector"),
     ],
-    ids=["missing-vector", "nan", "wrong-dimension"],
+    ids=["missing-vector", "nan", "wrong-dimension", "zero-vector"],
 )
 def test_a_malformed_batch_is_refused_and_never_cached(fresh_server, cache, fault, says):
     # The first batch is sent alone; the bad answer comes second, once the dimension is known.

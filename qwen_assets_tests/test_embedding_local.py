@@ -6,7 +6,7 @@ import numpy as np
 
 from qwen_assets.embedding import build_backend, embed_texts, resolve_backend
 from qwen_assets.settings import parse_settings
-from qwen_assets_tests.conftest import TEST_MAX_SEQ_LENGTH, minilm_path, settings_dict
+from qwen_assets.testing import TEST_MAX_SEQ_LENGTH, minilm_path, settings_dict
 
 
 def local_settings(**embedding):

@@ -78,7 +78,7 @@ def test_task_quality_ranks_a_separating_space_above_a_mixed_one():
     assert mixed.overlap_with_reference < 0.2
     assert separated.knn_accuracy > mixed.knn_accuracy
     assert separated.silhouette > 0.5 > mixed.silhouette
-    assert 0 <= mixed.trustworthiness <= 1 and 0 <= separated.trustworthiness <= 1
+    assert separated.trustworthiness > mixed.trustworthiness
     assert separated.documents_scored == len(vectors)
 
 
@@ -88,3 +88,17 @@ def test_task_quality_samples_the_quadratic_figures_above_the_sample_size():
     quality = task_quality(vectors, vectors[:, :2], labels, neighbours, neighbours, sample_size=150)
     assert quality.documents_scored == 150
     assert quality.knn_accuracy == 1.0, "k-NN accuracy always uses every document"
+
+
+def test_trustworthiness_is_perfect_for_a_faithful_map_and_low_for_a_shuffled_one():
+    rng = np.random.default_rng(5)
+    flat = rng.normal(size=(300, 2))
+    vectors = np.c_[flat, np.zeros((300, 14))] + 3.0  # 2-D data in 16 dimensions, off the origin
+    labels = (flat[:, 0] > 0).astype(int)  # two groups, for the silhouette
+    neighbours, _ = nearest_neighbours(vectors, 10)
+    faithful = task_quality(vectors, flat + 3.0, labels, neighbours, neighbours, sample_size=1000)
+    shuffled = task_quality(
+        vectors, rng.permutation(flat) + 3.0, labels, neighbours, neighbours, sample_size=1000
+    )
+    assert faithful.trustworthiness > 0.99
+    assert shuffled.trustworthiness < 0.7

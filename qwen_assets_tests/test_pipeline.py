@@ -9,20 +9,33 @@ import pytest
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
+    DagsterRunStatus,
     build_schedule_context,
-    evaluate_automation_conditions,
+    build_sensor_context,
     instance_for_test,
 )
 
-from qwen_assets.definitions import build_definitions
-from qwen_assets.defs.automation import stale_plan
-from qwen_assets.defs.headless_build import build_stale
+from qwen_assets.definitions import build_definitions, rebuild_stale
+from qwen_assets.defs.automation import instruction_versions
+from qwen_assets.defs.stale import stale_plan
 from qwen_assets.projection import align, umap_layout
 from qwen_assets.settings import load_settings
 from qwen_assets.storage import read_table
-from qwen_assets_tests.conftest import project_settings, write_settings
+from qwen_assets.testing import project_settings, write_settings
 
 TASKS = ["default", "topic", "sentiment", "toxicity"]
+# What follows the task partitions: the site's assets and the query views.
+AFTER_THE_MAPS = {
+    AssetKey(name)
+    for name in [
+        "site_data",
+        "task_quality",
+        "site_builds",
+        "site_pages",
+        "task_documents",
+        "category_centroids",
+    ]
+}
 
 
 def test_every_task_has_a_unit_vector_per_document(built):
@@ -110,20 +123,20 @@ def edit(settings_file: Path, old: str, new: str) -> None:
 def test_only_what_is_stale_is_rebuilt(copy_of_project, server):
     settings_file, instance = copy_of_project
     server.reset()
-    report = build_stale(instance, load_settings(settings_file), log=lambda line: None)
+    report = rebuild_stale(instance, load_settings(settings_file), log=lambda line: None)
     assert report.succeeded
     assert server.received == [], (
         "a full build from nothing with a warm cache asks the API for nothing"
     )
 
     settings = load_settings(settings_file)
-    assert stale_plan(build_definitions(settings).resolve_asset_graph(), instance).empty
-    again = build_stale(instance, settings, log=lambda line: None)
+    assert stale_plan(build_definitions(settings), instance, instruction_versions(settings)).empty
+    again = rebuild_stale(instance, settings, log=lambda line: None)
     assert again.plan.empty and again.run_ids == []
 
     edit(settings_file, 'or neutral"', 'or neutral, and why"')
     server.reset()
-    report = build_stale(instance, load_settings(settings_file), log=lambda line: None)
+    report = rebuild_stale(instance, load_settings(settings_file), log=lambda line: None)
     assert report.changed_instructions == ["sentiment"]
     assert report.plan.by_task == {
         "sentiment": [AssetKey("task_embeddings"), AssetKey("umap_coordinates")]
@@ -134,43 +147,54 @@ def test_only_what_is_stale_is_rebuilt(copy_of_project, server):
 
     edit(settings_file, "n_neighbors = 15", "n_neighbors = 12")
     server.reset()
-    report = build_stale(instance, load_settings(settings_file), log=lambda line: None)
+    report = rebuild_stale(instance, load_settings(settings_file), log=lambda line: None)
     assert report.plan.by_task == {task: [AssetKey("umap_coordinates")] for task in TASKS}
     assert all(
         "new code version" in reason
         for target, reason in report.plan.reasons.items()
         if target.startswith("umap_coordinates")
     )
-    assert report.plan.after == [AssetKey("site_data"), AssetKey("site_pages")]
+    assert set(report.plan.after) == AFTER_THE_MAPS
     assert server.received == [], "a UMAP setting never re-embeds"
 
 
-def test_automation_requests_exactly_the_edited_task(copy_of_project, server):
-    settings_file, instance = copy_of_project
-    assert build_stale(instance, load_settings(settings_file), log=lambda line: None).succeeded
+def sensor_tick(settings_file: Path, instance):
+    """One tick of the rebuild sensor, on definitions freshly loaded from the settings file."""
     defs = build_definitions(load_settings(settings_file))
-    first = evaluate_automation_conditions(defs=defs, instance=instance)
-    quiet = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
-    assert quiet.total_requested == 0, "with no edit nothing is requested"
+    sensor = defs.resolve_sensor_def("rebuild_stale_assets")
+    with build_sensor_context(instance=instance, definitions=defs) as context:
+        return sensor.evaluate_tick(context)
+
+
+def test_the_sensor_requests_exactly_the_edited_task_and_waits_for_queued_runs(
+    copy_of_project, server
+):
+    settings_file, instance = copy_of_project
+    assert rebuild_stale(instance, load_settings(settings_file), log=lambda line: None).succeeded
+    quiet = sensor_tick(settings_file, instance)
+    assert quiet.run_requests == [] and quiet.skip_message == "everything is fresh"
 
     edit(
         settings_file,
         "Identify the topic or theme of the given text",
         "Name the subject of the text",
     )
-    settings = load_settings(settings_file)
-    from qwen_assets.defs.automation import record_instruction_versions
+    after_edit = sensor_tick(settings_file, instance)
+    requested = [(r.partition_key, r.asset_selection) for r in after_edit.run_requests]
+    assert requested[0] == ("topic", [AssetKey("task_embeddings"), AssetKey("umap_coordinates")])
+    assert requested[1][0] is None and set(requested[1][1]) == AFTER_THE_MAPS
+    assert len(requested) == 2, "the edited task's embeddings and map, then the site"
+    assert [str(event.partition) for event in after_edit.asset_events] == ["topic"], (
+        "the changed prompt is recorded for the UI's lineage"
+    )
 
-    assert record_instruction_versions(instance, settings) == ["topic"]
-    defs = build_definitions(settings)
-    after_edit = evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
-    assert after_edit.get_requested_partitions(AssetKey("task_embeddings")) == {"topic"}
-    assert after_edit.get_num_requested(AssetKey("umap_coordinates")) == 0, (
-        "maps wait for their embeddings"
-    )
-    assert after_edit.get_num_requested(AssetKey("site_data")) == 0, (
-        "the site waits for its inputs, and is built once, after the maps"
-    )
+    # A run is in progress in a live process (this one): the next tick waits for it.
+    job = build_definitions(load_settings(settings_file)).resolve_job_def("build_assets")
+    running = instance.create_run_for_job(job, status=DagsterRunStatus.STARTED)
+    instance.report_engine_event("started by the test", running)
+    waiting = sensor_tick(settings_file, instance)
+    assert waiting.run_requests == []
+    assert waiting.skip_message.startswith(f"run {running.run_id[:8]} is started")
 
 
 def schedule_tick(settings_file: Path, instance):
@@ -185,7 +209,7 @@ def schedule_tick(settings_file: Path, instance):
 
 def test_the_schedule_skips_when_fresh_and_requests_the_stale_partition(copy_of_project, server):
     settings_file, instance = copy_of_project
-    assert build_stale(instance, load_settings(settings_file), log=lambda line: None).succeeded
+    assert rebuild_stale(instance, load_settings(settings_file), log=lambda line: None).succeeded
     result = schedule_tick(settings_file, instance)
     assert result.run_requests == [] and result.skip_message == "everything is fresh"
 
@@ -193,10 +217,10 @@ def test_the_schedule_skips_when_fresh_and_requests_the_stale_partition(copy_of_
         settings_file, "Classify the given text as either toxic or not toxic", "Is this text rude?"
     )
     result = schedule_tick(settings_file, instance)
-    assert [(r.partition_key, r.asset_selection) for r in result.run_requests] == [
-        ("toxicity", [AssetKey("task_embeddings"), AssetKey("umap_coordinates")]),
-        (None, [AssetKey("site_data"), AssetKey("site_pages")]),
-    ], "the edited task, then the site is republished"
+    requested = [(r.partition_key, r.asset_selection) for r in result.run_requests]
+    assert requested[0] == ("toxicity", [AssetKey("task_embeddings"), AssetKey("umap_coordinates")])
+    assert requested[1][0] is None and set(requested[1][1]) == AFTER_THE_MAPS
+    assert len(requested) == 2, "the edited task, then the site is republished"
 
 
 def materialization_runs(instance, asset: str) -> dict[str, str]:
@@ -224,30 +248,112 @@ def test_a_cold_build_backfills_every_task_in_a_single_run(built):
     ) == 1
 
 
-def test_a_new_embedding_size_rebuilds_the_table_without_a_manual_drop(
+def test_a_new_embedding_size_from_one_partition_is_refused_and_all_together_succeed(
     built, server, archive, tmp_path: Path
 ):
+    """A single-partition materialization (as from the UI) never strands other partitions'
+    rows; the whole asset in one run rebuilds the table in the new shape."""
     shutil.copyfile(built.database, tmp_path / "warehouse.duckdb")
     shutil.copyfile(built.cache, tmp_path / "cache.duckdb")
     raw = project_settings(tmp_path, server, archive)
     raw["embedding"]["dimensions"] = 128
     settings = load_settings(write_settings(tmp_path / "settings.toml", raw))
     job = build_definitions(settings).resolve_job_def("build_assets")
+    count = "SELECT task, count(*) AS n, any_value(typeof(embedding)) AS kind FROM task_embeddings GROUP BY task ORDER BY task"
+    before = read_table(settings.storage.database, count)
     with instance_for_test() as instance:
-        result = job.execute_in_process(
+        one = job.execute_in_process(
             instance=instance,
             partition_key="topic",
             asset_selection=[AssetKey("task_embeddings")],
             raise_on_error=False,
         )
-        assert result.success
-        logs = " ".join(
-            event.message for event in instance.all_logs(result.run_id) if event.message
+        assert not one.success
+        failure = next(e for e in one.all_events if e.event_type_value == "STEP_FAILURE")
+        message = str(failure.step_failure_data.error.cause.message)
+        assert "materialize all partitions of task_embeddings in one run" in message
+        assert "default, sentiment, toxicity" in message, "it names what to rebuild"
+        assert not instance.fetch_materializations(AssetKey("task_embeddings"), limit=1).records
+        assert read_table(settings.storage.database, count).equals(before), "nothing written"
+
+        every = job.execute_in_process(
+            instance=instance,
+            asset_selection=[AssetKey("task_embeddings")],
+            tags={
+                "dagster/asset_partition_range_start": TASKS[0],
+                "dagster/asset_partition_range_end": TASKS[-1],
+            },
+            raise_on_error=False,
         )
-    assert "removed rows of default, sentiment, toxicity" in logs
-    stored = read_table(
-        settings.storage.database,
-        "SELECT task, count(*) AS n, any_value(typeof(embedding)) AS kind "
-        "FROM task_embeddings GROUP BY task",
+        assert every.success
+    stored = read_table(settings.storage.database, count)
+    assert stored.to_dict("records") == [
+        {"task": task, "n": 800, "kind": "FLOAT[128]"} for task in sorted(TASKS)
+    ]
+
+
+def test_a_map_built_before_its_embeddings_names_the_partition_to_build(
+    built, server, archive, tmp_path: Path
+):
+    shutil.copyfile(built.database, tmp_path / "warehouse.duckdb")
+    shutil.copyfile(built.cache, tmp_path / "cache.duckdb")
+    raw = project_settings(tmp_path, server, archive)
+    raw["tasks"]["emotion"] = {"instruction": "Classify the emotion expressed in the given text"}
+    settings = load_settings(write_settings(tmp_path / "settings.toml", raw))
+    job = build_definitions(settings).resolve_job_def("build_assets")
+    with instance_for_test() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key="emotion",
+            asset_selection=[AssetKey("umap_coordinates")],
+            raise_on_error=False,
+        )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert (
+        "task_embeddings[emotion] has 0 rows for the 800 sample documents: materialize "
+        "task_embeddings[emotion] first" in failure.step_failure_data.error.cause.message
     )
-    assert stored.to_dict("records") == [{"task": "topic", "n": 800, "kind": "FLOAT[128]"}]
+
+
+def test_a_dry_run_plans_the_edit_and_writes_nothing(copy_of_project, server):
+    settings_file, instance = copy_of_project
+    assert rebuild_stale(instance, load_settings(settings_file), log=lambda line: None).succeeded
+    settings = load_settings(settings_file)
+    warehouse = Path(settings.storage.database)
+
+    def state():
+        observations = instance.fetch_observations(AssetKey("task_instructions"), limit=100)
+        return (
+            [run.run_id for run in instance.get_runs()],
+            len(observations.records),
+            warehouse.stat().st_mtime_ns,
+            warehouse.read_bytes(),
+        )
+
+    edit(settings_file, 'or neutral"', 'or neutral, and why"')
+    before = state()
+    lines: list[str] = []
+    dry = rebuild_stale(instance, load_settings(settings_file), dry_run=True, log=lines.append)
+    assert state() == before, "a dry run writes nothing: no run, no observation, no table"
+    assert dry.changed_instructions == ["sentiment"]
+    assert dry.plan.by_task == {
+        "sentiment": [AssetKey("task_embeddings"), AssetKey("umap_coordinates")]
+    }
+    assert "rebuild task_embeddings[sentiment]: task_instructions[sentiment] changed" in lines
+    assert dry.run_ids == []
+    real = rebuild_stale(instance, load_settings(settings_file), log=lambda line: None)
+    assert real.plan.by_task == dry.plan.by_task, "the build does what the dry run said"
+
+
+def test_site_builds_records_the_payload_on_disk(built):
+    import hashlib
+
+    settings = load_settings(built.settings_path)
+    (build,) = read_table(built.database, "SELECT * FROM site_builds").to_dict("records")
+    payload = (built.root / "site" / "data.json").read_bytes()
+    assert build["payload_sha256"] == hashlib.sha256(payload).hexdigest()
+    assert build["payload_bytes"] == len(payload)
+    assert list(build["tasks"]) == TASKS
+    assert dict(build["task_versions"]) == {task: settings.task_version(task) for task in TASKS}
+    assert build["documents"] == 800

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from qwen_assets.settings import NEWSGROUPS, SettingsError, load_settings, parse_settings
-from qwen_assets_tests.conftest import settings_dict, write_settings
+from qwen_assets.testing import settings_dict, write_settings
 
 
 def test_defaults_reproduce_the_published_demo():

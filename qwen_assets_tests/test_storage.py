@@ -1,5 +1,6 @@
 """DuckDB safety: a locked database makes readers wait, then say so, and never corrupts it;
-a new embedding size or column rebuilds a table without a manual drop."""
+a run writes only its own partitions, all at once, and a change of shape that would strand
+other partitions' rows is refused with a message naming them."""
 
 import shutil
 import threading
@@ -11,7 +12,12 @@ import pandas as pd
 import pytest
 
 from qwen_assets.defs.embedding_assets import embedding_columns, vectors_table
-from qwen_assets.storage import DatabaseBusyError, read_table, replace_partition
+from qwen_assets.storage import (
+    DatabaseBusyError,
+    PartitionShapeError,
+    read_table,
+    replace_partitions,
+)
 from qwen_assets_tests.conftest import Writer
 
 COUNT = "SELECT task, count(*) AS n FROM task_embeddings GROUP BY task ORDER BY task"
@@ -32,7 +38,9 @@ def test_a_reader_gives_up_with_a_clear_message_and_the_database_survives(databa
         with pytest.raises(DatabaseBusyError, match=r"is busy: another process") as raised:
             read_table(database_copy, COUNT, wait_seconds=1.5)
         assert 1.5 <= time.monotonic() - started < 10, "it waited, then gave up"
-        assert "Traceback" not in str(raised.value)
+        assert database_copy in str(raised.value) and "1.5s" in str(raised.value), (
+            "the message names the database and how long it waited"
+        )
     finally:
         writer.release()
     pd.testing.assert_frame_equal(read_table(database_copy, COUNT), before)
@@ -52,50 +60,78 @@ def test_a_reader_waits_for_a_short_write_to_finish(database_copy):
     pd.testing.assert_frame_equal(during, before)
 
 
-def test_a_new_embedding_size_rebuilds_the_table_without_a_manual_drop(tmp_path: Path):
+def write(database, table, columns, frames, tasks=("default", "topic")):
+    return replace_partitions(database, table, columns, frames, list(tasks))
+
+
+def stored(database: str, table: str = "task_embeddings") -> list[dict]:
+    return read_table(
+        database,
+        f"SELECT task, count(*) AS n, any_value(typeof(embedding)) AS kind FROM {table} "
+        "GROUP BY task ORDER BY task",
+    ).to_dict("records")
+
+
+def test_a_new_embedding_size_for_one_partition_is_refused_and_writes_nothing(tmp_path: Path):
     database = str(tmp_path / "warehouse.duckdb")
     rng = np.random.default_rng(0)
     for task in ["default", "topic"]:
-        replace_partition(
+        write(
             database,
             "task_embeddings",
             embedding_columns(8),
-            task,
-            vectors_table(task, ["a", "b"], rng.normal(size=(2, 8))),
-            ["default", "topic"],
+            {task: vectors_table(task, ["a", "b"], rng.normal(size=(2, 8)))},
         )
-    dropped = replace_partition(
-        database,
-        "task_embeddings",
-        embedding_columns(4),
-        "topic",
-        vectors_table("topic", ["a", "b"], rng.normal(size=(2, 4))),
-        ["default", "topic"],
-    )
-    assert dropped == ["default"], "rows of the old size cannot stay in a FLOAT[4] column"
-    kind = read_table(
-        database,
-        "SELECT data_type FROM information_schema.columns "
-        "WHERE table_name = 'task_embeddings' AND column_name = 'embedding'",
-    )
-    assert kind.iloc[0, 0] == "FLOAT[4]"
-    assert read_table(database, COUNT).to_dict("records") == [{"task": "topic", "n": 2}]
+    before = stored(database)
+    with pytest.raises(PartitionShapeError, match=r"stores .* for default; .* materialize all"):
+        write(
+            database,
+            "task_embeddings",
+            embedding_columns(4),
+            {"topic": vectors_table("topic", ["a", "b"], rng.normal(size=(2, 4)))},
+        )
+    assert stored(database) == before, "the other partition's rows are still there, untouched"
 
 
-def test_a_new_column_rebuilds_the_table_and_reports_what_it_dropped(tmp_path: Path):
+def test_a_new_embedding_size_for_every_partition_takes_the_new_shape(tmp_path: Path):
     database = str(tmp_path / "warehouse.duckdb")
-    narrow = {"task": "VARCHAR", "doc_id": "VARCHAR", "x": "DOUBLE"}
-    for task in ["default", "topic"]:
-        frame = pd.DataFrame({"task": task, "doc_id": ["a", "b"], "x": [1.0, 2.0]})
-        replace_partition(database, "points", narrow, task, frame, ["default", "topic"])
-    wide = {**narrow, "y": "DOUBLE"}
-    frame = pd.DataFrame({"task": "topic", "doc_id": ["a", "b"], "x": [3.0, 4.0], "y": [5.0, 6.0]})
-    dropped = replace_partition(database, "points", wide, "topic", frame, ["default", "topic"])
-    stored = read_table(database, "SELECT * FROM points ORDER BY task, doc_id")
-    assert list(stored.columns) == ["task", "doc_id", "x", "y"]
-    # "default" has no y yet: its rows are dropped (and reported) rather than left half-filled.
-    assert dropped == ["default"]
-    assert stored["task"].tolist() == ["topic", "topic"]
+    rng = np.random.default_rng(0)
+    frames = {
+        task: vectors_table(task, ["a", "b"], rng.normal(size=(2, 8)))
+        for task in ["default", "topic"]
+    }
+    write(database, "task_embeddings", embedding_columns(8), frames)
+    smaller = {
+        task: vectors_table(task, ["a", "b"], rng.normal(size=(2, 4)))
+        for task in ["default", "topic"]
+    }
+    write(database, "task_embeddings", embedding_columns(4), smaller)
+    assert stored(database) == [
+        {"task": "default", "n": 2, "kind": "FLOAT[4]"},
+        {"task": "topic", "n": 2, "kind": "FLOAT[4]"},
+    ]
+
+
+def test_a_run_writes_only_its_own_partitions(tmp_path: Path):
+    database = str(tmp_path / "warehouse.duckdb")
+    columns = {"task": "VARCHAR", "doc_id": "VARCHAR", "x": "DOUBLE"}
+    frames = {
+        task: pd.DataFrame({"task": task, "doc_id": ["a", "b"], "x": [1.0, 2.0]})
+        for task in ["default", "topic"]
+    }
+    write(database, "points", columns, frames)
+    write(
+        database,
+        "points",
+        columns,
+        {"topic": pd.DataFrame({"task": "topic", "doc_id": ["a"], "x": [9.0]})},
+    )
+    rows = read_table(database, "SELECT task, doc_id, x FROM points ORDER BY task, doc_id")
+    assert rows.to_dict("records") == [
+        {"task": "default", "doc_id": "a", "x": 1.0},
+        {"task": "default", "doc_id": "b", "x": 2.0},
+        {"task": "topic", "doc_id": "a", "x": 9.0},
+    ]
 
 
 def test_a_removed_task_disappears_from_the_table(tmp_path: Path):
@@ -103,10 +139,10 @@ def test_a_removed_task_disappears_from_the_table(tmp_path: Path):
     columns = {"task": "VARCHAR", "doc_id": "VARCHAR"}
     for task in ["default", "topic", "extra"]:
         frame = pd.DataFrame({"task": task, "doc_id": ["a"]})
-        replace_partition(database, "rows", columns, task, frame, ["default", "topic", "extra"])
+        write(database, "rows", columns, {task: frame}, ["default", "topic", "extra"])
     frame = pd.DataFrame({"task": "topic", "doc_id": ["a"]})
-    dropped = replace_partition(database, "rows", columns, "topic", frame, ["default", "topic"])
-    assert dropped == ["extra"]
+    removed = write(database, "rows", columns, {"topic": frame}, ["default", "topic"])
+    assert removed == ["extra"]
     assert read_table(database, "SELECT DISTINCT task FROM rows ORDER BY 1")["task"].tolist() == [
         "default",
         "topic",

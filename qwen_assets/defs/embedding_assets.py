@@ -18,9 +18,10 @@ from dagster import (
 )
 
 from qwen_assets.checks import embedding_problems
-from qwen_assets.defs.automation import rebuild_when_inputs_change
 from qwen_assets.defs.metadata import check_result
 from qwen_assets.defs.resources import Embedder, Warehouse
+from qwen_assets.defs.stale import SOURCE_VERSION_METADATA
+from qwen_assets.embedding import EmbeddingResponseError
 from qwen_assets.settings import Settings, fingerprint
 
 EMBEDDINGS_CODE_VERSION = fingerprint({"embeddings": 1})
@@ -59,11 +60,11 @@ def embedding_assets(
 
     @asset(
         partitions_def=tasks,
+        group_name="embeddings",
         deps=[sample, task_instructions],
         code_version=EMBEDDINGS_CODE_VERSION,
         pool=POOL,
         backfill_policy=BackfillPolicy.single_run(),
-        automation_condition=rebuild_when_inputs_change(),
         kinds={"duckdb", "python"},
         check_specs=[
             AssetCheckSpec(
@@ -83,24 +84,14 @@ def embedding_assets(
         doc_ids, texts = sample["doc_id"].tolist(), sample["text"].tolist()
         context.log.info("embedding backend: %s (%s)", embedder.backend, embedder.backend_reason)
         problems: dict[str, list[str]] = {}
+        tables: dict[str, pa.Table] = {}
+        dimensions = set()
         for task in context.partition_keys:
             vectors, stats = embedder.embed(
-                texts, settings.prompt_prefix(task), settings.embedding, context.log
+                texts, settings.prompt_prefix(task), settings.embedding, context.log, task
             )
-            dimension = vectors.shape[1]
-            dropped = warehouse.replace_partition(
-                "task_embeddings",
-                embedding_columns(dimension),
-                task,
-                vectors_table(task, doc_ids, vectors),
-                settings.task_names,
-            )
-            if dropped:
-                context.log.info(
-                    "removed rows of %s from task_embeddings (no longer configured, or of "
-                    "another size; rebuilding them costs nothing: they are cached)",
-                    ", ".join(dropped),
-                )
+            dimensions.add(vectors.shape[1])
+            tables[task] = vectors_table(task, doc_ids, vectors)
             problems[task] = embedding_problems(
                 vectors, len(doc_ids), settings.embedding.dimensions
             )
@@ -108,11 +99,26 @@ def embedding_assets(
                 {
                     "table": "task_embeddings",
                     "dagster/row_count": len(doc_ids),
-                    "dimension": dimension,
+                    "dimension": vectors.shape[1],
                     "instruction": settings.tasks[task].instruction or "(none)",
+                    SOURCE_VERSION_METADATA: settings.task_version(task),
                     **stats.as_metadata(),
                 },
                 partition_key=task,
+            )
+        if len(dimensions) > 1:
+            raise EmbeddingResponseError(
+                f"the backend returned vectors of sizes {sorted(dimensions)} within one run; "
+                "set embedding.dimensions to fix one size"
+            )
+        # Every partition of the run in one transaction: the table never runs ahead of Dagster.
+        removed = warehouse.replace_partitions(
+            "task_embeddings", embedding_columns(dimensions.pop()), tables, settings.task_names
+        )
+        if removed:
+            context.log.info(
+                "removed rows of tasks no longer configured: %s (their vectors stay cached)",
+                ", ".join(removed),
             )
         yield MaterializeResult(
             check_results=[check_result("unit_vectors_for_every_document", problems)]

@@ -18,7 +18,6 @@ from dagster import (
 )
 
 from qwen_assets.checks import coordinate_problems
-from qwen_assets.defs.automation import rebuild_when_inputs_change
 from qwen_assets.defs.metadata import check_result
 from qwen_assets.defs.resources import Warehouse
 from qwen_assets.projection import align, umap_layout
@@ -35,12 +34,8 @@ COORDINATE_COLUMNS = {
 
 
 def load_embeddings(warehouse: Warehouse, task: str) -> tuple[list[str], np.ndarray]:
-    """One task's vectors in sample order."""
-    frame = warehouse.query(
-        """SELECT e.doc_id, e.embedding FROM task_embeddings e
-           JOIN newsgroups_sample s USING (doc_id) WHERE e.task = ? ORDER BY s.position""",
-        [task],
-    )
+    """One task's vectors in sample order (a clear error when the partition is not built)."""
+    frame = warehouse.read_partition("task_embeddings", task, "t.embedding")
     return frame["doc_id"].tolist(), np.stack(frame["embedding"].to_numpy()).astype(np.float32)
 
 
@@ -63,7 +58,6 @@ def projection_assets(
         code_version=fingerprint({"projection": 1, "umap": settings.umap.model_dump()}),
         pool="duckdb",
         backfill_policy=BackfillPolicy.single_run(),
-        automation_condition=rebuild_when_inputs_change(),
         kinds={"duckdb", "umap"},
         check_specs=[
             AssetCheckSpec(
@@ -94,6 +88,7 @@ def projection_assets(
             return layouts[task]
 
         problems: dict[str, list[str]] = {}
+        frames: dict[str, pd.DataFrame] = {}
         for task in sorted(context.partition_keys, key=lambda name: name != reference):
             doc_ids, layout, seconds = layout_of(task)
             _, reference_layout, _ = layout_of(reference)
@@ -108,9 +103,7 @@ def projection_assets(
                     "y_aligned": alignment.coordinates[:, 1],
                 }
             )
-            warehouse.replace_partition(
-                "umap_coordinates", COORDINATE_COLUMNS, task, frame, settings.task_names
-            )
+            frames[task] = frame
             problems[task] = coordinate_problems(np.c_[layout, alignment.coordinates], len(doc_ids))
             context.add_asset_metadata(
                 {
@@ -123,7 +116,10 @@ def projection_assets(
                 },
                 partition_key=task,
             )
-        warehouse.create_views()
+        # Every partition of the run in one transaction: the table never runs ahead of Dagster.
+        warehouse.replace_partitions(
+            "umap_coordinates", COORDINATE_COLUMNS, frames, settings.task_names
+        )
         yield MaterializeResult(
             check_results=[check_result("finite_point_for_every_document", problems)]
         )

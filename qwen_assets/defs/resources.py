@@ -5,7 +5,7 @@ the API key); the experiment itself (tasks, model, UMAP) comes from the settings
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -46,23 +46,45 @@ class Warehouse(ConfigurableResource):
             self.database, table, columns, frame, wait_seconds=self.lock_wait_seconds
         )
 
-    def replace_partition(
+    def replace_partitions(
         self,
         table: str,
         columns: dict[str, str],
-        task: str,
-        frame: pd.DataFrame | pa.Table,
-        keep_tasks: Sequence[str],
+        frames: Mapping[str, pd.DataFrame | pa.Table],
+        configured_tasks: Sequence[str],
     ) -> list[str]:
-        return storage.replace_partition(
+        return storage.replace_partitions(
             self.database,
             table,
             columns,
-            task,
-            frame,
-            keep_tasks,
+            frames,
+            configured_tasks,
             wait_seconds=self.lock_wait_seconds,
         )
+
+    def read_partition(self, table: str, task: str, columns: str) -> pd.DataFrame:
+        """One task's rows of a task-partitioned table, in sample order, or one clear error
+        naming the partition to build when they do not cover the sample."""
+        with storage.connect(
+            self.database, read_only=True, wait_seconds=self.lock_wait_seconds
+        ) as connection:
+            expected = connection.execute("SELECT count(*) FROM newsgroups_sample").fetchone()[0]
+            frame = (
+                connection.execute(
+                    f"""SELECT t.doc_id, {columns} FROM "{table}" t
+                        JOIN newsgroups_sample s USING (doc_id)
+                        WHERE t.task = ? ORDER BY s.position""",
+                    [task],
+                ).df()
+                if storage.table_exists(connection, table)
+                else pd.DataFrame()
+            )
+        if len(frame) != expected:
+            raise storage.PartitionMissingError(
+                f"{table}[{task}] has {len(frame)} rows for the {expected} sample documents: "
+                f"materialize {table}[{task}] first (or run `qwen-assets build`)"
+            )
+        return frame
 
 
 class Embedder(ConfigurableResource):
@@ -74,7 +96,12 @@ class Embedder(ConfigurableResource):
     api_key: str | None = Field(default=None, description="Set from an EnvVar; never logged")
 
     def embed(
-        self, texts: Sequence[str], prefix: str, settings: EmbeddingSettings, log: logging.Logger
+        self,
+        texts: Sequence[str],
+        prefix: str,
+        settings: EmbeddingSettings,
+        log: logging.Logger,
+        label: str = "",
     ) -> tuple[np.ndarray, EmbeddingStats]:
         backend = build_backend(self.backend, settings, self.api_key, log)
-        return embed_texts(texts, prefix, settings, backend, self.cache_database, log)
+        return embed_texts(texts, prefix, settings, backend, self.cache_database, log, label)

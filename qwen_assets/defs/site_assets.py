@@ -4,18 +4,17 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
-    AssetSelection,
+    AssetSpec,
     MaterializeResult,
     MetadataValue,
     asset,
+    multi_asset,
 )
 
-from qwen_assets.defs.automation import rebuild_when_inputs_change
 from qwen_assets.defs.metadata import counts_markdown
 from qwen_assets.defs.projection_assets import load_embeddings
 from qwen_assets.defs.resources import Warehouse
@@ -50,12 +49,6 @@ def quality_markdown(quality: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def in_document_order(rows: pd.DataFrame, positions: dict[str, int]) -> np.ndarray:
-    layout = np.empty((len(positions), 2))
-    layout[rows["doc_id"].map(positions).to_numpy()] = rows[["x_aligned", "y_aligned"]].to_numpy()
-    return layout
-
-
 def site_assets(
     settings: Settings, embeddings: AssetsDefinition, coordinates: AssetsDefinition
 ) -> list[AssetsDefinition]:
@@ -63,31 +56,55 @@ def site_assets(
     reference = settings.umap.align_to
     output_dir = Path(site.output_dir)
 
-    @asset(
-        group_name="site",
-        deps=[embeddings, coordinates],
-        code_version=fingerprint({"site_data": 1, "site": site.model_dump()}),
-        pool="duckdb",
-        # New vectors always lead to new maps: build the site once, after the maps.
-        automation_condition=rebuild_when_inputs_change(ignore=AssetSelection.assets(embeddings)),
-        kinds={"json", "duckdb"},
-        description=f"The site's payload, {output_dir}/data.json (and data.js for pages opened "
-        "from disk): texts once, aligned coordinates, top-k neighbours and quality figures per "
-        "task. Each build is recorded in the site_builds table.",
+    payload_version = fingerprint(
+        {"site_data": 2, "site": site.model_dump(), "tasks": settings.task_names}
     )
-    def site_data(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
+    inputs = [embeddings, coordinates]
+
+    @multi_asset(
+        group_name="site",
+        pool="duckdb",
+        specs=[
+            AssetSpec(
+                "site_data",
+                deps=inputs,
+                code_version=payload_version,
+                kinds={"json"},
+                description=f"The site's payload, {output_dir}/data.json (and data.js for pages "
+                "opened from disk): texts once, aligned coordinates, top-k neighbours and quality "
+                "figures per task.",
+            ),
+            AssetSpec(
+                "task_quality",
+                deps=inputs,
+                code_version=payload_version,
+                kinds={"duckdb"},
+                description="Table task_quality: the quality figures of each task's space and "
+                "map (k-NN accuracy, silhouette, trustworthiness, overlap with the reference).",
+            ),
+            AssetSpec(
+                "site_builds",
+                deps=["site_data"],
+                code_version=payload_version,
+                kinds={"duckdb"},
+                description="Table site_builds: one row per build of the payload (hash, size, "
+                "tasks and the prompt version of each).",
+            ),
+        ],
+    )
+    def site_data(context: AssetExecutionContext, warehouse: Warehouse):
         started = time.monotonic()
         documents = warehouse.query(
             "SELECT doc_id, category, text, preview FROM newsgroups_sample ORDER BY position"
         )
-        positions = {doc_id: row for row, doc_id in enumerate(documents["doc_id"])}
-        layouts = warehouse.query("SELECT task, doc_id, x_aligned, y_aligned FROM umap_coordinates")
         maps = task_maps(
             settings,
             documents["category"].tolist(),
             vectors={task: load_embeddings(warehouse, task)[1] for task in settings.task_names},
             layouts={
-                task: in_document_order(layouts[layouts["task"] == task], positions)
+                task: warehouse.read_partition(
+                    "umap_coordinates", task, "t.x_aligned, t.y_aligned"
+                )[["x_aligned", "y_aligned"]].to_numpy()
                 for task in settings.task_names
             },
         )
@@ -131,7 +148,8 @@ def site_assets(
                 ]
             ),
         )
-        return MaterializeResult(
+        yield MaterializeResult(
+            asset_key="site_data",
             metadata={
                 "path": MetadataValue.path(str(written.json_path.resolve())),
                 "payload_bytes": written.bytes,
@@ -148,12 +166,24 @@ def site_assets(
                     if name != "documents_scored"
                 },
                 "seconds": round(time.monotonic() - started, 2),
-            }
+            },
+        )
+        yield MaterializeResult(
+            asset_key="task_quality",
+            metadata={
+                "table": "task_quality",
+                "dagster/row_count": len(quality),
+                "quality": MetadataValue.md(quality_markdown(quality)),
+            },
+        )
+        yield MaterializeResult(
+            asset_key="site_builds",
+            metadata={"table": "site_builds", "payload_sha256": written.sha256},
         )
 
     @asset(
         group_name="site",
-        deps=[site_data],
+        deps=["site_data"],
         code_version=fingerprint(
             {
                 "site_pages": 1,
@@ -161,7 +191,6 @@ def site_assets(
                 "tasks": settings.task_names,
             }
         ),
-        automation_condition=rebuild_when_inputs_change(),
         kinds={"html"},
         description=f"The static site in {output_dir}/: the explorer (index.html), a side-by-side "
         "comparison and one page per task, with plotly.js copied from the plotly package. "

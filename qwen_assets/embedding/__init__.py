@@ -19,6 +19,7 @@ from qwen_assets.embedding.core import (
     EmbeddingError,
     EmbeddingResponseError,
     EmbeddingStats,
+    ProgressReport,
     embed_prompts,
 )
 from qwen_assets.settings import EmbeddingSettings
@@ -28,6 +29,7 @@ __all__ = [
     "EmbeddingError",
     "EmbeddingResponseError",
     "EmbeddingStats",
+    "ProgressReport",
     "build_backend",
     "embed_texts",
     "resolve_backend",
@@ -65,6 +67,7 @@ def embed_texts(
     backend: Backend,
     cache_database: str,
     log: logging.Logger,
+    label: str = "",
 ) -> tuple[np.ndarray, EmbeddingStats]:
     """Unit-length vectors for ``prefix + text``, one row per text, in order."""
     cache = EmbeddingCache(cache_database, settings.model, settings.dimensions)
@@ -76,4 +79,5 @@ def embed_texts(
         batch_size=settings.batch_size,
         dimensions=settings.dimensions,
         log=log,
+        label=label,
     )

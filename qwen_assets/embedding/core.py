@@ -87,18 +87,59 @@ class EmbeddingStats:
         }
 
 
+# Structured progress for whoever shows it live (the command line draws a bar from it); with
+# no handler attached, as in the daemon, nothing is printed.
+PROGRESS_LOGGER = logging.getLogger("qwen_assets.progress")
+PROGRESS_LOGGER.propagate = False
+PROGRESS_LOGGER.setLevel(logging.INFO)
+
+
+@dataclass(frozen=True)
+class ProgressReport:
+    """One update: ``done`` of ``total`` texts to embed (cache hits are not counted)."""
+
+    label: str
+    backend: str
+    model: str
+    done: int
+    total: int
+    cached: int
+    retries: int
+    elapsed: float
+
+
 @dataclass
 class Progress:
-    """Logs texts done, throughput, retries and tokens at most every ``interval`` seconds."""
+    """Reports every batch to ``PROGRESS_LOGGER``, and logs texts done, throughput, retries
+    and tokens to the run's log at most every ``interval`` seconds."""
 
     stats: EmbeddingStats
     log: logging.Logger
     to_compute: int
+    label: str = ""
     interval: float = 2.0
     started: float = field(default_factory=time.monotonic)
     last: float = 0.0
 
+    def report(self) -> None:
+        PROGRESS_LOGGER.info(
+            "embedding progress",
+            extra={
+                "embedding_progress": ProgressReport(
+                    label=self.label,
+                    backend=self.stats.backend,
+                    model=self.stats.model,
+                    done=self.stats.computed,
+                    total=self.to_compute,
+                    cached=self.stats.cache_hits,
+                    retries=self.stats.retries,
+                    elapsed=time.monotonic() - self.started,
+                )
+            },
+        )
+
     def update(self) -> None:
+        self.report()
         now = time.monotonic()
         if now - self.last < self.interval:
             return
@@ -140,6 +181,12 @@ def check_batch(batch: Batch, vectors: np.ndarray, expected_dimension: int | Non
         raise EmbeddingResponseError(
             f"{batch.label}: the response holds NaN or infinite values; nothing of it was cached"
         )
+    zeros = int((~vectors.any(axis=1)).sum())
+    if zeros:
+        raise EmbeddingResponseError(
+            f"{batch.label}: the response holds {zeros} all-zero vector(s), which have no "
+            "direction; nothing of it was cached"
+        )
 
 
 def make_batches(texts: Sequence[str], batch_size: int) -> list[Batch]:
@@ -164,8 +211,10 @@ def embed_prompts(
     batch_size: int,
     dimensions: int | None,
     log: logging.Logger,
+    label: str = "",
 ) -> tuple[np.ndarray, EmbeddingStats]:
-    """Vectors for ``prefix + text`` of every text, computing only what the cache lacks."""
+    """Vectors for ``prefix + text`` of every text, computing only what the cache lacks.
+    ``label`` names the texts in progress reports (the task)."""
     started = time.monotonic()
     stats = EmbeddingStats(backend=backend.name, model=cache.model, total=len(texts))
     keys = [prompt_key(prefix + text) for text in texts]
@@ -185,7 +234,8 @@ def embed_prompts(
         len(missing_texts),
     )
     expected = dimensions or (len(next(iter(found.values()))) if found else None)
-    progress = Progress(stats, log, len(missing_texts))
+    progress = Progress(stats, log, len(missing_texts), label)
+    progress.report()
 
     def deliver(batch: Batch, raw: np.ndarray, tokens: int) -> None:
         nonlocal expected

@@ -36,6 +36,7 @@ class Fault:
     drop_vector: bool = False
     nan: bool = False
     wrong_dimension: bool = False
+    zero_vector: bool = False
 
 
 @dataclass
@@ -128,6 +129,8 @@ class EmbeddingServer:
             vectors = vectors[:, : vectors.shape[1] // 2]
         if fault.nan:
             vectors[0, 0] = np.nan
+        if fault.zero_vector:
+            vectors[0] = 0.0
         data = [
             {"object": "embedding", "index": index, "embedding": self._encode(vector, payload)}
             for index, vector in enumerate(vectors)

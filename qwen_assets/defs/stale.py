@@ -1,0 +1,274 @@
+"""What must be rebuilt: the one rule that the sensor, the schedule and the headless build share.
+
+An asset partition is stale when
+- it was never materialized;
+- its code version changed (each asset's code version is derived from the settings that
+  shape it, so editing a UMAP setting changes the maps' code version); or
+- one of its input partitions was rebuilt into different data since it was built (each
+  input partition's data version now, against its data version just before this partition
+  was built: a rebuild that produced the same data leaves its dependents fresh); or
+- it was built from an observed source whose version has changed since: a task's embeddings
+  record the prompt version they were built with, and the settings give the current one.
+
+Everything it reads comes from Dagster's records through the public API, and it writes
+nothing, so a dry run is only a read. Why not Dagster's own machinery: Dagster has no public
+stale-status call (dagster-io/dagster#19368), and its declarative automation conditions
+are stateful (they need a cursor, and their first evaluation requests nothing), which a
+one-shot build from a terminal cannot use.
+"""
+
+from __future__ import annotations
+
+import graphlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    AssetSpec,
+    DagsterInstance,
+    Definitions,
+    EventLogRecord,
+)
+
+# Tags Dagster writes on every materialization of a versioned asset (see Dagster's guide to
+# asset versioning and caching).
+CODE_VERSION_TAG = "dagster/code_version"
+DATA_VERSION_TAG = "dagster/data_version"
+# Metadata an asset built from an observed source records: that source's version it used.
+SOURCE_VERSION_METADATA = "source_version"
+# Tags that make one run materialize a range of partitions (a single-run backfill).
+PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+Target = tuple[AssetKey, str | None]
+
+
+def label(target: Target) -> str:
+    key, partition = target
+    return f"{key.to_user_string()}[{partition}]" if partition else key.to_user_string()
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run: some assets, for no partition, one task, or a range of consecutive tasks
+    (a single-run backfill, so the sample is read once and DuckDB is opened by one run)."""
+
+    keys: list[AssetKey]
+    tasks: tuple[str, ...] = ()
+
+    @property
+    def partition_key(self) -> str | None:
+        return self.tasks[0] if len(self.tasks) == 1 else None
+
+    @property
+    def tags(self) -> dict[str, str]:
+        if len(self.tasks) < 2:
+            return {}
+        return {PARTITION_RANGE_START_TAG: self.tasks[0], PARTITION_RANGE_END_TAG: self.tasks[-1]}
+
+    def describe(self) -> str:
+        names = ", ".join(key.to_user_string() for key in self.keys)
+        if not self.tasks:
+            return names
+        span = self.tasks[0] if len(self.tasks) == 1 else f"{self.tasks[0]}...{self.tasks[-1]}"
+        return f"{names} [{span}]"
+
+
+@dataclass
+class StalePlan:
+    """What to rebuild, in order: assets feeding the task partitions, each task's
+    partitions, then assets fed by them (the site)."""
+
+    before: list[AssetKey] = field(default_factory=list)
+    by_task: dict[str, list[AssetKey]] = field(default_factory=dict)
+    after: list[AssetKey] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.before or self.by_task or self.after)
+
+    def runs(self) -> list[PlannedRun]:
+        """The plan as runs, in order; consecutive tasks needing the same assets share one."""
+        runs = [PlannedRun(self.before)] if self.before else []
+        groups: list[tuple[list[AssetKey], list[str]]] = []
+        for task, keys in self.by_task.items():
+            if groups and groups[-1][0] == keys:
+                groups[-1][1].append(task)
+            else:
+                groups.append((keys, [task]))
+        runs += [PlannedRun(keys, tuple(tasks)) for keys, tasks in groups]
+        if self.after:
+            runs.append(PlannedRun(self.after))
+        return runs
+
+
+@dataclass(frozen=True)
+class _Node:
+    spec: AssetSpec
+    partitions: list[str | None]
+
+
+class _Graph:
+    """The materializable assets in dependency order, and which input partitions each
+    partition reads, from the Definitions' public asset specs and partition mappings."""
+
+    def __init__(self, defs: Definitions) -> None:
+        specs = {spec.key: spec for spec in defs.resolve_all_asset_specs()}
+        self.materializable = {
+            key for key in specs if defs.resolve_assets_def(key).is_materializable
+        }
+        # Keys a multi-asset computes together: a run must select all of them.
+        self.together: dict[AssetKey, set[AssetKey]] = {}
+        for key in self.materializable:
+            assets_def = defs.resolve_assets_def(key)
+            if not assets_def.can_subset:
+                self.together[key] = set(assets_def.keys) - {key}
+        self.specs = specs
+        order = graphlib.TopologicalSorter(
+            {key: [dep.asset_key for dep in spec.deps] for key, spec in specs.items()}
+        ).static_order()
+        self.nodes = [
+            _Node(specs[key], self.partitions_of(key))
+            for key in order
+            if key in self.materializable
+        ]
+
+    def partitions_of(self, key: AssetKey) -> list[str | None]:
+        partitions_def = self.specs[key].partitions_def
+        return list(partitions_def.get_partition_keys()) if partitions_def else [None]
+
+    def inputs(self, node: _Node, partition: str | None) -> list[Target]:
+        found: list[Target] = []
+        for dep in node.spec.deps:
+            upstream = self.specs[dep.asset_key].partitions_def
+            downstream = node.spec.partitions_def
+            if upstream is None:
+                found.append((dep.asset_key, None))
+            elif downstream is None or partition is None:
+                found += [(dep.asset_key, key) for key in upstream.get_partition_keys()]
+            elif dep.partition_mapping is None:
+                found.append((dep.asset_key, partition))
+            else:
+                mapped = dep.partition_mapping.get_upstream_mapped_partitions_result_for_partitions(
+                    downstream.subset_with_partition_keys([partition]), downstream, upstream
+                )
+                found += [
+                    (dep.asset_key, key)
+                    for key in sorted(mapped.partitions_subset.get_partition_keys())
+                ]
+        return found
+
+
+class _Records:
+    """Latest materializations, read once each."""
+
+    def __init__(self, instance: DagsterInstance) -> None:
+        self.instance = instance
+        self._latest: dict[Target, EventLogRecord | None] = {}
+
+    def latest(self, target: Target, before: int | None = None) -> EventLogRecord | None:
+        if before is None and target in self._latest:
+            return self._latest[target]
+        key, partition = target
+        records = self.instance.fetch_materializations(
+            AssetRecordsFilter(
+                asset_key=key,
+                asset_partitions=[partition] if partition is not None else None,
+                before_storage_id=before,
+            ),
+            limit=1,
+        ).records
+        record = records[0] if records else None
+        if before is None:
+            self._latest[target] = record
+        return record
+
+
+def _data_version(record: EventLogRecord | None) -> str | None:
+    if record is None or record.asset_materialization is None:
+        return None
+    return (record.asset_materialization.tags or {}).get(DATA_VERSION_TAG)
+
+
+def _why_stale(
+    graph: _Graph,
+    records: _Records,
+    node: _Node,
+    partition: str | None,
+    source_versions: Mapping[Target, str],
+) -> str | None:
+    built = records.latest((node.spec.key, partition))
+    if built is None or built.asset_materialization is None:
+        return "never materialized"
+    materialization = built.asset_materialization
+    if (materialization.tags or {}).get(CODE_VERSION_TAG) != node.spec.code_version:
+        return "new code version (its settings or code changed)"
+    causes = []
+    for target in graph.inputs(node, partition):
+        if target[0] not in graph.materializable:
+            current = source_versions.get(target)
+            used = materialization.metadata.get(SOURCE_VERSION_METADATA)
+            if current is not None and (used is None or used.value != current):
+                causes.append(f"{label(target)} changed")
+            continue
+        latest = records.latest(target)
+        if latest is None:
+            causes.append(f"{label(target)} is missing")
+        elif latest.storage_id > built.storage_id and _data_version(latest) != _data_version(
+            records.latest(target, before=built.storage_id)
+        ):
+            causes.append(f"{label(target)} changed")
+    return "; ".join(causes) or None
+
+
+def stale_plan(
+    defs: Definitions,
+    instance: DagsterInstance,
+    source_versions: Mapping[Target, str] | None = None,
+) -> StalePlan:
+    """Every stale asset partition, plus everything downstream of one (it will be stale once
+    its input is rebuilt), grouped into runs. ``source_versions``: the current version of
+    each observed source partition (for this project, each task's prompt)."""
+    graph = _Graph(defs)
+    records = _Records(instance)
+    dependents: dict[Target, list[Target]] = {}
+    reasons: dict[Target, str] = {}
+    for node in graph.nodes:
+        for partition in node.partitions:
+            target = (node.spec.key, partition)
+            for source in graph.inputs(node, partition):
+                dependents.setdefault(source, []).append(target)
+            why = _why_stale(graph, records, node, partition, source_versions or {})
+            if why is not None:
+                reasons[target] = why
+    frontier = list(reasons)
+    while frontier:
+        parent = frontier.pop()
+        for child in dependents.get(parent, []):
+            if child not in reasons:
+                reasons[child] = f"its input {label(parent)} is rebuilt first"
+                frontier.append(child)
+        for sibling in graph.together.get(parent[0], ()):
+            if (sibling, parent[1]) not in reasons:
+                reasons[(sibling, parent[1])] = f"computed together with {label(parent)}"
+                frontier.append((sibling, parent[1]))
+
+    plan = StalePlan(reasons={label(target): why for target, why in reasons.items()})
+    partitioned = [node for node in graph.nodes if node.partitions != [None]]
+    first_partitioned = graph.nodes.index(partitioned[0]) if partitioned else len(graph.nodes)
+    tasks: list[str] = []
+    for position, node in enumerate(graph.nodes):
+        if node.partitions == [None]:
+            if (node.spec.key, None) in reasons:
+                (plan.before if position < first_partitioned else plan.after).append(node.spec.key)
+            continue
+        tasks += [task for task in node.partitions if task not in tasks]
+        for partition in node.partitions:
+            if (node.spec.key, partition) in reasons:
+                plan.by_task.setdefault(partition, []).append(node.spec.key)
+    # In partition order, so that tasks in a row can share a run (a partition range).
+    plan.by_task = {task: plan.by_task[task] for task in tasks if task in plan.by_task}
+    return plan

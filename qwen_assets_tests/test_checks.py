@@ -1,0 +1,84 @@
+"""The rules behind the asset checks, and a failing blocking check stopping its downstream in a
+real run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dagster import AssetCheckKey, AssetKey, instance_for_test
+
+from qwen_assets.checks import coordinate_problems, embedding_problems
+from qwen_assets.definitions import build_definitions
+from qwen_assets.settings import load_settings
+from qwen_assets.testing import project_settings, write_settings
+
+
+def unit_rows(rows: int, dimension: int, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(rows, dimension))
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_good_vectors_have_no_problems():
+    assert embedding_problems(unit_rows(5, 8), 5, 8) == []
+    assert embedding_problems(unit_rows(5, 8), 5, None) == []
+
+
+@pytest.mark.parametrize(
+    ("vectors", "expected_rows", "dimension", "says"),
+    [
+        (unit_rows(4, 8), 5, None, "4 rows for 5 sample documents"),
+        (unit_rows(5, 8), 5, 16, "dimension 8, configured 16"),
+        (np.vstack([unit_rows(4, 8), np.full((1, 8), np.nan)]), 5, None, "non-finite values"),
+        (np.vstack([unit_rows(4, 8), np.zeros((1, 8))]), 5, None, "1 vectors are not unit length"),
+        (2 * unit_rows(5, 8), 5, None, "5 vectors are not unit length"),
+    ],
+)
+def test_each_embedding_problem_is_named(vectors, expected_rows, dimension, says):
+    assert says in embedding_problems(vectors, expected_rows, dimension)
+
+
+def test_coordinate_problems_name_missing_and_non_finite_points():
+    points = np.random.default_rng(1).normal(size=(6, 4))
+    assert coordinate_problems(points, 6) == []
+    assert coordinate_problems(points, 7) == ["6 points for 7 documents"]
+    points[2, 1] = np.inf
+    assert coordinate_problems(points, 6) == ["non-finite coordinates"]
+
+
+def test_a_failing_blocking_check_stops_the_map(
+    built, server, archive, tmp_path: Path, monkeypatch
+):
+    """The check rule reports a problem for one task (the rule itself is tested above); the run
+    is real: the map of that task is not built, and Dagster records why."""
+    import qwen_assets.defs.embedding_assets as embedding_assets
+
+    shutil.copyfile(built.database, tmp_path / "warehouse.duckdb")
+    shutil.copyfile(built.cache, tmp_path / "cache.duckdb")
+    settings = load_settings(
+        write_settings(tmp_path / "settings.toml", project_settings(tmp_path, server, archive))
+    )
+    monkeypatch.setattr(
+        embedding_assets, "embedding_problems", lambda *arguments: ["injected: 3 rows off"]
+    )
+    job = build_definitions(settings).resolve_job_def("build_assets")
+    with instance_for_test() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key="topic",
+            asset_selection=[AssetKey("task_embeddings"), AssetKey("umap_coordinates")],
+            raise_on_error=False,
+        )
+        assert not result.success
+        assert not instance.fetch_materializations(AssetKey("umap_coordinates"), limit=1).records
+    (check,) = result.get_asset_check_evaluations()
+    assert check.asset_check_key == AssetCheckKey(
+        AssetKey("task_embeddings"), "unit_vectors_for_every_document"
+    )
+    assert not check.passed
+    assert check.metadata["topic"].value == "injected: 3 rows off"
+    assert "umap_coordinates" not in {
+        event.step_key for event in result.all_events if event.is_step_success
+    }, "the map's step never ran"

@@ -1,0 +1,185 @@
+"""Builds killed, interrupted or started twice, as real `qwen-assets build` processes against
+the loopback embeddings server: the next build always finishes on its own, and nothing paid
+for is asked for twice (beyond what was in flight when the process died)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus
+
+from qwen_assets.storage import read_table
+from qwen_assets.testing import project_settings, write_settings
+
+PROBE_INSTRUCTION = "Say which newsgroup the given post was written for"
+BATCH_SIZE = 32
+IN_FLIGHT = 2
+
+
+@dataclass
+class CliProject:
+    root: Path
+    environ: dict[str, str]
+
+    @property
+    def database(self) -> str:
+        return str(self.root / "warehouse.duckdb")
+
+    def start(self, name: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "qwen_assets.cli", "build"],
+            env=self.environ,
+            stdout=(self.root / f"{name}.out").open("w"),
+            stderr=(self.root / f"{name}.err").open("w"),
+        )
+
+    def output(self, name: str) -> str:
+        return (self.root / f"{name}.out").read_text() + (self.root / f"{name}.err").read_text()
+
+    def runs(self) -> list:
+        with DagsterInstance.from_config(self.environ["DAGSTER_HOME"]) as instance:
+            return list(instance.get_runs())
+
+
+@pytest.fixture
+def project(built, server, archive, tmp_path: Path) -> Iterator[CliProject]:
+    """A new project whose `probe` task is not cached (so a build embeds for a while through a
+    slow server) and whose `default` task is (a copy of the built project's cache)."""
+    shutil.copyfile(built.cache, tmp_path / "cache.duckdb")
+    raw = project_settings(tmp_path, server, archive)
+    raw["embedding"]["batch_size"] = BATCH_SIZE
+    raw["embedding"]["http"]["max_in_flight"] = IN_FLIGHT
+    raw["tasks"] = {
+        "default": raw["tasks"]["default"],
+        "probe": {"instruction": PROBE_INSTRUCTION},
+    }
+    settings = write_settings(tmp_path / "settings.toml", raw)
+    environ = {
+        **os.environ,
+        "QWEN_ASSETS_SETTINGS": str(settings),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+    }
+    server.reset()
+    server.latency = lambda: 0.25
+    try:
+        yield CliProject(tmp_path, environ)
+    finally:
+        server.latency = None
+
+
+def probe_texts(server) -> list[str]:
+    return [text for text in server.texts_received if PROBE_INSTRUCTION in text]
+
+
+def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.1)
+
+
+def test_a_build_killed_mid_embedding_never_blocks_the_next(project, server):
+    first = project.start("first")
+    wait_until(lambda: len(probe_texts(server)) >= 6 * BATCH_SIZE, 240, "it is embedding")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    (killed,) = [run for run in project.runs() if run.status == DagsterRunStatus.STARTED]
+
+    second = project.start("second")
+    assert second.wait(timeout=300) == 0, project.output("second")
+    output = project.output("second")
+    assert f"run {killed.run_id[:8]} (build_assets): its process {first.pid} is gone" in output
+    assert "marked it failed and freed its pool slot" in output
+
+    sent = Counter(probe_texts(server))
+    distinct = read_table(project.database, "SELECT count(DISTINCT text) FROM newsgroups_sample")
+    assert len(sent) == distinct.iloc[0, 0], "every distinct probe prompt was embedded"
+    assert max(sent.values()) <= 2
+    twice = sum(1 for count in sent.values() if count == 2)
+    assert twice <= IN_FLIGHT * BATCH_SIZE, "only what was in flight when it died is paid twice"
+
+    statuses = {run.run_id: run.status for run in project.runs()}
+    assert statuses[killed.run_id] == DagsterRunStatus.FAILURE
+    assert DagsterRunStatus.STARTED not in statuses.values()
+    third = subprocess.run(
+        [sys.executable, "-m", "qwen_assets.cli", "build"],
+        env=project.environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert third.returncode == 0 and "everything is fresh" in third.stdout
+
+
+def test_two_builds_at_once_wait_quietly_and_sigterm_stops_either(project, server):
+    first = project.start("first")
+    wait_until(lambda: len(probe_texts(server)) >= 2 * BATCH_SIZE, 240, "it is embedding")
+    second = project.start("second")
+    wait_until(
+        lambda: "another qwen-assets build is running" in project.output("second"),
+        60,
+        "the second build says it waits",
+    )
+    waiting = psutil.Process(second.pid)
+    before = sum(waiting.cpu_times()[:2])
+    time.sleep(3)
+    assert sum(waiting.cpu_times()[:2]) - before < 0.3, "waiting does not spin a CPU"
+
+    started = time.monotonic()
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=10) == 130
+    assert time.monotonic() - started < 5, "SIGTERM stops a waiting build promptly"
+
+    started = time.monotonic()
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) == 130, project.output("first")
+    assert time.monotonic() - started < 30, "SIGTERM stops an embedding build promptly"
+    assert "build interrupted" in project.output("first")
+    statuses = [run.status for run in project.runs()]
+    assert DagsterRunStatus.CANCELED in statuses or DagsterRunStatus.FAILURE in statuses
+    assert DagsterRunStatus.STARTED not in statuses, "an interrupted run is closed, not left open"
+
+    third = project.start("third")
+    assert third.wait(timeout=300) == 0, project.output("third")
+    assert "waiting" not in project.output("third"), "nothing was left to wait for"
+
+
+def test_a_wrong_key_ends_the_build_with_one_line_and_leaks_nowhere(project, server):
+    wrong = "sk-wrong-key-4f1d2c9e77"
+    server.api_key = "sk-the-right-key"
+    try:
+        build = subprocess.run(
+            [sys.executable, "-m", "qwen_assets.cli", "build"],
+            env={**project.environ, "SILICONFLOW_API_KEY": wrong},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        server.api_key = None
+    assert build.returncode == 1
+    # Dagster may print its one-time telemetry notice for a new instance first.
+    closing = build.stderr.strip().splitlines()[-1:]
+    assert "Traceback" not in build.stderr, build.stderr
+    assert closing[0].startswith(
+        "qwen-assets: task_embeddings, umap_coordinates [default...probe] failed: task_embeddings: "
+    )
+    assert "refused the API key from SILICONFLOW_API_KEY (HTTP 401)" in closing[0]
+    log_file = Path(closing[0].split("(Dagster's full log: ")[1].rstrip(")"))
+    assert "refused the API key" in log_file.read_text(), "the full story is in the log file"
+    assert " DEBUG " not in build.stdout, "Dagster's own log lines stay out of the terminal"
+    assert "building raw_newsgroups, newsgroups_sample" in build.stdout
+    for text in (build.stdout, build.stderr, log_file.read_text()):
+        assert wrong not in text

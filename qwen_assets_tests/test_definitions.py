@@ -1,0 +1,149 @@
+"""The Definitions, checked in seconds: they load, they speak only public Dagster, and every
+asset sits in its pipeline stage's group. No corpus, model or build needed."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey
+
+from qwen_assets.definitions import build_definitions
+from qwen_assets.settings import load_settings
+
+PACKAGE = Path(__file__).resolve().parents[1] / "qwen_assets"
+REPO = PACKAGE.parent
+STAGES = {
+    "corpus": {"raw_newsgroups", "newsgroups_sample"},
+    "embeddings": {"task_instructions", "task_embeddings"},
+    "projection": {"umap_coordinates"},
+    "site": {"site_data", "task_quality", "site_builds", "site_pages"},
+    "query": {"task_documents", "category_centroids"},
+}
+
+
+def private_dagster_imports(source: str) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        found += [
+            name
+            for name in names
+            if name.split(".")[0].startswith("dagster")
+            and any(part.startswith("_") for part in name.split(".")[1:])
+        ]
+    return found
+
+
+def test_the_project_imports_no_private_dagster_module():
+    offenders = {
+        str(path.relative_to(REPO)): private_dagster_imports(path.read_text())
+        for path in PACKAGE.rglob("*.py")
+    }
+    assert {path: names for path, names in offenders.items() if names} == {}
+
+
+def test_the_private_import_check_catches_one():
+    assert private_dagster_imports("from dagster._core.storage.tags import X") == [
+        "dagster._core.storage.tags"
+    ]
+    assert private_dagster_imports("import dagster_shared._serdes") == ["dagster_shared._serdes"]
+    assert private_dagster_imports("from dagster import asset") == []
+
+
+def test_definitions_load_in_seconds_with_every_asset_in_its_stage_group():
+    started = time.monotonic()
+    defs = build_definitions(load_settings())
+    job = defs.resolve_job_def("build_assets")
+    assert time.monotonic() - started < 20
+    groups: dict[str, set[str]] = {}
+    for spec in defs.resolve_all_asset_specs():
+        groups.setdefault(spec.group_name, set()).add(spec.key.to_user_string())
+    assert groups == STAGES
+    assert {key for key in job.asset_layer.executable_asset_keys} >= {
+        AssetKey(name) for name in STAGES["site"]
+    }
+    assert {sensor.name for sensor in defs.sensors} == {"rebuild_stale_assets"}
+    assert {schedule.name for schedule in defs.schedules} == {"daily_rebuild"}
+
+
+@pytest.mark.skipif(shutil.which("dg") is None, reason="dg (dagster-dg-cli) is not installed")
+def test_dg_lists_the_definitions_from_the_repo_root():
+    listed = subprocess.run(
+        ["dg", "list", "defs", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert listed.returncode == 0, listed.stderr
+    payload = json.loads(listed.stdout)
+    keys = {asset["asset_key"] for asset in payload["assets"]}
+    assert keys >= set().union(*STAGES.values()) - {"task_instructions"}
+
+
+def test_a_wheel_installed_elsewhere_builds_the_site_pages(tmp_path: Path):
+    """A non-editable install carries the site sources: the pages build from any folder."""
+    import sys
+
+    wheels, target = tmp_path / "wheels", tmp_path / "installed"
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = wheels.glob("qwen_assets-*.whl")
+    installed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert installed.returncode == 0, installed.stderr
+    script = (
+        "import sys, qwen_assets.site as site; from pathlib import Path; "
+        "assert Path(site.__file__).is_relative_to(Path(sys.argv[1])), site.__file__; "
+        "written = site.publish_pages(Path('out'), ['default', 'topic']); "
+        "print(sorted(p.name for p in written))"
+    )
+    pages = subprocess.run(
+        [sys.executable, "-c", script, str(target)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert pages.returncode == 0, pages.stderr
+    for name in ["index.html", "compare.html", "task-topic.html", "explorer.js", "plotly.min.js"]:
+        assert name in pages.stdout

@@ -1,0 +1,81 @@
+"""Dead runs, as the daemon's triggers meet them: a run whose process is gone is failed and its
+pool slot freed by the next tick, which then plans as usual; a live run is waited for."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+from dagster import DagsterRunStatus, build_sensor_context, instance_for_test
+
+from qwen_assets.definitions import build_definitions
+from qwen_assets.defs.runs import fail_dead_runs
+from qwen_assets.settings import load_settings
+
+POOL_OF_ONE = {"concurrency": {"pools": {"default_limit": 1}}}
+
+
+STUCK_RUN = """
+import sys, time
+from dagster import DagsterInstance, Definitions, asset
+
+@asset(pool="duckdb")
+def slow_step():
+    print("running", flush=True)
+    time.sleep(600)
+
+job = Definitions(assets=[slow_step]).resolve_implicit_global_asset_job_def()
+with DagsterInstance.from_config(sys.argv[1]) as instance:
+    job.execute_in_process(instance=instance)
+"""
+
+
+def kill_a_running_run(instance) -> tuple[str, int]:
+    """A real run in another process, holding the duckdb pool's slot, killed with SIGKILL."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", STUCK_RUN, instance.root_directory],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline().strip() == "running"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    (record,) = instance.get_run_records()
+    return record.dagster_run.run_id, process.pid
+
+
+def test_the_sensor_fails_a_dead_run_frees_its_slot_and_plans():
+    defs = build_definitions(load_settings())
+    sensor = defs.resolve_sensor_def("rebuild_stale_assets")
+    with instance_for_test(overrides=POOL_OF_ONE) as instance:
+        run_id, pid = kill_a_running_run(instance)
+        storage = instance.event_log_storage
+        assert instance.get_run_by_id(run_id).status == DagsterRunStatus.STARTED
+        assert storage.get_concurrency_info("duckdb").active_slot_count == 1, "slot still held"
+
+        with build_sensor_context(instance=instance, definitions=defs) as context:
+            tick = sensor.evaluate_tick(context)
+
+        assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
+        failure = [e for e in instance.all_logs(run_id) if e.dagster_event_type is not None][-1]
+        assert f"process ({pid}) is gone" in failure.message
+        assert storage.get_concurrency_info("duckdb").active_slot_count == 0, "slot freed"
+        assert tick.run_requests, "with the dead run out of the way, the tick plans a build"
+
+
+def test_a_live_run_is_left_alone():
+    with instance_for_test(overrides=POOL_OF_ONE) as instance:
+        process = subprocess.Popen(
+            [sys.executable, "-c", STUCK_RUN, instance.root_directory],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert process.stdout.readline().strip() == "running"
+            assert fail_dead_runs(instance) == []
+            (record,) = instance.get_run_records()
+            assert record.dagster_run.status == DagsterRunStatus.STARTED
+        finally:
+            process.kill()
+            process.wait()
