@@ -266,6 +266,37 @@ def test_the_comparison_and_task_pages_draw_every_map(browser, root, payload):
             opened.close()
 
 
+SIZES = {"desktop": (1920, 1080), "laptop": (1400, 900), "phone": (390, 844)}
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_every_map_fits_its_panel_when_first_drawn(browser, site_dir, payload, size):
+    """No plot wider than its card on first draw (no resize), at each size; screenshots of
+    every page at that size are kept in test-artifacts/ for a person to look at."""
+    width, height = SIZES[size]
+    ARTIFACTS.mkdir(exist_ok=True)
+    paths = ["index.html", "compare.html", task_page_name(payload["tasks"][1]["name"])]
+    for path in paths:
+        opened = Page(browser, site_dir.as_uri() + "/", viewport={"width": width, "height": height})
+        try:
+            opened.open(path)
+            overflow = opened.page.evaluate(
+                """() => [...document.querySelectorAll('.main-svg')].map((svg) => {
+                  const panel = svg.closest('.map-card, .stage, main');
+                  const box = panel.getBoundingClientRect();
+                  const plot = svg.getBoundingClientRect();
+                  return {plot: plot.width, panel: box.width,
+                          out: plot.left < box.left - 1 || plot.right > box.right + 1};
+                }).filter((found) => found.out)"""
+            )
+            assert overflow == [], f"{path} at {size}: plots overflow their panels: {overflow}"
+            opened.page.screenshot(
+                path=str(ARTIFACTS / f"{path.removesuffix('.html')}-{size}.png"), full_page=True
+            )
+        finally:
+            opened.close()
+
+
 def test_a_phone_in_dark_mode_gets_a_fitting_dark_page(browser, root):
     phone = Page(
         browser, root, viewport={"width": 390, "height": 844}, color_scheme="dark", is_mobile=True

@@ -27,7 +27,9 @@
     });
   }
 
-  const drawn = tasks.map((task) => {
+  // Every card goes into the grid before any plot is drawn: a plot drawn while its card is
+  // the grid's only one takes the full width and overflows its panel once the others arrive.
+  const cards = tasks.map((task) => {
     const card = document.createElement("section");
     card.className = "map-card";
     card.dataset.task = task.name;
@@ -54,6 +56,19 @@
     }
     card.append(plot);
     container.append(card);
+    return { task, plot };
+  });
+
+  // A plot follows its panel's size (a grid reflow, a rotated phone), not only the window's.
+  const resizer = window.ResizeObserver
+    ? new ResizeObserver((entries) => {
+        for (const entry of entries) {
+          if (entry.target.data) window.Plotly.Plots.resize(entry.target);
+        }
+      })
+    : null;
+
+  const drawn = cards.map(({ task, plot }) => {
     const layout = site.baseLayout();
     layout.showlegend = Boolean(only);
     return window.Plotly.newPlot(
@@ -61,7 +76,9 @@
       site.categoryTraces(task),
       layout,
       site.plotConfig("qwen-embedding-" + task.name)
-    );
+    ).then(() => {
+      if (resizer) resizer.observe(plot);
+    });
   });
 
   Promise.all(drawn).then(() => {
