@@ -42,14 +42,17 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         # this project relies on both on purpose (see the README), so say it once, there.
         warnings.simplefilter("ignore", BetaWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="dagster")
-        raw_newsgroups, newsgroups_sample = corpus_assets(settings)
+        raw_newsgroups, newsgroups_sample, document_properties = corpus_assets(settings)
         task_instructions, task_embeddings = embedding_assets(settings, tasks, newsgroups_sample)
         (umap_coordinates,) = projection_assets(settings, tasks, task_embeddings)
-        site_data, site_pages = site_assets(settings, task_embeddings, umap_coordinates)
+        site_data, site_pages = site_assets(
+            settings, task_embeddings, umap_coordinates, document_properties
+        )
         (query_views,) = query_assets(newsgroups_sample, task_embeddings, umap_coordinates)
     assets = [
         raw_newsgroups,
         newsgroups_sample,
+        document_properties,
         task_instructions,
         task_embeddings,
         umap_coordinates,

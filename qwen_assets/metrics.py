@@ -111,3 +111,69 @@ def task_quality(
         ),
         documents_scored=len(rows),
     )
+
+
+def map_neighbours(layout: np.ndarray, k: int) -> np.ndarray:
+    """Each point's ``k`` nearest other points on a 2-D map (Euclidean), nearest first."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(k, len(layout) - 1)
+    found = NearestNeighbors(n_neighbors=k + 1).fit(layout).kneighbors(return_distance=False)
+    return found[:, :k] if found.shape[1] > k else found
+
+
+def score_agreement(neighbours: np.ndarray, scores: np.ndarray) -> float:
+    """How far neighbourhoods agree on a score: leave-one-out k-NN regression, as the Spearman
+    rank correlation between each post's score and the mean score of its neighbours. About
+    0 when neighbourhoods ignore the score, 1 when they are sorted by it."""
+    from scipy.stats import spearmanr
+
+    scores = np.asarray(scores, dtype=float)
+    predicted = scores[neighbours].mean(axis=1)
+    if np.ptp(scores) == 0 or np.ptp(predicted) == 0:
+        return 0.0
+    return float(spearmanr(scores, predicted).statistic)
+
+
+def property_agreement(
+    neighbours: np.ndarray, labels: np.ndarray, scores: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """For one set of neighbourhoods: k-NN accuracy on the category, and the agreement on
+    each score property."""
+    figures = {"category": knn_accuracy(neighbours, labels)}
+    figures.update({name: score_agreement(neighbours, values) for name, values in scores.items()})
+    return figures
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A task's figure on the property it aims at, against the reference (no instruction)."""
+
+    task: str
+    target: str
+    figure: float
+    reference_task: str
+    reference_figure: float
+
+    @property
+    def change(self) -> float | None:
+        """Relative change; None when the reference figure is too close to 0 to divide by."""
+        if abs(self.reference_figure) < 0.01:
+            return None
+        return (self.figure - self.reference_figure) / abs(self.reference_figure)
+
+    def sentence(self) -> str:
+        measure = "k-NN accuracy" if self.target == "category" else "rank agreement"
+        figures = f"{measure} {self.figure:.3f} against {self.reference_figure:.3f}"
+        change = self.change
+        if change is None:
+            amount = f"{self.figure - self.reference_figure:+.3f}"
+            return (
+                f"The {self.task} instruction changes how far neighbourhoods agree on "
+                f"{self.target} by {amount} compared with {self.reference_task} ({figures})."
+            )
+        direction = "more" if change >= 0 else "less"
+        return (
+            f"The {self.task} instruction makes neighbourhoods agree on {self.target} "
+            f"{abs(change):.0%} {direction} than {self.reference_task} ({figures})."
+        )

@@ -59,6 +59,11 @@ NEWSGROUPS: tuple[str, ...] = (
 TASK_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 UMAP_METRICS = ("euclidean", "cosine", "manhattan", "chebyshev", "correlation")
 DEFAULT_TASK = "default"
+# What a task may aim at (``tasks.<name>.target``): the newsgroup, or a score per post
+# (see qwen_assets/properties.py).
+CATEGORY_PROPERTY = "category"
+SCORE_PROPERTIES = ("sentiment", "hostility", "length")
+PROPERTIES = (CATEGORY_PROPERTY, *SCORE_PROPERTIES)
 
 
 class SettingsError(ValueError):
@@ -218,6 +223,8 @@ class StorageSettings(_Section):
 class TaskSettings(_Section):
     instruction: str = ""
     description: str = ""
+    # The property the instruction is about; its figure is compared with the default task's.
+    target: Literal[PROPERTIES] | None = None  # type: ignore[valid-type]
 
     @field_validator("instruction", "description")
     @classmethod

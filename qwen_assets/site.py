@@ -21,7 +21,12 @@ Schema, version 1::
                 "neighbours": [[int] * k],         # per document, most similar first
                 "similarity": [[float] * k],
                 "quality": {"knn_accuracy", "silhouette", "trustworthiness",
-                            "overlap_with_reference", "documents_scored"}}]}
+                            "overlap_with_reference", "documents_scored",
+                            "predicts_<property>", "predicts_<property>_map"},
+                "target": null | str,                # the property the task aims at
+                "headline": null | str}],            # its figure against the default task
+     "documents": {..., "properties": {"sentiment": [float], "hostility": [float],
+                                       "length": [int]}}}
 """
 
 from __future__ import annotations
@@ -38,8 +43,14 @@ from pathlib import Path
 
 import numpy as np
 
-from qwen_assets.metrics import nearest_neighbours, task_quality
-from qwen_assets.settings import Settings
+from qwen_assets.metrics import (
+    Headline,
+    map_neighbours,
+    nearest_neighbours,
+    property_agreement,
+    task_quality,
+)
+from qwen_assets.settings import DEFAULT_TASK, Settings
 
 SCHEMA = "qwen-assets/site-data"
 PUBLISHED_MODE = 0o644  # readable by the web server, whoever it runs as
@@ -67,6 +78,8 @@ class TaskMap:
     neighbours: np.ndarray  # (n, k) indices
     similarity: np.ndarray  # (n, k)
     quality: Mapping[str, float | int]
+    target: str | None = None
+    headline: Headline | None = None
 
 
 def task_maps(
@@ -74,13 +87,33 @@ def task_maps(
     categories: Sequence[str],
     vectors: Mapping[str, np.ndarray],
     layouts: Mapping[str, np.ndarray],
+    scores: Mapping[str, np.ndarray] | None = None,
 ) -> list[TaskMap]:
     """Each task's share of the payload: its aligned layout, its top-k neighbours by
-    full-dimension cosine, and its quality figures. Rows are documents, in one order."""
+    full-dimension cosine, and its quality figures: how its neighbourhoods, in full dimension
+    and on the map, agree on each property (``scores``: per-document values by property
+    name), and for a task with a target, that figure against the default task's. Rows are
+    documents, in one order."""
     site = settings.site
     labels = np.unique(np.asarray(categories), return_inverse=True)[1]
+    scores = dict(scores or {})
     neighbours = {task: nearest_neighbours(vectors[task], site.neighbours) for task in vectors}
     reference = neighbours[settings.umap.align_to][0]
+    agreement = {
+        task: {
+            **{
+                f"predicts_{name}": round(value, 4)
+                for name, value in property_agreement(neighbours[task][0], labels, scores).items()
+            },
+            **{
+                f"predicts_{name}_map": round(value, 4)
+                for name, value in property_agreement(
+                    map_neighbours(layouts[task], site.neighbours), labels, scores
+                ).items()
+            },
+        }
+        for task in settings.task_names
+    }
     return [
         TaskMap(
             name=task,
@@ -89,17 +122,36 @@ def task_maps(
             coordinates=layouts[task],
             neighbours=neighbours[task][0],
             similarity=neighbours[task][1],
-            quality=task_quality(
-                vectors[task],
-                layouts[task],
-                labels,
-                neighbours[task][0],
-                reference,
-                sample_size=site.quality_sample_size,
-            ).rounded(),
+            quality={
+                **task_quality(
+                    vectors[task],
+                    layouts[task],
+                    labels,
+                    neighbours[task][0],
+                    reference,
+                    sample_size=site.quality_sample_size,
+                ).rounded(),
+                **agreement[task],
+            },
+            target=settings.tasks[task].target,
+            headline=_headline(task, settings, agreement),
         )
         for task in settings.task_names
     ]
+
+
+def _headline(
+    task: str, settings: Settings, agreement: Mapping[str, Mapping[str, float]]
+) -> Headline | None:
+    target = settings.tasks[task].target
+    figure = f"predicts_{target}"
+    if target is None or task == DEFAULT_TASK or DEFAULT_TASK not in agreement:
+        return None
+    if figure not in agreement[task]:
+        return None
+    return Headline(
+        task, target, agreement[task][figure], DEFAULT_TASK, agreement[DEFAULT_TASK][figure]
+    )
 
 
 def build_payload(
@@ -116,6 +168,7 @@ def build_payload(
     webgl_above: int,
     preview_chars: int,
     inline_texts: bool,
+    properties: Mapping[str, Sequence[float]] | None = None,
 ) -> dict:
     """The payload. With ``inline_texts`` every text is in it (and previews are cut from
     them in the page); otherwise it carries previews, and ``text_chunks`` the texts
@@ -130,6 +183,10 @@ def build_payload(
         documents["text"] = list(texts)
     else:
         documents["preview"] = list(previews)
+    documents["properties"] = {
+        name: _rounded(np.asarray(values, dtype=float), 0 if name == "length" else 3)
+        for name, values in (properties or {}).items()
+    }
     return {
         "schema": SCHEMA,
         "version": SCHEMA_VERSION,
@@ -154,6 +211,8 @@ def build_payload(
                 "neighbours": task.neighbours.astype(int).tolist(),
                 "similarity": np.round(task.similarity.astype(float), 3).tolist(),
                 "quality": dict(task.quality),
+                "target": task.target,
+                "headline": task.headline.sentence() if task.headline else None,
             }
             for task in tasks
         ],

@@ -9,6 +9,7 @@ installed folder with the hub offline; it stands in for Qwen3-Embedding, which i
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -133,6 +134,28 @@ def built(tmp_path_factory: pytest.TempPathFactory, server: EmbeddingServer, arc
             str(root / "cache.duckdb"),
             instance,
         )
+
+
+@pytest.fixture
+def warehouse_copy(built, server, archive: str, tmp_path: Path):
+    """A copy of the built project's warehouse and cache under new settings: call it with a
+    function that edits the raw settings; returns the loaded settings."""
+    from qwen_assets.settings import load_settings
+
+    def make(edit=lambda raw: None):
+        shutil.copyfile(built.database, tmp_path / "warehouse.duckdb")
+        shutil.copyfile(built.cache, tmp_path / "cache.duckdb")
+        raw = project_settings(tmp_path, server, archive)
+        edit(raw)
+        return load_settings(write_settings(tmp_path / "settings.toml", raw))
+
+    return make
+
+
+def failure_message(result) -> str:
+    """The user-facing message of a run's first failed step."""
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    return str(failure.step_failure_data.error.cause.message)
 
 
 class Writer:

@@ -3,17 +3,12 @@ real run."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 from dagster import AssetCheckKey, AssetKey, instance_for_test
 
 from qwen_assets.checks import coordinate_problems, embedding_problems
 from qwen_assets.definitions import build_definitions
-from qwen_assets.settings import load_settings
-from qwen_assets.testing import project_settings, write_settings
 
 
 def unit_rows(rows: int, dimension: int, seed: int = 0) -> np.ndarray:
@@ -48,18 +43,12 @@ def test_coordinate_problems_name_missing_and_non_finite_points():
     assert coordinate_problems(points, 6) == ["non-finite coordinates"]
 
 
-def test_a_failing_blocking_check_stops_the_map(
-    built, server, archive, tmp_path: Path, monkeypatch
-):
+def test_a_failing_blocking_check_stops_the_map(warehouse_copy, monkeypatch):
     """The check rule reports a problem for one task (the rule itself is tested above); the run
     is real: the map of that task is not built, and Dagster records why."""
     import qwen_assets.defs.embedding_assets as embedding_assets
 
-    shutil.copyfile(built.database, tmp_path / "warehouse.duckdb")
-    shutil.copyfile(built.cache, tmp_path / "cache.duckdb")
-    settings = load_settings(
-        write_settings(tmp_path / "settings.toml", project_settings(tmp_path, server, archive))
-    )
+    settings = warehouse_copy()
     monkeypatch.setattr(
         embedding_assets, "embedding_problems", lambda *arguments: ["injected: 3 rows off"]
     )

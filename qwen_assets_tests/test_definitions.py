@@ -20,7 +20,7 @@ from qwen_assets.settings import load_settings
 PACKAGE = Path(__file__).resolve().parents[1] / "qwen_assets"
 REPO = PACKAGE.parent
 STAGES = {
-    "corpus": {"raw_newsgroups", "newsgroups_sample"},
+    "corpus": {"raw_newsgroups", "newsgroups_sample", "document_properties"},
     "embeddings": {"task_instructions", "task_embeddings"},
     "projection": {"umap_coordinates"},
     "site": {"site_data", "task_quality", "site_builds", "site_pages"},

@@ -102,3 +102,38 @@ def test_trustworthiness_is_perfect_for_a_faithful_map_and_low_for_a_shuffled_on
     )
     assert faithful.trustworthiness > 0.99
     assert shuffled.trustworthiness < 0.7
+
+
+def test_a_score_predicts_itself_through_a_map_built_from_it_and_shuffled_is_chance():
+    from qwen_assets.metrics import map_neighbours, score_agreement
+
+    rng = np.random.default_rng(6)
+    scores = rng.normal(size=500)
+    layout = np.c_[scores, rng.normal(scale=1e-3, size=500)]  # a map sorted by the score
+    neighbours = map_neighbours(layout, 10)
+    assert score_agreement(neighbours, scores) > 0.99
+    assert abs(score_agreement(neighbours, rng.permutation(scores))) < 0.15
+    assert score_agreement(neighbours, np.ones(500)) == 0.0, "a constant says nothing"
+
+
+def test_map_neighbours_never_include_the_point_itself():
+    from qwen_assets.metrics import map_neighbours
+
+    layout = np.random.default_rng(7).normal(size=(50, 2))
+    neighbours = map_neighbours(layout, 5)
+    assert neighbours.shape == (50, 5)
+    assert not (neighbours == np.arange(50)[:, None]).any()
+
+
+def test_the_headline_says_more_or_less_and_by_how_much():
+    from qwen_assets.metrics import Headline
+
+    more = Headline("sentiment", "sentiment", 0.30, "default", 0.20)
+    assert more.change == pytest.approx(0.5)
+    assert more.sentence().startswith(
+        "The sentiment instruction makes neighbourhoods agree on sentiment 50% more than default"
+    )
+    less = Headline("topic", "category", 0.45, "default", 0.60)
+    assert "25% less than default (k-NN accuracy 0.450 against 0.600)" in less.sentence()
+    near_zero = Headline("toxicity", "hostility", 0.05, "default", 0.001)
+    assert near_zero.change is None and "by +0.049" in near_zero.sentence()

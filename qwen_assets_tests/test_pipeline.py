@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from dagster import (
     AssetKey,
@@ -22,6 +23,7 @@ from qwen_assets.projection import align, umap_layout
 from qwen_assets.settings import load_settings
 from qwen_assets.storage import read_table
 from qwen_assets.testing import project_settings, write_settings
+from qwen_assets_tests.conftest import failure_message
 
 TASKS = ["default", "topic", "sentiment", "toxicity"]
 # What follows the task partitions: the site's assets and the query views.
@@ -249,15 +251,11 @@ def test_a_cold_build_backfills_every_task_in_a_single_run(built):
 
 
 def test_a_new_embedding_size_from_one_partition_is_refused_and_all_together_succeed(
-    built, server, archive, tmp_path: Path
+    warehouse_copy,
 ):
     """A single-partition materialization (as from the UI) never strands other partitions'
     rows; the whole asset in one run rebuilds the table in the new shape."""
-    shutil.copyfile(built.database, tmp_path / "warehouse.duckdb")
-    shutil.copyfile(built.cache, tmp_path / "cache.duckdb")
-    raw = project_settings(tmp_path, server, archive)
-    raw["embedding"]["dimensions"] = 128
-    settings = load_settings(write_settings(tmp_path / "settings.toml", raw))
+    settings = warehouse_copy(lambda raw: raw["embedding"].update(dimensions=128))
     job = build_definitions(settings).resolve_job_def("build_assets")
     count = "SELECT task, count(*) AS n, any_value(typeof(embedding)) AS kind FROM task_embeddings GROUP BY task ORDER BY task"
     before = read_table(settings.storage.database, count)
@@ -269,8 +267,7 @@ def test_a_new_embedding_size_from_one_partition_is_refused_and_all_together_suc
             raise_on_error=False,
         )
         assert not one.success
-        failure = next(e for e in one.all_events if e.event_type_value == "STEP_FAILURE")
-        message = str(failure.step_failure_data.error.cause.message)
+        message = failure_message(one)
         assert "materialize all partitions of task_embeddings in one run" in message
         assert "default, sentiment, toxicity" in message, "it names what to rebuild"
         assert not instance.fetch_materializations(AssetKey("task_embeddings"), limit=1).records
@@ -292,14 +289,9 @@ def test_a_new_embedding_size_from_one_partition_is_refused_and_all_together_suc
     ]
 
 
-def test_a_map_built_before_its_embeddings_names_the_partition_to_build(
-    built, server, archive, tmp_path: Path
-):
-    shutil.copyfile(built.database, tmp_path / "warehouse.duckdb")
-    shutil.copyfile(built.cache, tmp_path / "cache.duckdb")
-    raw = project_settings(tmp_path, server, archive)
-    raw["tasks"]["emotion"] = {"instruction": "Classify the emotion expressed in the given text"}
-    settings = load_settings(write_settings(tmp_path / "settings.toml", raw))
+def test_a_map_built_before_its_embeddings_names_the_partition_to_build(warehouse_copy):
+    emotion = {"instruction": "Classify the emotion expressed in the given text"}
+    settings = warehouse_copy(lambda raw: raw["tasks"].update(emotion=emotion))
     job = build_definitions(settings).resolve_job_def("build_assets")
     with instance_for_test() as instance:
         result = job.execute_in_process(
@@ -309,10 +301,9 @@ def test_a_map_built_before_its_embeddings_names_the_partition_to_build(
             raise_on_error=False,
         )
     assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert (
         "task_embeddings[emotion] has 0 rows for the 800 sample documents: materialize "
-        "task_embeddings[emotion] first" in failure.step_failure_data.error.cause.message
+        "task_embeddings[emotion] first" in failure_message(result)
     )
 
 
@@ -357,3 +348,41 @@ def test_site_builds_records_the_payload_on_disk(built):
     assert list(build["tasks"]) == TASKS
     assert dict(build["task_versions"]) == {task: settings.task_version(task) for task in TASKS}
     assert build["documents"] == 800
+
+
+def test_document_properties_sit_next_to_the_embeddings(built):
+    properties = read_table(
+        built.database,
+        "SELECT p.* FROM document_properties p JOIN newsgroups_sample s USING (doc_id) "
+        "ORDER BY s.position",
+    )
+    sample = read_table(built.database, "SELECT text FROM newsgroups_sample ORDER BY position")
+    assert len(properties) == 800
+    assert properties["length"].tolist() == sample["text"].str.len().tolist()
+    assert properties["sentiment"].between(-1, 1).all()
+    assert properties["hostility"].between(0, 1).all()
+    assert properties["sentiment"].std() > 0.1, "posts differ in tone"
+
+
+def test_each_targeted_task_is_measured_against_the_default_on_its_target(built):
+    from qwen_assets.site import read_payload
+
+    quality = read_table(built.database, "SELECT * FROM task_quality").set_index("task")
+    for name in ["category", "sentiment", "hostility", "length"]:
+        assert {f"predicts_{name}", f"predicts_{name}_map"} <= set(quality.columns)
+    assert pd.isna(quality.loc["default", "headline"]), "no headline without a target"
+    for task, target in [
+        ("topic", "category"),
+        ("sentiment", "sentiment"),
+        ("toxicity", "hostility"),
+    ]:
+        figure = quality.loc[task, f"predicts_{target}"]
+        reference = quality.loc["default", f"predicts_{target}"]
+        assert quality.loc[task, "target"] == target
+        assert f"{figure:.3f} against {reference:.3f}" in quality.loc[task, "headline"]
+    # the category figure is the k-NN accuracy the quality panel has always shown
+    assert (quality["predicts_category"] == quality["knn_accuracy"]).all()
+    payload = read_payload(built.root / "site")
+    assert set(payload["documents"]["properties"]) == {"sentiment", "hostility", "length"}
+    shown = {task["name"]: task["headline"] for task in payload["tasks"] if task["headline"]}
+    assert shown == quality["headline"].dropna().to_dict(), "the site says what the table holds"

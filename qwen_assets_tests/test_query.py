@@ -37,7 +37,7 @@ def run(connection, sql: str):
 
 
 def test_the_readme_documents_the_queries_the_tests_run():
-    assert len(readme_queries()) == 5
+    assert len(readme_queries()) == 6
 
 
 def numpy_neighbours(connection, task: str, doc_id: str, k: int) -> tuple[list[str], np.ndarray]:
@@ -107,6 +107,13 @@ def test_readme_quality_query_holds_the_figures_the_site_shows(database, built):
     for task in payload["tasks"]:
         for name, value in task["quality"].items():
             assert result.loc[task["name"], name] == pytest.approx(value, abs=1e-3), name
+
+
+def test_readme_headline_query_names_each_targeted_task_and_its_target(database):
+    result = run(database, readme_queries()[5])
+    assert result["task"].tolist() == ["sentiment", "topic", "toxicity"]
+    for task, target, headline in result.itertuples(index=False):
+        assert headline.startswith(f"The {task} instruction ") and f" on {target} " in headline
 
 
 @pytest.fixture

@@ -96,3 +96,19 @@ def test_task_version_changes_only_with_that_tasks_prompt():
         for t in ("default", "sentiment", "toxicity")
     )
     assert before.corpus.sample_fingerprint() == after.corpus.sample_fingerprint()
+
+
+def test_a_task_target_must_be_a_known_property():
+    with pytest.raises(SettingsError) as raised:
+        parse_settings(settings_dict(tasks={"topic": {"target": "mood"}}), "bad.toml")
+    assert (
+        "tasks.topic.target: Input should be 'category', 'sentiment', 'hostility' or 'length'"
+        in str(raised.value)
+    )
+    default = load_settings()
+    assert {name: task.target for name, task in default.tasks.items()} == {
+        "default": None,
+        "topic": "category",
+        "sentiment": "sentiment",
+        "toxicity": "hostility",
+    }

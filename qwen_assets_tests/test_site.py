@@ -266,6 +266,24 @@ def test_the_comparison_and_task_pages_draw_every_map(browser, root, payload):
             opened.close()
 
 
+def test_colour_by_a_property_shows_its_values_on_a_colour_bar(page, payload):
+    page.open()
+    values = payload["documents"]["properties"]["sentiment"]
+    page.page.click("[data-colour='sentiment']")
+    page.page.wait_for_function(
+        "() => document.getElementById('plot').data[0].name === 'sentiment'"
+    )
+    drawn = page.page.evaluate("() => document.getElementById('plot').data[0].marker.color")
+    assert drawn == values, "each post is coloured by its own score"
+    assert page.page.locator(".colorbar").count() == 1
+    assert "colour=sentiment" in page.page.url, "the colour mode is part of the link"
+    headlines = page.page.locator("#headlines li").all_inner_texts()
+    assert len(headlines) == 3 and all(
+        "than default" in line or "compared with default" in line for line in headlines
+    )
+    assert page.errors == []
+
+
 SIZES = {"desktop": (1920, 1080), "laptop": (1400, 900), "phone": (390, 844)}
 
 

@@ -1,11 +1,20 @@
 """raw_newsgroups -> newsgroups_sample."""
 
-from dagster import AssetExecutionContext, AssetsDefinition, DataVersion, MaterializeResult, asset
+import pandas as pd
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    DataVersion,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from qwen_assets.corpus import load_raw_newsgroups, stratified_sample
 from qwen_assets.defs.metadata import content_hash, counts_markdown, preview_markdown
 from qwen_assets.defs.resources import Warehouse
-from qwen_assets.settings import Settings, fingerprint
+from qwen_assets.properties import document_properties as properties_of
+from qwen_assets.settings import SCORE_PROPERTIES, Settings, fingerprint
 
 CORPUS_CODE_VERSION = fingerprint({"loader": 1})
 POOL = "duckdb"
@@ -82,4 +91,33 @@ def corpus_assets(settings: Settings) -> list[AssetsDefinition]:
             data_version=DataVersion(content_hash(frame)),
         )
 
-    return [raw_newsgroups, newsgroups_sample]
+    @asset(
+        group_name="corpus",
+        deps=[newsgroups_sample],
+        code_version=fingerprint({"document_properties": 1, "scores": SCORE_PROPERTIES}),
+        pool=POOL,
+        kinds={"duckdb", "python"},
+        description="Per post, besides its newsgroup, the properties a task may aim at: "
+        "sentiment (VADER, -1..1), hostility (offensive-language probability, 0..1) and "
+        "length (characters). Table document_properties, next to the embeddings.",
+    )
+    def document_properties(warehouse: Warehouse) -> MaterializeResult:
+        sample = warehouse.query(
+            "SELECT doc_id, category, text FROM newsgroups_sample ORDER BY position"
+        )
+        scores = properties_of(sample["text"].tolist())
+        frame = pd.concat([sample[["doc_id", "category"]], scores], axis=1)
+        warehouse.replace_table("document_properties", frame)
+        by_category = frame.groupby("category")[list(SCORE_PROPERTIES)].mean().round(3)
+        return MaterializeResult(
+            metadata={
+                "table": "document_properties",
+                "dagster/row_count": len(frame),
+                **{f"mean_{name}": round(float(scores[name].mean()), 3) for name in scores},
+                "mean_per_category": MetadataValue.md(by_category.to_markdown()),
+                "preview": preview_markdown(frame.drop(columns="category")),
+            },
+            data_version=DataVersion(content_hash(frame)),
+        )
+
+    return [raw_newsgroups, newsgroups_sample, document_properties]

@@ -18,7 +18,7 @@ from dagster import (
 from qwen_assets.defs.metadata import counts_markdown
 from qwen_assets.defs.projection_assets import load_embeddings
 from qwen_assets.defs.resources import Warehouse
-from qwen_assets.settings import Settings, fingerprint
+from qwen_assets.settings import PROPERTIES, SCORE_PROPERTIES, Settings, fingerprint
 from qwen_assets.site import (
     build_payload,
     publish_pages,
@@ -43,6 +43,11 @@ SITE_BUILD_COLUMNS = {
 
 def quality_markdown(quality: dict[str, dict]) -> str:
     names = ["knn_accuracy", "silhouette", "trustworthiness", "overlap_with_reference"]
+    names += [
+        f"predicts_{name}"
+        for name in PROPERTIES
+        if f"predicts_{name}" in next(iter(quality.values()), {})
+    ]
     lines = ["| task | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for task, figures in quality.items():
         lines.append(f"| {task} | " + " | ".join(f"{figures[name]:.3f}" for name in names) + " |")
@@ -50,16 +55,24 @@ def quality_markdown(quality: dict[str, dict]) -> str:
 
 
 def site_assets(
-    settings: Settings, embeddings: AssetsDefinition, coordinates: AssetsDefinition
+    settings: Settings,
+    embeddings: AssetsDefinition,
+    coordinates: AssetsDefinition,
+    properties: AssetsDefinition,
 ) -> list[AssetsDefinition]:
     site = settings.site
     reference = settings.umap.align_to
     output_dir = Path(site.output_dir)
 
     payload_version = fingerprint(
-        {"site_data": 2, "site": site.model_dump(), "tasks": settings.task_names}
+        {
+            "site_data": 3,
+            "site": site.model_dump(),
+            # descriptions and targets shape the payload and the figures, not the vectors
+            "tasks": {name: task.model_dump() for name, task in settings.tasks.items()},
+        }
     )
-    inputs = [embeddings, coordinates]
+    inputs = [embeddings, coordinates, properties]
 
     @multi_asset(
         group_name="site",
@@ -97,6 +110,10 @@ def site_assets(
         documents = warehouse.query(
             "SELECT doc_id, category, text, preview FROM newsgroups_sample ORDER BY position"
         )
+        scores = warehouse.query(
+            f"""SELECT {", ".join(SCORE_PROPERTIES)} FROM document_properties
+                JOIN newsgroups_sample USING (doc_id) ORDER BY position"""
+        )
         maps = task_maps(
             settings,
             documents["category"].tolist(),
@@ -107,6 +124,7 @@ def site_assets(
                 )[["x_aligned", "y_aligned"]].to_numpy()
                 for task in settings.task_names
             },
+            scores={name: scores[name].to_numpy() for name in SCORE_PROPERTIES},
         )
         payload = build_payload(
             doc_ids=documents["doc_id"].tolist(),
@@ -121,12 +139,26 @@ def site_assets(
             webgl_above=site.webgl_above,
             preview_chars=settings.corpus.preview_chars,
             inline_texts=len(documents) <= site.inline_texts_up_to,
+            properties={name: scores[name].to_numpy() for name in SCORE_PROPERTIES},
         )
         written = write_payload(payload, output_dir, documents["text"].tolist())
         quality = {task_map.name: dict(task_map.quality) for task_map in maps}
+        headlines = {m.name: m.headline for m in maps if m.headline is not None}
         warehouse.replace_table(
             "task_quality",
-            pd.DataFrame([{"task": task, **figures} for task, figures in quality.items()]),
+            pd.DataFrame(
+                [
+                    {
+                        "task": task_map.name,
+                        **task_map.quality,
+                        "target": task_map.target,
+                        "headline": headlines[task_map.name].sentence()
+                        if task_map.name in headlines
+                        else None,
+                    }
+                    for task_map in maps
+                ]
+            ),
         )
         warehouse.append(
             "site_builds",
@@ -174,6 +206,7 @@ def site_assets(
                 "table": "task_quality",
                 "dagster/row_count": len(quality),
                 "quality": MetadataValue.md(quality_markdown(quality)),
+                **{f"{task}/headline": line.sentence() for task, line in headlines.items()},
             },
         )
         yield MaterializeResult(

@@ -8,6 +8,14 @@
   const plot = document.getElementById("plot");
   const TRANSITION_MS = 600;
   const SEARCH_DELAY_MS = 150;
+  // Per-post scores the payload carries (sentiment, hostility, length), to colour by.
+  const PROPERTIES = new Map(Object.entries(documents.properties || {}));
+  const PROPERTY_SCALES = {
+    // Plotly's RdBu runs blue to red; reversed, negative is red and positive blue.
+    sentiment: { colorscale: "RdBu", reverse: true, cmin: -1, cmax: 1, title: "Sentiment<br>(VADER)" },
+    hostility: { colorscale: "YlOrRd", cmin: 0, cmax: 1, title: "Hostility<br>(offensive, 0–1)" },
+    length: { colorscale: "Viridis", title: "Length<br>(log10 characters)", log: true },
+  };
   const DIMMED = 0.08;
 
   const state = { task: data.tasks[0].name, colour: "category", doc: null, query: "" };
@@ -19,7 +27,8 @@
     const params = new URLSearchParams(window.location.hash.slice(1));
     const task = params.get("task");
     state.task = tasksByName.has(task) ? task : data.tasks[0].name;
-    state.colour = params.get("colour") === "change" ? "change" : "category";
+    const colour = params.get("colour");
+    state.colour = colour === "change" || PROPERTIES.has(colour) ? colour : "category";
     const doc = params.get("doc");
     state.doc = doc !== null && docIndex.has(doc) ? docIndex.get(doc) : null;
     state.query = params.get("q") || "";
@@ -72,6 +81,35 @@
     };
   }
 
+  function propertyTrace(task, name) {
+    const scale = PROPERTY_SCALES[name] || { colorscale: "Viridis", title: name };
+    const raw = PROPERTIES.get(name);
+    const values = scale.log ? raw.map((value) => Math.log10(Math.max(value, 1))) : raw;
+    const opacity = opacities();
+    return {
+      type: site.traceType(),
+      mode: "markers",
+      name,
+      ids: documents.id,
+      x: task.x,
+      y: task.y,
+      customdata: documents.id.map((_, index) => index),
+      text: site.hoverText.map((hover, index) => hover + "<br><i>" + name + " " + raw[index] + "</i>"),
+      hovertemplate: "%{text}<extra></extra>",
+      showlegend: false,
+      marker: {
+        color: values,
+        cmin: scale.cmin,
+        cmax: scale.cmax,
+        colorscale: scale.colorscale,
+        reversescale: Boolean(scale.reverse),
+        size: count > 5000 ? 3 : count > 2000 ? 4 : 6,
+        opacity: opacity || 0.85,
+        colorbar: { title: { text: scale.title, side: "right" }, thickness: 12 },
+      },
+    };
+  }
+
   function highlightTrace(task) {
     const picked = state.doc === null ? [] : [state.doc, ...task.neighbours[state.doc]];
     return {
@@ -98,7 +136,9 @@
     const traces =
       state.colour === "change"
         ? [changeTrace(task)]
-        : site.categoryTraces(task, { opacity: opacities() });
+        : PROPERTIES.has(state.colour)
+          ? [propertyTrace(task, state.colour)]
+          : site.categoryTraces(task, { opacity: opacities() });
     traces.push(highlightTrace(task));
     const layout = site.baseLayout();
     // Keeps zoom and legend choices across redraws of the same mode.
@@ -235,6 +275,15 @@
       button.addEventListener("click", () => switchTask(task.name));
       buttons.append(button);
     });
+    const colours = document.getElementById("colour-buttons");
+    for (const name of PROPERTIES.keys()) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.dataset.colour = name;
+      button.textContent = name[0].toUpperCase() + name.slice(1);
+      button.title = "Colour each post by its " + name;
+      colours.append(button);
+    }
     for (const button of document.querySelectorAll("[data-colour]")) {
       button.addEventListener("click", () => {
         state.colour = button.dataset.colour;
@@ -258,6 +307,14 @@
       }
       rows.append(row);
     }
+    const headlines = document.getElementById("headlines");
+    for (const task of data.tasks.filter((task) => task.headline)) {
+      const line = document.createElement("li");
+      line.dataset.task = task.name;
+      line.textContent = task.headline;
+      headlines.append(line);
+    }
+    document.getElementById("headlines-block").hidden = headlines.children.length === 0;
     const search = document.getElementById("search");
     search.value = state.query;
     let timer = null;
