@@ -115,6 +115,7 @@ class BuildDisplay(logging.Handler):
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None
         super().close()
 
 
@@ -140,7 +141,7 @@ def command_build(arguments: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         display.close()
         print(
-            "qwen-assets: build interrupted: its run was stopped and marked canceled; "
+            "qwen-assets: build interrupted; a run it had started is marked canceled, and "
             "what was embedded is cached",
             file=sys.stderr,
         )
