@@ -327,6 +327,17 @@ def test_a_phone_in_dark_mode_gets_a_fitting_dark_page(browser, root):
         red, green, blue = (int(value) for value in re.findall(r"\d+", background)[:3])
         assert red + green + blue < 3 * 80, background
         assert phone.page.locator("#plot .main-svg").first.is_visible()
+        width = phone.page.evaluate(
+            "() => document.querySelector('#plot .nsewdrag').getBoundingClientRect().width"
+        )
+        assert width >= 0.8 * 390, f"the map gets the phone's width, not a corner: {width}px"
+        legend_top = phone.page.evaluate(
+            "() => document.querySelector('#plot .legend').getBoundingClientRect().top"
+        )
+        map_bottom = phone.page.evaluate(
+            "() => document.querySelector('#plot .nsewdrag').getBoundingClientRect().bottom"
+        )
+        assert legend_top >= map_bottom - 1, "the legend sits below the map"
     finally:
         phone.close()
 

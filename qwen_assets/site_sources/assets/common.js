@@ -104,6 +104,10 @@
     return window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches;
   }
 
+  function narrow() {
+    return Boolean(window.matchMedia && window.matchMedia("(max-width: 760px)").matches);
+  }
+
   function baseLayout() {
     const dark = prefersDark();
     const fg = dark ? "#e8e8e8" : "#1d1d1f";
@@ -116,7 +120,10 @@
       yaxis: { visible: false },
       hovermode: "closest",
       hoverlabel: { align: "left", bgcolor: dark ? "#23262b" : "#ffffff", font: { color: fg } },
-      legend: { itemsizing: "constant", bgcolor: "rgba(0,0,0,0)" },
+      // On a phone the legend goes below the map, which keeps the whole width.
+      legend: narrow()
+        ? { itemsizing: "constant", bgcolor: "rgba(0,0,0,0)", orientation: "h", x: 0, y: 0, yanchor: "top" }
+        : { itemsizing: "constant", bgcolor: "rgba(0,0,0,0)" },
       dragmode: "pan",
     };
   }
