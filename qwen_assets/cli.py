@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from qwen_assets.errors import user_error_types
 from qwen_assets.query import EXPORT_FORMATS
-from qwen_assets.settings import SettingsError
 
 USER_ERROR = 2
 INTERRUPTED = 130  # the shell convention for a command stopped by SIGINT
@@ -313,19 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser().parse_args(argv)
     try:
         return arguments.handler(arguments)
-    except (SettingsError, *_user_errors()) as error:
+    except user_error_types() as error:
         print(f"qwen-assets: {error}", file=sys.stderr)
         return USER_ERROR
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from qwen_assets.corpus import CorpusError
-    from qwen_assets.embedding import EmbeddingError
-    from qwen_assets.query import QueryError
-    from qwen_assets.site import SiteError
-    from qwen_assets.storage import StorageError
-
-    return (CorpusError, EmbeddingError, QueryError, SiteError, StorageError)
 
 
 if __name__ == "__main__":

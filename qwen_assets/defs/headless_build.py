@@ -34,24 +34,11 @@ from qwen_assets.defs.runs import (
     wait_for_live_runs,
 )
 from qwen_assets.defs.stale import StalePlan, stale_plan
+from qwen_assets.errors import user_error_names
 from qwen_assets.settings import Settings
 
 LOCK_FILE = "qwen-assets-build.lock"
 LOG_FOLDER = "logs"
-# Errors whose message is written for a person: the closing line shows the message alone.
-USER_ERRORS = {
-    "CorpusError",
-    "EmbeddingError",
-    "EmbeddingConfigError",
-    "EmbeddingResponseError",
-    "StorageError",
-    "DatabaseBusyError",
-    "DatabaseMissingError",
-    "PartitionMissingError",
-    "PartitionShapeError",
-    "SettingsError",
-    "SiteError",
-}
 INTERRUPTIONS = {"DagsterExecutionInterruptedError", "KeyboardInterrupt"}
 
 Log = Callable[[str], None]
@@ -188,7 +175,7 @@ def _failure(result: ExecuteInProcessResult) -> str | None:
             return None
         message = error.message.strip().splitlines()[0] if error.message.strip() else ""
         message = message.split(": ", 1)[1] if ": " in message else message
-        shown = message if error.cls_name in USER_ERRORS else f"{error.cls_name}: {message}"
+        shown = message if error.cls_name in user_error_names() else f"{error.cls_name}: {message}"
         return f"{event.step_key}: {shown}"
     for event in result.all_events:  # no step failed: the run itself did (an interruption)
         if event.event_type == DagsterEventType.RUN_FAILURE:

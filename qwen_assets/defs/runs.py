@@ -84,9 +84,11 @@ def fail_dead_runs(instance: DagsterInstance) -> list[DeadRun]:
     """Mark in-progress runs whose process is gone as failed, and free every pool slot held
     by a run that is no longer running. Returns the runs it marked failed."""
     dead: list[DeadRun] = []
+    running = set()
     for record in in_progress_runs(instance):
         found = dead_run(instance, record)
         if found is None:
+            running.add(record.dagster_run.run_id)
             continue
         instance.report_run_failed(
             record.dagster_run,
@@ -96,7 +98,6 @@ def fail_dead_runs(instance: DagsterInstance) -> list[DeadRun]:
         dead.append(found)
     storage = instance.event_log_storage
     if storage.supports_global_concurrency_limits:
-        running = {record.dagster_run.run_id for record in in_progress_runs(instance)}
         for run_id in storage.get_concurrency_run_ids() - running:
             storage.free_concurrency_slots_for_run(run_id)
     return dead

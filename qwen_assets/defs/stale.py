@@ -117,13 +117,14 @@ class _Graph:
 
     def __init__(self, defs: Definitions) -> None:
         specs = {spec.key: spec for spec in defs.resolve_all_asset_specs()}
-        self.materializable = {
-            key for key in specs if defs.resolve_assets_def(key).is_materializable
-        }
+        self.materializable: set[AssetKey] = set()
         # Keys a multi-asset computes together: a run must select all of them.
         self.together: dict[AssetKey, set[AssetKey]] = {}
-        for key in self.materializable:
+        for key in specs:
             assets_def = defs.resolve_assets_def(key)
+            if not assets_def.is_materializable:
+                continue
+            self.materializable.add(key)
             if not assets_def.can_subset:
                 self.together[key] = set(assets_def.keys) - {key}
         self.specs = specs
