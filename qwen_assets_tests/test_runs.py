@@ -79,3 +79,42 @@ def test_a_live_run_is_left_alone():
         finally:
             process.kill()
             process.wait()
+
+
+INTERRUPTED_QUERY = """
+import os, signal, sys, threading
+import duckdb
+from dagster import DagsterInstance, Definitions, asset, define_asset_job
+from qwen_assets.defs.automation import BUILD_JOB
+from qwen_assets.defs.headless_build import build_stale
+from qwen_assets.settings import load_settings
+
+@asset
+def long_query() -> None:
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    duckdb.sql("SELECT max(md5(i::VARCHAR)) FROM range(2000000000) t(i)").fetchall()
+
+defs = Definitions(assets=[long_query], jobs=[define_asset_job(BUILD_JOB)])
+with DagsterInstance.from_config(sys.argv[1]) as instance:
+    try:
+        report = build_stale(instance, load_settings(), defs, log=lambda line: None)
+        print("finished:", report.failure)
+    except KeyboardInterrupt:
+        print("interrupted")
+"""
+
+
+def test_an_interrupt_that_duckdb_turns_into_its_own_error_still_stops_the_build():
+    """DuckDB answers an interrupt that lands inside a query with "Query interrupted" and drops
+    the interrupt: the build must still stop as interrupted (exit 130 in the CLI), not report a failure.
+    (In a subprocess: under pytest's faulthandler, DuckDB does not see the signal.)"""
+    with instance_for_test() as instance:
+        finished = subprocess.run(
+            [sys.executable, "-c", INTERRUPTED_QUERY, instance.root_directory],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert finished.stdout.strip() == "interrupted", finished.stdout + finished.stderr[-2000:]
+        (run,) = instance.get_runs()
+        assert run.status in {DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE}, "closed"

@@ -40,6 +40,9 @@ from qwen_assets.settings import Settings
 LOCK_FILE = "qwen-assets-build.lock"
 LOG_FOLDER = "logs"
 INTERRUPTIONS = {"DagsterExecutionInterruptedError", "KeyboardInterrupt"}
+# DuckDB answers an interrupt (Ctrl-C, SIGTERM) that lands inside a query with this error of
+# its own, and the interrupt itself is gone: such a step was interrupted, it did not fail.
+DUCKDB_INTERRUPTED = "Query interrupted"
 
 Log = Callable[[str], None]
 
@@ -171,7 +174,7 @@ def _failure(result: ExecuteInProcessResult) -> str | None:
             error = error.cause
         if error is None:
             return f"step {event.step_key} failed"
-        if error.cls_name in INTERRUPTIONS:
+        if error.cls_name in INTERRUPTIONS or error.message.strip().endswith(DUCKDB_INTERRUPTED):
             return None
         message = error.message.strip().splitlines()[0] if error.message.strip() else ""
         message = message.split(": ", 1)[1] if ": " in message else message

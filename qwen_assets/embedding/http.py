@@ -148,7 +148,7 @@ class HttpBackend:
                 async with asyncio.TaskGroup() as group:
                     for _ in range(min(self.settings.max_in_flight, len(queue))):
                         group.create_task(slot())
-            except* EmbeddingError as errors:
+            except BaseExceptionGroup as errors:  # the first slot's error is the batch's error
                 raise errors.exceptions[0] from None
 
     async def _send(
