@@ -1,0 +1,139 @@
+"""Publishing the site into a folder and onto a branch of a real (local, bare) git repository."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from qwen_assets.publish import (
+    MARKER,
+    PublishError,
+    publish_to_folder,
+    publish_to_git,
+    site_fingerprint,
+)
+
+
+def git(*arguments: str, cwd: Path | None = None) -> str:
+    return subprocess.run(
+        ["git", *arguments], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def make_site(root: Path, version: str) -> Path:
+    site = root / "site"
+    (site / "assets").mkdir(parents=True, exist_ok=True)
+    (site / "index.html").write_text(f"<h1>{version}</h1>")
+    (site / "assets" / "explorer.js").write_text(f"// {version}")
+    return site
+
+
+def files_of(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): path.read_text()
+        for path in folder.rglob("*")
+        if path.is_file() and ".git" not in path.relative_to(folder).parts
+    }
+
+
+def test_a_folder_becomes_an_exact_copy_and_only_a_changed_site_is_copied(tmp_path):
+    site = make_site(tmp_path, "one")
+    docs = tmp_path / "repo" / "docs"
+    first = publish_to_folder(site, docs)
+    assert first.changed and first.files == 2
+    assert files_of(docs) == {**files_of(site), MARKER: (docs / MARKER).read_text()}
+
+    assert not publish_to_folder(site, docs).changed, "the same site is not copied again"
+
+    (site / "assets" / "explorer.js").unlink()
+    (site / "index.html").write_text("<h1>two</h1>")
+    second = publish_to_folder(site, docs)
+    assert second.changed and second.fingerprint != first.fingerprint
+    assert not (docs / "assets" / "explorer.js").exists(), "a file gone from the site is gone"
+    assert (docs / "index.html").read_text() == "<h1>two</h1>"
+    assert [p.name for p in docs.parent.iterdir()] == ["docs"], "no staging folder left behind"
+
+
+def test_a_folder_holding_someone_elses_files_is_refused_untouched(tmp_path):
+    site = make_site(tmp_path, "one")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "thesis.tex").write_text("years of work")
+    with pytest.raises(PublishError, match="did not put there"):
+        publish_to_folder(site, theirs)
+    assert files_of(theirs) == {"thesis.tex": "years of work"}
+
+
+def test_a_branch_of_a_bare_repository_gets_the_site_once_per_change(tmp_path):
+    remote = tmp_path / "pages.git"
+    git("init", "--quiet", "--bare", str(remote))
+    site = make_site(tmp_path, "one")
+
+    first = publish_to_git(site, str(remote), "gh-pages", "Publish the site")
+    assert first.changed
+    assert git("rev-parse", "refs/heads/gh-pages", cwd=remote).strip() == first.commit
+    checkout = tmp_path / "checkout"
+    git("clone", "--quiet", "--branch", "gh-pages", str(remote), str(checkout))
+    assert files_of(checkout) == {**files_of(site), ".nojekyll": ""}
+
+    again = publish_to_git(site, str(remote), "gh-pages", "Publish the site")
+    assert not again.changed and again.commit == first.commit, "no empty commit"
+
+    (site / "index.html").write_text("<h1>two</h1>")
+    second = publish_to_git(site, str(remote), "gh-pages", "Publish the site")
+    assert second.changed
+    assert git("rev-parse", f"{second.commit}^", cwd=remote).strip() == first.commit
+    assert git("show", f"{second.commit}:index.html", cwd=remote) == "<h1>two</h1>"
+    assert second.fingerprint == site_fingerprint(site)[0]
+
+
+def test_an_unreachable_repository_is_one_line_and_no_credential(tmp_path):
+    site = make_site(tmp_path, "one")
+    with pytest.raises(PublishError) as raised:
+        publish_to_git(site, "https://someone:tok-s3cret@127.0.0.1:9/pages.git", "gh-pages", "m")
+    message = str(raised.value)
+    assert "tok-s3cret" not in message and "\n" not in message
+    assert message.startswith("cannot publish to https://***@127.0.0.1:9/pages.git (gh-pages)")
+
+
+def test_the_published_site_asset_follows_site_pages_and_commits_only_a_changed_site(
+    built, warehouse_copy, tmp_path
+):
+    """The asset, run by Dagster after site_pages on a copy of the built site."""
+    from dagster import AssetKey, instance_for_test
+
+    from qwen_assets.definitions import build_definitions
+    from qwen_assets.defs.automation import BUILD_JOB
+
+    remote = tmp_path / "pages.git"
+    git("init", "--quiet", "--bare", str(remote))
+    site = tmp_path / "site"
+    subprocess.run(["cp", "-r", str(built.root / "site"), str(site)], check=True)
+
+    def publish_to_the_bare_repository(raw: dict) -> None:
+        raw["site"]["output_dir"] = str(site)
+        raw["publish"] = {"git_repository": str(remote), "git_branch": "pages"}
+
+    settings = warehouse_copy(publish_to_the_bare_repository)
+    defs = build_definitions(settings)
+    published = defs.resolve_assets_def("published_site")
+    assert AssetKey("site_pages") in published.asset_deps[AssetKey("published_site")]
+    job = defs.resolve_job_def(BUILD_JOB)
+
+    def publish() -> dict:
+        with instance_for_test() as instance:
+            result = job.execute_in_process(
+                instance=instance, asset_selection=[AssetKey("published_site")]
+            )
+            assert result.success
+            return result.asset_materializations_for_node("published_site")[0].metadata
+
+    first = publish()
+    assert first["changed"].value is True
+    assert git("show", "pages:index.html", cwd=remote) == (site / "index.html").read_text()
+    assert publish()["changed"].value is False, "an unchanged site is not committed again"
+    (site / "data.js").write_text((site / "data.js").read_text() + "\n")
+    third = publish()
+    assert third["changed"].value is True and third["commit"].value != first["commit"].value
