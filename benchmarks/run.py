@@ -1,4 +1,4 @@
-"""Run the benchmarks: ``python -m benchmarks.run [http|incremental|growth|site ...]``.
+"""Run the benchmarks: ``python -m benchmarks.run [http|incremental|growth|render-scale|site]``.
 
 Each writes its section of benchmarks/RESULTS.md. Needs the dev extra and, for the pipeline
 benchmarks, QWEN_ASSETS_NEWSGROUPS_ARCHIVE (as the tests do).
@@ -16,6 +16,7 @@ BENCHMARKS = {
     "http": "benchmarks.http_throughput",
     "incremental": "benchmarks.incremental",
     "growth": "benchmarks.growth",
+    "render-scale": "benchmarks.render_scale",
     "site": "benchmarks.site_speed",
 }
 

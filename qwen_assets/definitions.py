@@ -45,9 +45,8 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         raw_newsgroups, newsgroups_sample, document_properties = corpus_assets(settings)
         task_instructions, task_embeddings = embedding_assets(settings, tasks, newsgroups_sample)
         (umap_coordinates,) = projection_assets(settings, tasks, task_embeddings)
-        site_data, site_pages = site_assets(
-            settings, task_embeddings, umap_coordinates, document_properties
-        )
+        # site_data, site_pages, and published_site when publishing is set
+        site = site_assets(settings, task_embeddings, umap_coordinates, document_properties)
         (query_views,) = query_assets(newsgroups_sample, task_embeddings, umap_coordinates)
     assets = [
         raw_newsgroups,
@@ -56,8 +55,7 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         task_instructions,
         task_embeddings,
         umap_coordinates,
-        site_data,
-        site_pages,
+        *site,
         query_views,
     ]
 

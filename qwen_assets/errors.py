@@ -8,12 +8,21 @@ def user_error_types() -> tuple[type[Exception], ...]:
     """Imported on use, so that `qwen-assets --help` stays quick."""
     from qwen_assets.corpus import CorpusError
     from qwen_assets.embedding import EmbeddingError
+    from qwen_assets.publish import PublishError
     from qwen_assets.query import QueryError
     from qwen_assets.settings import SettingsError
     from qwen_assets.site import SiteError
     from qwen_assets.storage import StorageError
 
-    return (CorpusError, EmbeddingError, QueryError, SettingsError, SiteError, StorageError)
+    return (
+        CorpusError,
+        EmbeddingError,
+        PublishError,
+        QueryError,
+        SettingsError,
+        SiteError,
+        StorageError,
+    )
 
 
 def user_error_names() -> frozenset[str]:

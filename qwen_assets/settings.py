@@ -212,6 +212,28 @@ class SiteSettings(_Section):
     # Up to this many documents the payload carries every text; above, the texts go to
     # chunk files the page loads on demand, and the payload carries previews.
     inline_texts_up_to: Annotated[int, Field(ge=0)] = 5000
+    # A dense group of at least this share of the posts gets a label on the map.
+    label_min_share: Annotated[float, Field(gt=0, le=0.5)] = 0.03
+    label_words: Annotated[int, Field(ge=1, le=8)] = 3  # words per cluster label
+
+
+class PublishSettings(_Section):
+    """Where the built site is published after every build that changed it: a folder, or a
+    branch of a git repository (committed and pushed). Neither set: not published."""
+
+    folder: Annotated[str, Field(min_length=1)] | None = None
+    git_repository: Annotated[str, Field(min_length=1)] | None = None
+    git_branch: Annotated[str, Field(pattern=r"^[A-Za-z0-9._/-]{1,100}$")] = "gh-pages"
+
+    @model_validator(mode="after")
+    def _one_target(self) -> PublishSettings:
+        if self.folder and self.git_repository:
+            raise ValueError("set folder or git_repository, not both")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.folder or self.git_repository)
 
 
 class StorageSettings(_Section):
@@ -237,6 +259,7 @@ class Settings(_Section):
     embedding: EmbeddingSettings = EmbeddingSettings()
     umap: UmapSettings = UmapSettings()
     site: SiteSettings = SiteSettings()
+    publish: PublishSettings = PublishSettings()
     storage: StorageSettings = StorageSettings()
     tasks: dict[str, TaskSettings]
     source: str = Field(default="<memory>", exclude=True)

@@ -2,9 +2,12 @@
 
 The payload is columnar JSON (schema below, versioned by ``SCHEMA_VERSION``): every text
 once, coordinates rounded to what a screen can show, neighbour lists as indices into the
-document columns. It is written twice: ``data.json`` for any consumer, and ``data.js``
-(the same object assigned to ``window.QWEN_SITE_DATA``) because browsers refuse ``fetch()``
-of files opened from disk, while a ``<script src>`` loads from disk and from any host.
+document columns. ``data.json`` is the whole payload, for any consumer. The pages load it as
+scripts instead, because browsers refuse ``fetch()`` of files opened from disk while a
+``<script src>`` loads from disk and from any host: ``data.js`` is the payload without the
+neighbour lists (``window.QWEN_SITE_DATA``), all a map needs to draw, and ``neighbours.js``
+holds them (``window.QWEN_SITE_NEIGHBOURS``: task -> {"neighbours", "similarity"}), loaded
+after the first draw. The lists are most of the payload, so the first draw waits for less.
 
 Schema, version 1::
 
@@ -24,7 +27,10 @@ Schema, version 1::
                             "overlap_with_reference", "documents_scored",
                             "predicts_<property>", "predicts_<property>_map"},
                 "target": null | str,                # the property the task aims at
-                "headline": null | str}],            # its figure against the default task
+                "headline": null | str,              # its figure against the default task
+                "clusters": {"member": [int],        # per document, -1 for none
+                             "labels": [{"number": int, "label": str, "size": int,
+                                         "x": float, "y": float}]}}],
      "documents": {..., "properties": {"sentiment": [float], "hostility": [float],
                                        "length": [int]}}}
 """
@@ -43,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qwen_assets.clusters import MapClusters, cluster_map, min_cluster_size
 from qwen_assets.metrics import (
     Headline,
     map_neighbours,
@@ -56,11 +63,16 @@ SCHEMA = "qwen-assets/site-data"
 PUBLISHED_MODE = 0o644  # readable by the web server, whoever it runs as
 SCHEMA_VERSION = 1
 PAYLOAD_GLOBAL = "QWEN_SITE_DATA"
+NEIGHBOURS_GLOBAL = "QWEN_SITE_NEIGHBOURS"
+NEIGHBOUR_FIELDS = ("neighbours", "similarity")
 TEXTS_GLOBAL = "QWEN_SITE_TEXTS"
 TEXT_CHUNK_SIZE = 1000
 TASK_PAGE_TEMPLATE = "task.template.html"
+BASIC_BUNDLE = "vendor/plotly-basic.min.js"
 # The hand-written sources, committed next to what the site assets generate.
 SOURCE_FILES = ("index.html", "compare.html", TASK_PAGE_TEMPLATE, "assets")
+# Part of the sources' fingerprint, copied only as the page's plotly.js when it is chosen.
+VENDORED_FILES = (BASIC_BUNDLE,)
 
 
 class SiteError(RuntimeError):
@@ -80,6 +92,7 @@ class TaskMap:
     quality: Mapping[str, float | int]
     target: str | None = None
     headline: Headline | None = None
+    clusters: MapClusters | None = None
 
 
 def task_maps(
@@ -88,13 +101,15 @@ def task_maps(
     vectors: Mapping[str, np.ndarray],
     layouts: Mapping[str, np.ndarray],
     scores: Mapping[str, np.ndarray] | None = None,
+    texts: Sequence[str] | None = None,
 ) -> list[TaskMap]:
     """Each task's share of the payload: its aligned layout, its top-k neighbours by
     full-dimension cosine, and its quality figures: how its neighbourhoods, in full dimension
     and on the map, agree on each property (``scores``: per-document values by property
-    name), and for a task with a target, that figure against the default task's. Rows are
-    documents, in one order."""
+    name), and for a task with a target, that figure against the default task's. With
+    ``texts``, the map's labelled clusters too. Rows are documents, in one order."""
     site = settings.site
+    label_size = min_cluster_size(len(categories), site.label_min_share)
     labels = np.unique(np.asarray(categories), return_inverse=True)[1]
     scores = dict(scores or {})
     neighbours = {task: nearest_neighbours(vectors[task], site.neighbours) for task in vectors}
@@ -135,6 +150,9 @@ def task_maps(
             },
             target=settings.tasks[task].target,
             headline=_headline(task, settings, agreement),
+            clusters=None
+            if texts is None
+            else cluster_map(layouts[task], texts, min_size=label_size, words=site.label_words),
         )
         for task in settings.task_names
     ]
@@ -213,8 +231,27 @@ def build_payload(
                 "quality": dict(task.quality),
                 "target": task.target,
                 "headline": task.headline.sentence() if task.headline else None,
+                "clusters": _clusters(task.clusters, coordinate_decimals),
             }
             for task in tasks
+        ],
+    }
+
+
+def _clusters(found: MapClusters | None, decimals: int) -> dict:
+    if found is None:
+        return {"member": [], "labels": []}
+    return {
+        "member": found.membership.astype(int).tolist(),
+        "labels": [
+            {
+                "number": cluster.number,
+                "label": cluster.label,
+                "size": cluster.size,
+                "x": round(cluster.x, decimals),
+                "y": round(cluster.y, decimals),
+            }
+            for cluster in found.clusters
         ],
     }
 
@@ -285,9 +322,24 @@ def write_payload(
         if stale not in chunk_files:
             stale.unlink()
     json_path, script_path = output_dir / "data.json", output_dir / "data.js"
+    drawing, neighbours = split_neighbours(payload)
+    write_atomically(
+        output_dir / "neighbours.js",
+        script_form(encode_payload(neighbours), f"window.{NEIGHBOURS_GLOBAL}"),
+    )
     write_atomically(json_path, encoded)
-    write_atomically(script_path, script_form(encoded))
+    write_atomically(script_path, script_form(encode_payload(drawing)))
     return WrittenPayload(json_path, hashlib.sha256(encoded).hexdigest(), len(encoded))
+
+
+def split_neighbours(payload: dict) -> tuple[dict, dict]:
+    """(the payload without the tasks' neighbour lists, those lists by task name)."""
+    drawing = {**payload, "tasks": []}
+    neighbours = {}
+    for task in payload["tasks"]:
+        drawing["tasks"].append({k: v for k, v in task.items() if k not in NEIGHBOUR_FIELDS})
+        neighbours[task["name"]] = {k: task[k] for k in NEIGHBOUR_FIELDS if k in task}
+    return drawing, neighbours
 
 
 def read_payload(output_dir: Path) -> dict:
@@ -303,7 +355,7 @@ def sources_dir() -> Path:
 def sources_fingerprint(sources: Path) -> str:
     """Changes when any hand-written source changes, so the pages go stale with them."""
     digest = hashlib.sha256()
-    for path in sorted(_source_paths(sources)):
+    for path in sorted([*_source_paths(sources), *(sources / name for name in VENDORED_FILES)]):
         digest.update(str(path.relative_to(sources)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -317,10 +369,15 @@ def _source_paths(sources: Path) -> list[Path]:
     return [path for path in paths if path.exists()]
 
 
-def plotly_bundle() -> Path:
-    """plotly.js as shipped inside the ``plotly`` Python package: no CDN."""
+def plotly_bundle(webgl: bool = True) -> Path:
+    """plotly.js, never from a CDN. A site drawn with WebGL gets the full bundle shipped
+    inside the ``plotly`` Python package; a smaller one gets plotly.js's "basic" bundle
+    (scatter, bar, pie: a quarter of the size, so the first render is several times faster),
+    the same plotly.js version, shipped in ``site_sources/vendor/``."""
     import plotly
 
+    if not webgl:
+        return sources_dir() / BASIC_BUNDLE
     bundle = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     if not bundle.is_file():
         raise SiteError(
@@ -334,9 +391,10 @@ def task_page_name(task: str) -> str:
 
 
 def publish_pages(
-    output_dir: Path, tasks: Sequence[str], sources: Path | None = None
+    output_dir: Path, tasks: Sequence[str], sources: Path | None = None, webgl: bool = True
 ) -> list[Path]:
-    """Copy the sources and plotly.js into ``output_dir`` and write one page per task.
+    """Copy the sources and plotly.js (``webgl``: the bundle that can draw with WebGL) into
+    ``output_dir`` and write one page per task.
 
     Pages of tasks no longer configured are removed. Returns the files written.
     """
@@ -360,7 +418,7 @@ def publish_pages(
         written.append(target)
     vendor = output_dir / "vendor" / "plotly.min.js"
     vendor.parent.mkdir(exist_ok=True)
-    shutil.copyfile(plotly_bundle(), vendor)
+    shutil.copyfile(plotly_bundle(webgl), vendor)
     written.append(vendor)
     template = (sources / TASK_PAGE_TEMPLATE).read_text(encoding="utf-8")
     for old in output_dir.glob(task_page_name("*")):

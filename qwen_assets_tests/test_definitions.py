@@ -23,7 +23,7 @@ STAGES = {
     "corpus": {"raw_newsgroups", "newsgroups_sample", "document_properties"},
     "embeddings": {"task_instructions", "task_embeddings"},
     "projection": {"umap_coordinates"},
-    "site": {"site_data", "task_quality", "site_builds", "site_pages"},
+    "site": {"site_data", "task_quality", "map_clusters", "site_builds", "site_pages"},
     "query": {"task_documents", "category_centroids"},
 }
 
@@ -133,8 +133,9 @@ def test_a_wheel_installed_elsewhere_builds_the_site_pages(tmp_path: Path):
     script = (
         "import sys, qwen_assets.site as site; from pathlib import Path; "
         "assert Path(site.__file__).is_relative_to(Path(sys.argv[1])), site.__file__; "
-        "written = site.publish_pages(Path('out'), ['default', 'topic']); "
-        "print(sorted(p.name for p in written))"
+        "written = site.publish_pages(Path('out'), ['default', 'topic'], webgl=False); "
+        "print(sorted(p.name for p in written)); "
+        "print(open('out/vendor/plotly.min.js').read(200))"
     )
     pages = subprocess.run(
         [sys.executable, "-c", script, str(target)],
@@ -147,3 +148,4 @@ def test_a_wheel_installed_elsewhere_builds_the_site_pages(tmp_path: Path):
     assert pages.returncode == 0, pages.stderr
     for name in ["index.html", "compare.html", "task-topic.html", "explorer.js", "plotly.min.js"]:
         assert name in pages.stdout
+    assert "(basic - minified)" in pages.stdout, "the wheel ships the basic plotly.js bundle"

@@ -1,5 +1,6 @@
 """The assets end to end: shapes, the cache, exact staleness, automation and the schedule."""
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -32,6 +33,7 @@ AFTER_THE_MAPS = {
     for name in [
         "site_data",
         "task_quality",
+        "map_clusters",
         "site_builds",
         "site_pages",
         "task_documents",
@@ -386,3 +388,29 @@ def test_each_targeted_task_is_measured_against_the_default_on_its_target(built)
     assert set(payload["documents"]["properties"]) == {"sentiment", "hostility", "length"}
     shown = {task["name"]: task["headline"] for task in payload["tasks"] if task["headline"]}
     assert shown == quality["headline"].dropna().to_dict(), "the site says what the table holds"
+
+
+def test_map_clusters_hold_tight_groups_of_the_map_that_the_payload_draws(built):
+    clusters = read_table(built.database, "SELECT * FROM map_clusters")
+    places = read_table(
+        built.database, "SELECT task, doc_id, x_aligned AS x, y_aligned AS y FROM umap_coordinates"
+    ).set_index(["task", "doc_id"])
+    payload = json.loads((built.root / "site" / "data.json").read_text())
+    ids = payload["documents"]["id"]
+    assert set(clusters["task"]) == set(TASKS), "every map has labels"
+    for task in payload["tasks"]:
+        rows = clusters[clusters["task"] == task["name"]]
+        members = [doc_id for doc_ids in rows["doc_ids"] for doc_id in doc_ids]
+        assert len(members) == len(set(members)), "a post is in one cluster at most"
+        assert list(rows["size"]) == [len(doc_ids) for doc_ids in rows["doc_ids"]]
+        drawn = {
+            ids[doc]: number for doc, number in enumerate(task["clusters"]["member"]) if number >= 0
+        }
+        assert drawn == {
+            doc_id: row.cluster for row in rows.itertuples() for doc_id in row.doc_ids
+        }, "the page draws the stored clusters"
+        spread = places.loc[task["name"]][["x", "y"]].to_numpy().std(axis=0).mean()
+        for row in rows.itertuples():
+            points = places.loc[task["name"]].loc[list(row.doc_ids)][["x", "y"]].to_numpy()
+            assert points.std(axis=0).mean() < spread, f"{row.label}: tighter than the map"
+            assert row.label == " · ".join(row.words) and len(row.words) > 0

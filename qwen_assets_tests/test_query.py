@@ -37,7 +37,7 @@ def run(connection, sql: str):
 
 
 def test_the_readme_documents_the_queries_the_tests_run():
-    assert len(readme_queries()) == 6
+    assert len(readme_queries()) == 7
 
 
 def numpy_neighbours(connection, task: str, doc_id: str, k: int) -> tuple[list[str], np.ndarray]:
@@ -258,3 +258,18 @@ def test_a_busy_database_waits_then_says_so(
         ]
         == DOC
     )
+
+
+def test_readme_cluster_query_names_each_labels_main_newsgroup(database):
+    result = run(database, readme_queries()[6])
+    clusters = run(database, "SELECT task, label, size, doc_ids FROM map_clusters")
+    groups = run(database, "SELECT doc_id, category FROM newsgroups_sample").set_index("doc_id")
+    assert len(result) == len(clusters) and set(result["task"]) == set(TASKS)
+    for row in clusters.itertuples():
+        counts = groups.loc[list(row.doc_ids), "category"].value_counts()
+        (found,) = result[
+            (result["task"] == row.task)
+            & (result["label"] == row.label)
+            & (result["size"] == row.size)
+        ]["main_group"]
+        assert counts[found] == counts.max(), f"{row.label}: its most common newsgroup"

@@ -53,6 +53,13 @@ def test_defaults_reproduce_the_published_demo():
             "{instruction}",
         ),
         ({"embedding": {"batch_sise": 3}}, "embedding.batch_sise", "unknown key; allowed: model"),
+        (
+            {"publish": {"folder": "docs", "git_repository": "git@example.com:me/site.git"}},
+            "publish",
+            "not both",
+        ),
+        ({"publish": {"git_branch": "gh pages; rm"}}, "publish.git_branch", "match pattern"),
+        ({"site": {"label_min_share": 0}}, "site.label_min_share", "greater than 0"),
     ],
 )
 def test_bad_settings_name_the_key_and_what_is_allowed(overrides, key, says):

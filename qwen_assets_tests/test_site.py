@@ -15,12 +15,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from qwen_assets.site import read_payload, task_page_name, write_payload
+from qwen_assets.site import (
+    plotly_bundle,
+    publish_pages,
+    read_payload,
+    task_page_name,
+    write_payload,
+)
 from qwen_assets_tests.conftest import REPO
 
 CHROMIUM_ENV = "QWEN_ASSETS_CHROMIUM"
 ARTIFACTS = REPO / "test-artifacts"
 HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script> & "quotes"'
+FORMULA = '=HYPERLINK("http://127.0.0.1:9/x","click me")'  # a post a spreadsheet would run
 TRANSITION_SETTLE_MS = 900
 
 
@@ -39,6 +46,7 @@ def site_dir(built, tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(built.root / "site", copy)
     payload = read_payload(copy)
     payload["documents"]["text"][0] = HOSTILE + "\n" + payload["documents"]["text"][0]
+    payload["documents"]["text"][1] = FORMULA + "\n" + payload["documents"]["text"][1]
     write_payload(payload, copy)
     return copy
 
@@ -109,24 +117,64 @@ class Page:
     def trace_x(self) -> list[float]:
         return self.page.evaluate("() => document.getElementById('plot').data[0].x.slice(0, 20)")
 
-    def point_position(self, doc_index: int) -> tuple[float, float]:
+    def point_position(self, doc_index: int, plot: str = "#plot") -> tuple[float, float]:
         """Where a document's point is drawn on the page, from Plotly's own axes."""
-        return tuple(
-            self.page.evaluate(
-                """(doc) => {
-                  const plot = document.getElementById('plot');
-                  const trace = plot.data.findIndex((t) => t.customdata.includes(doc));
-                  const at = plot.data[trace].customdata.indexOf(doc);
-                  const layout = plot._fullLayout, box = plot.getBoundingClientRect();
-                  return [box.left + layout.xaxis._offset + layout.xaxis.l2p(plot.data[trace].x[at]),
-                          box.top + layout.yaxis._offset + layout.yaxis.l2p(plot.data[trace].y[at])];
-                }""",
-                doc_index,
-            )
+        return tuple(self.page.evaluate(PIXELS, plot)[doc_index])
+
+    def label_position(self, label: int, plot: str = "#plot") -> tuple[float, float]:
+        """The middle of a cluster label's text as drawn."""
+        box = self.page.locator(f"{plot} .textpoint text").nth(label).bounding_box()
+        return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+    def all_positions(self, plot: str = "#plot") -> list[tuple[float, float]]:
+        return [tuple(at) for at in self.page.evaluate(PIXELS, plot)]
+
+    def opacities(self, plot: str = "#plot") -> dict[int, float]:
+        """Per document, the opacity its point is drawn with."""
+        found = self.page.evaluate(
+            """(selector) => {
+              const plot = document.querySelector(selector);
+              const seen = {};
+              for (const trace of plot.data.filter((t) => t.meta === 'documents')) {
+                const opacity = trace.marker.opacity;
+                trace.customdata.forEach((doc, at) => {
+                  seen[doc] = Array.isArray(opacity) ? opacity[at] : opacity;
+                });
+              }
+              return seen;
+            }""",
+            plot,
         )
+        return {int(doc): value for doc, value in found.items()}
+
+    def drag(self, start: tuple[float, float], end: tuple[float, float]) -> None:
+        self.page.mouse.move(*start)
+        self.page.mouse.down()
+        for step in range(1, 11):
+            self.page.mouse.move(
+                start[0] + (end[0] - start[0]) * step / 10,
+                start[1] + (end[1] - start[1]) * step / 10,
+            )
+        self.page.mouse.up()
 
     def close(self) -> None:
         self.context.close()
+
+
+# Pixel positions on the page of a plot's documents (by document index), from Plotly's axes.
+PIXELS = """(selector) => {
+  const plot = document.querySelector(selector);
+  const layout = plot._fullLayout, box = plot.getBoundingClientRect();
+  const at = (x, y) => [box.left + layout.xaxis._offset + layout.xaxis.l2p(x),
+                        box.top + layout.yaxis._offset + layout.yaxis.l2p(y)];
+  const found = [];
+  for (const trace of plot.data) {
+    if (trace.meta === 'documents') {
+      trace.customdata.forEach((doc, i) => { found[doc] = at(trace.x[i], trace.y[i]); });
+    }
+  }
+  return found;
+}"""
 
 
 @pytest.fixture
@@ -354,6 +402,7 @@ def large_site_dir(built, tmp_path_factory: pytest.TempPathFactory) -> Path:
     payload["texts"] = {"chunk_size": 300, "chunks": 3}
     payload["render"]["webgl_above"] = 100
     write_payload(payload, copy, texts)
+    publish_pages(copy, [task["name"] for task in payload["tasks"]], webgl=True)  # as site_pages
     return copy
 
 
@@ -419,3 +468,249 @@ def test_switching_tasks_moves_the_points_smoothly(page, payload):
     after = page.page.evaluate(point)
     assert before != after
     assert during != after, "the point was still on its way right after the click"
+
+
+def jaccard(mine: list[int], theirs: list[int]) -> float:
+    shared = len(set(mine) & set(theirs))
+    return shared / (len(mine) + len(theirs) - shared)
+
+
+def inside(
+    at: tuple[float, float], start: tuple[float, float], end: tuple[float, float], margin=0.0
+) -> bool:
+    (x, y), (x0, y0), (x1, y1) = at, start, end
+    return (
+        min(x0, x1) + margin < x < max(x0, x1) - margin
+        and min(y0, y1) + margin < y < max(y0, y1) - margin
+    )
+
+
+def in_box(positions, start, end, selected: set[int]) -> None:
+    """``selected`` is what a box from ``start`` to ``end`` holds: every post clearly inside,
+    none clearly outside (a post within 2 px of the edge may go either way)."""
+    clearly_in = {doc for doc, at in enumerate(positions) if inside(at, start, end, 2)}
+    maybe = {doc for doc, at in enumerate(positions) if inside(at, start, end, -2)}
+    assert clearly_in <= selected <= maybe
+    assert 0 < len(selected) < len(positions), "the box holds some posts, not all"
+
+
+def test_every_map_has_cluster_labels_and_hovering_one_lights_its_cluster(page, payload):
+    page.open()
+    task = payload["tasks"][0]
+    labels = task["clusters"]["labels"]
+    assert labels, "the map has labelled clusters"
+    drawn = page.page.evaluate(
+        "() => document.getElementById('plot').data.find((t) => t.name === 'labels').text"
+    )
+    assert drawn == [label["label"] for label in labels]
+
+    biggest = max(range(len(labels)), key=lambda i: labels[i]["size"])
+    page.page.mouse.move(*page.label_position(biggest))
+    members = task["clusters"]["member"]
+    number = labels[biggest]["number"]
+    page.page.wait_for_function(
+        "() => document.getElementById('plot').data.some("
+        "(t) => t.meta === 'documents' && Array.isArray(t.marker.opacity))"
+    )
+    lit = {doc for doc, opacity in page.opacities().items() if opacity == 1}
+    assert lit == {doc for doc, member in enumerate(members) if member == number}
+    assert len(lit) == labels[biggest]["size"]
+
+    page.page.mouse.move(5, 5)
+    page.page.wait_for_function(
+        "() => !document.getElementById('plot').data.some("
+        "(t) => t.meta === 'documents' && Array.isArray(t.marker.opacity))"
+    )
+    page.page.click("#labels-toggle")
+    assert "labels=off" in page.page.url
+    visible = page.page.evaluate(
+        "() => document.getElementById('plot').data.find((t) => t.name === 'labels').visible"
+    )
+    assert visible is False
+    assert page.errors == []
+
+
+def test_a_box_selection_is_listed_followed_across_tasks_linked_and_exported(
+    browser, site_dir, payload, tmp_path
+):
+    opened = Page(browser, site_dir.as_uri() + "/", viewport={"width": 1400, "height": 900})
+    try:
+        page = opened.page
+        opened.open()
+        page.click("[data-drag='select']")
+        box = page.locator("#plot").bounding_box()
+        start = (box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.3)
+        end = (box["x"] + box["width"] * 0.65, box["y"] + box["height"] * 0.7)
+        positions = opened.all_positions()
+        opened.drag(start, end)
+        page.locator("#selection").wait_for(state="visible")
+        page.wait_for_function(
+            "() => document.getElementById('plot').data.some("
+            "(t) => t.meta === 'documents' && Array.isArray(t.marker.opacity))"
+        )
+
+        ids = payload["documents"]["id"]
+        expected = {doc for doc, opacity in opened.opacities().items() if opacity == 1}
+        in_box(positions, start, end, expected)
+        count = int(page.inner_text("#selection-count").split()[0])
+        assert count == len(expected)
+        in_link = re.search(r"sel=([^&]*)", page.url)
+        if count <= 200:
+            assert set(in_link.group(1).replace("%2C", ",").split(",")) == {
+                ids[doc] for doc in expected
+            }
+        else:
+            assert in_link is None and "too many" in page.inner_text("#selection-note")
+        groups = page.locator("#selection-groups li")
+        per_group = {
+            item.get_attribute("data-category"): int(item.inner_text().split()[-2])
+            for item in groups.all()
+        }
+        categories = [
+            payload["categories"][payload["documents"]["category"][doc]] for doc in expected
+        ]
+        assert per_group == {name: categories.count(name) for name in set(categories)}
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "explorer-selection-laptop.png"))
+
+        # The same posts stay lit on another task's map.
+        second = payload["tasks"][1]["name"]
+        page.click(f"#task-buttons [data-task='{second}']")
+        page.wait_for_timeout(TRANSITION_SETTLE_MS)
+        lit = {doc for doc, opacity in opened.opacities().items() if opacity == 1}
+        assert lit == expected
+
+        # Exports: every selected post, as CSV and as JSON.
+        with page.expect_download() as download:
+            page.click("#export-json")
+        rows = json.loads(Path(download.value.path()).read_text())
+        assert {row["doc_id"] for row in rows} == {ids[doc] for doc in expected}
+        assert {row["task"] for row in rows} == {second}
+        with page.expect_download() as download:
+            page.click("#export-csv")
+        import csv
+
+        table = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+        assert [row["doc_id"] for row in table] == [row["doc_id"] for row in rows]
+        # CSV keeps each text whole; one a spreadsheet would read as a formula is quoted.
+        assert [row["text"] for row in table] == [
+            "'" + row["text"]
+            if row["text"][:1] in ("=", "+", "-", "@", "\t", "\r")
+            else row["text"]
+            for row in rows
+        ]
+        assert opened.errors == []
+    finally:
+        opened.close()
+
+
+def test_an_exported_post_never_becomes_a_spreadsheet_formula(browser, site_dir, payload):
+    opened = Page(browser, site_dir.as_uri() + "/")
+    try:
+        formula_id = payload["documents"]["id"][1]
+        opened.open(f"index.html#sel={formula_id}")
+        assert opened.page.inner_text("#selection-count") == "1 post selected"
+        with opened.page.expect_download() as download:
+            opened.page.click("#export-csv")
+        import csv
+
+        (row,) = csv.DictReader(io.StringIO(Path(download.value.path()).read_text()))
+        assert row["doc_id"] == formula_id
+        assert row["text"] == "'" + payload["documents"]["text"][1], "kept, but as text"
+    finally:
+        opened.close()
+
+
+def test_what_moved_most_lists_the_posts_that_kept_fewest_neighbours(page, payload):
+    reference = next(t for t in payload["tasks"] if t["name"] == payload["reference_task"])
+    other = next(t for t in payload["tasks"] if t["name"] != payload["reference_task"])
+    page.open(f"index.html#task={other['name']}")
+    listed = page.page.locator("#moved button").evaluate_all(
+        "(buttons) => buttons.map((b) => b.dataset.doc)"
+    )
+    index = {doc_id: i for i, doc_id in enumerate(payload["documents"]["id"])}
+    kept = [
+        jaccard(mine, theirs)
+        for mine, theirs in zip(other["neighbours"], reference["neighbours"], strict=True)
+    ]
+    assert len(listed) == 15
+    worst_listed = max(kept[index[doc_id]] for doc_id in listed)
+    best_unlisted = min(
+        k for doc, k in enumerate(kept) if payload["documents"]["id"][doc] not in listed
+    )
+    assert worst_listed <= best_unlisted, "no post left out kept fewer neighbours"
+
+    page.page.locator("#moved button").first.click()
+    assert page.page.inner_text("#doc-id") == listed[0]
+
+    page.page.click(f"#task-buttons [data-task='{reference['name']}']")
+    assert page.page.locator("#moved button").count() == 0, "nothing moves against itself"
+    assert page.errors == []
+
+
+def test_the_comparison_maps_are_linked_by_hover_and_selection(browser, root, payload):
+    opened = Page(browser, root, viewport={"width": 1920, "height": 1080})
+    try:
+        page = opened.page
+        opened.open("compare.html")
+        plots = [f".map-card[data-task='{task['name']}'] .plot" for task in payload["tasks"]]
+        mouse = opened.point_position(11, plots[0])
+        page.mouse.move(*mouse)
+        page.wait_for_function(
+            "(s) => document.querySelector(s).data.at(-1).x.length === 1", arg=plots[-1]
+        )
+        rings = [
+            page.evaluate("(s) => document.querySelector(s).data.at(-1)", selector)
+            for selector in plots
+        ]
+        assert rings[0]["x"] == [], "the hovered map shows its own hover label instead"
+        doc = rings[1]["customdata"][0]
+        hovered_at = opened.point_position(doc, plots[0])
+        assert abs(hovered_at[0] - mouse[0]) + abs(hovered_at[1] - mouse[1]) < 20
+        for ring, task in zip(rings[1:], payload["tasks"][1:], strict=True):
+            assert (ring["x"], ring["y"]) == ([task["x"][doc]], [task["y"][doc]]), (
+                "the same post is ringed in every other map"
+            )
+        first = page.locator(plots[0])
+        first.hover()
+        first.locator(".modebar-btn[data-val='select']").click()
+        box = first.bounding_box()
+        start = (box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3)
+        end = (box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.7)
+        positions = opened.all_positions(plots[0])
+        opened.drag(start, end)
+        page.wait_for_function(
+            "(s) => document.querySelector(s).data.some("
+            "(t) => t.meta === 'documents' && Array.isArray(t.marker.opacity))",
+            arg=plots[-1],
+        )
+        expected = {d for d, opacity in opened.opacities(plots[0]).items() if opacity == 1}
+        in_box(positions, start, end, expected)
+        for selector in plots:
+            lit = {d for d, opacity in opened.opacities(selector).items() if opacity == 1}
+            assert lit == expected, "the same posts are lit in every map"
+        assert page.inner_text("#linked-status").startswith(f"{len(expected)} posts selected")
+        page.click("#linked-clear")
+        assert all(set(opened.opacities(selector).values()) == {0.85} for selector in plots), (
+            "clearing lights every post again"
+        )
+        assert opened.errors == []
+    finally:
+        opened.close()
+
+
+def bundle_header(path: Path) -> str:
+    with path.open(encoding="utf-8") as file:
+        return "".join(file.readline() for _ in range(3))
+
+
+def test_a_small_site_gets_the_basic_plotly_bundle_of_the_same_version(site_dir, large_site_dir):
+    small = bundle_header(site_dir / "vendor" / "plotly.min.js")
+    full = bundle_header(plotly_bundle(webgl=True))
+    assert "(basic - minified)" in small, "an SVG-only site loads the small bundle"
+    assert "(basic" not in bundle_header(large_site_dir / "vendor" / "plotly.min.js")
+    version = re.compile(r"v(\d+\.\d+\.\d+)")
+    assert version.search(small).group(1) == version.search(full).group(1), (
+        "the vendored basic bundle and the plotly package's bundle are one plotly.js version: "
+        "update site_sources/vendor/ with the plotly package"
+    )

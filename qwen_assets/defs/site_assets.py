@@ -4,7 +4,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
@@ -18,10 +20,13 @@ from dagster import (
 from qwen_assets.defs.metadata import counts_markdown
 from qwen_assets.defs.projection_assets import load_embeddings
 from qwen_assets.defs.resources import Warehouse
+from qwen_assets.publish import publish_site, redact_credentials
 from qwen_assets.settings import PROPERTIES, SCORE_PROPERTIES, Settings, fingerprint
 from qwen_assets.site import (
+    TaskMap,
     build_payload,
     publish_pages,
+    read_payload,
     sources_dir,
     sources_fingerprint,
     task_maps,
@@ -29,6 +34,18 @@ from qwen_assets.site import (
     write_payload,
 )
 
+CLUSTER_SCHEMA = pa.schema(
+    [
+        ("task", pa.string()),
+        ("cluster", pa.int32()),
+        ("label", pa.string()),
+        ("words", pa.list_(pa.string())),
+        ("size", pa.int32()),
+        ("x", pa.float64()),
+        ("y", pa.float64()),
+        ("doc_ids", pa.list_(pa.string())),
+    ]
+)
 SITE_BUILD_COLUMNS = {
     "built_at": "TIMESTAMP",
     "payload_sha256": "VARCHAR",
@@ -54,6 +71,35 @@ def quality_markdown(quality: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def cluster_rows(maps: list[TaskMap], doc_ids: list[str]) -> pd.DataFrame:
+    """One row per labelled cluster of each task's map, with the posts in it."""
+    rows = [
+        {
+            "task": task_map.name,
+            "cluster": cluster.number,
+            "label": cluster.label,
+            "words": list(cluster.words),
+            "size": cluster.size,
+            "x": cluster.x,
+            "y": cluster.y,
+            "doc_ids": [
+                doc_ids[i] for i in np.flatnonzero(task_map.clusters.membership == cluster.number)
+            ],
+        }
+        for task_map in maps
+        if task_map.clusters is not None
+        for cluster in task_map.clusters.clusters
+    ]
+    return pd.DataFrame(rows, columns=CLUSTER_SCHEMA.names)
+
+
+def clusters_markdown(clusters: pd.DataFrame) -> str:
+    lines = ["| task | posts | label |", "|---|---|---|"]
+    for row in clusters.sort_values(["task", "size"], ascending=[True, False]).itertuples():
+        lines.append(f"| {row.task} | {row.size} | {row.label} |")
+    return "\n".join(lines)
+
+
 def site_assets(
     settings: Settings,
     embeddings: AssetsDefinition,
@@ -66,7 +112,7 @@ def site_assets(
 
     payload_version = fingerprint(
         {
-            "site_data": 3,
+            "site_data": 5,  # the payload, its files and its tables, as this code writes them
             "site": site.model_dump(),
             # descriptions and targets shape the payload and the figures, not the vectors
             "tasks": {name: task.model_dump() for name, task in settings.tasks.items()},
@@ -94,6 +140,15 @@ def site_assets(
                 kinds={"duckdb"},
                 description="Table task_quality: the quality figures of each task's space and "
                 "map (k-NN accuracy, silhouette, trustworthiness, overlap with the reference).",
+            ),
+            AssetSpec(
+                "map_clusters",
+                deps=inputs,
+                code_version=payload_version,
+                kinds={"duckdb"},
+                description="Table map_clusters: the dense clusters of each task's map, each "
+                "labelled by its most distinctive words (c-TF-IDF), with its label's place and "
+                "its posts (doc_ids). The labels the site draws.",
             ),
             AssetSpec(
                 "site_builds",
@@ -125,6 +180,7 @@ def site_assets(
                 for task in settings.task_names
             },
             scores={name: scores[name].to_numpy() for name in SCORE_PROPERTIES},
+            texts=documents["text"].tolist(),
         )
         payload = build_payload(
             doc_ids=documents["doc_id"].tolist(),
@@ -159,6 +215,11 @@ def site_assets(
                     for task_map in maps
                 ]
             ),
+        )
+        clusters = cluster_rows(maps, documents["doc_id"].tolist())
+        warehouse.replace_table(
+            "map_clusters",
+            pa.Table.from_pandas(clusters, schema=CLUSTER_SCHEMA, preserve_index=False),
         )
         warehouse.append(
             "site_builds",
@@ -210,6 +271,14 @@ def site_assets(
             },
         )
         yield MaterializeResult(
+            asset_key="map_clusters",
+            metadata={
+                "table": "map_clusters",
+                "dagster/row_count": len(clusters),
+                "labels": MetadataValue.md(clusters_markdown(clusters)),
+            },
+        )
+        yield MaterializeResult(
             asset_key="site_builds",
             metadata={"table": "site_builds", "payload_sha256": written.sha256},
         )
@@ -226,19 +295,50 @@ def site_assets(
         ),
         kinds={"html"},
         description=f"The static site in {output_dir}/: the explorer (index.html), a side-by-side "
-        "comparison and one page per task, with plotly.js copied from the plotly package. "
+        "comparison and one page per task, with plotly.js (its basic bundle, or for a site "
+        "drawn with WebGL the plotly package's full one). "
         "Works from disk and from any static host.",
     )
     def site_pages() -> MaterializeResult:
-        written = publish_pages(output_dir, settings.task_names)
+        payload = read_payload(output_dir)
+        webgl = len(payload["documents"]["id"]) > payload["render"]["webgl_above"]
+        written = publish_pages(output_dir, settings.task_names, webgl=webgl)
         index = output_dir / "index.html"
         return MaterializeResult(
             metadata={
                 "index": MetadataValue.url(index.resolve().as_uri()),
                 "files": len(written),
                 "task_pages": ", ".join(task_page_name(task) for task in settings.task_names),
+                "plotly_bundle": "full (WebGL)" if webgl else "basic (SVG)",
                 "bytes": sum(path.stat().st_size for path in written),
             }
         )
 
-    return [site_data, site_pages]
+    if not settings.publish.enabled:
+        return [site_data, site_pages]
+
+    publish = settings.publish
+    where = publish.folder or (
+        f"branch {publish.git_branch} of {redact_credentials(publish.git_repository or '')}"
+    )
+
+    @asset(
+        group_name="site",
+        deps=["site_pages"],
+        code_version=fingerprint({"published_site": 1, "publish": publish.model_dump()}),
+        kinds={"git"} if publish.git_repository else {"folder"},
+        description=f"The built site, published to {where} whenever the site changed.",
+    )
+    def published_site() -> MaterializeResult:
+        published = publish_site(output_dir, publish)
+        return MaterializeResult(
+            metadata={
+                "target": published.target,
+                "changed": published.changed,
+                "files": published.files,
+                "site_sha256": published.fingerprint,
+                **({"commit": published.commit} if published.commit else {}),
+            }
+        )
+
+    return [site_data, site_pages, published_site]

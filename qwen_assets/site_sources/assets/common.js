@@ -60,6 +60,26 @@
     for (let number = 0; number < data.texts.chunks; number++) loads.push(loadChunk(number));
     return Promise.all(loads).then((chunks) => chunks.flat());
   }
+  /* The neighbour lists come in neighbours.js, after the first draw (they are most of the
+   * payload); whatever needs them waits for this. */
+  let neighboursLoad = null;
+  function neighboursReady() {
+    if (data.tasks.every((task) => task.neighbours)) return Promise.resolve();
+    if (!neighboursLoad) {
+      neighboursLoad = new Promise((resolve, reject) => {
+        const script = document.createElement("script");
+        script.src = "neighbours.js";
+        script.onload = () => {
+          const lists = window.QWEN_SITE_NEIGHBOURS || {};
+          for (const task of data.tasks) Object.assign(task, lists[task.name]);
+          resolve();
+        };
+        script.onerror = () => reject(new Error("cannot load " + script.src));
+        document.head.append(script);
+      });
+    }
+    return neighboursLoad;
+  }
   const tasksByName = new Map(data.tasks.map((task) => [task.name, task]));
   const docIndex = new Map(documents.id.map((id, index) => [id, index]));
   const byCategory = data.categories.map(() => []);
@@ -133,9 +153,116 @@
       responsive: true,
       displaylogo: false,
       scrollZoom: true,
-      modeBarButtonsToRemove: ["select2d", "lasso2d"],
       toImageButtonOptions: { format: "png", filename: filename, scale: 2 },
     };
+  }
+
+  // Traces whose points are documents (customdata: the document's index) carry this meta;
+  // the labels and the rings drawn over them do not.
+  const DOCUMENTS = "documents";
+  const DIMMED = 0.08;
+  const SHOWN = 0.85;
+
+  /* The cluster labels of a task's map, as a text trace (customdata: the cluster numbers).
+   * Not hoverable by Plotly, so they never steal a post's hover; `onLabelHover` watches
+   * them. Label words come from post texts: escaped like them. */
+  function labelTrace(task, visible) {
+    const labels = (task.clusters && task.clusters.labels) || [];
+    // A label near the map's left or right edge runs inwards, so it stays inside the panel.
+    const low = Math.min(...task.x);
+    const span = Math.max(...task.x) - low || 1;
+    const side = (x) =>
+      (x - low) / span < 0.3 ? "middle right" : (x - low) / span > 0.7 ? "middle left" : "middle center";
+    return {
+      type: "scatter",
+      mode: "text",
+      name: "labels",
+      ids: labels.map((label) => "label:" + label.number),
+      x: labels.map((label) => label.x),
+      y: labels.map((label) => label.y),
+      text: labels.map((label) => escapeMarkup(label.label)),
+      customdata: labels.map((label) => label.number),
+      hoverinfo: "skip",
+      textposition: labels.map((label) => side(label.x)),
+      cliponaxis: false,
+      textfont: {
+        size: count > 5000 ? 12 : 13,
+        weight: 600,
+        color: prefersDark() ? "#f4f4f4" : "#111111",
+        shadow: "auto",
+      },
+      visible: visible !== false,
+      showlegend: false,
+    };
+  }
+
+  /* The cluster whose label is under the pointer, if any. The labels are the plot's only
+   * text points, drawn in the trace's order. */
+  function labelAt(plot, x, y) {
+    const trace = (plot.data || []).find((candidate) => candidate.name === "labels");
+    if (!trace || trace.visible === false) return null;
+    const texts = plot.querySelectorAll(".textpoint text");
+    for (let position = 0; position < texts.length; position++) {
+      const box = texts[position].getBoundingClientRect();
+      if (x >= box.left && x <= box.right && y >= box.top && y <= box.bottom) {
+        return trace.customdata[position];
+      }
+    }
+    return null;
+  }
+
+  /* Calls `changed(cluster number or null)` when the pointer enters or leaves a label. */
+  function onLabelHover(plot, changed) {
+    let current = null;
+    const check = (x, y) => {
+      const found = x === null ? null : labelAt(plot, x, y);
+      if (found === current) return;
+      current = found;
+      changed(found);
+    };
+    plot.addEventListener("mousemove", (event) => check(event.clientX, event.clientY));
+    plot.addEventListener("mouseleave", () => check(null, null));
+  }
+
+  /* Per document, whether it is in cluster `number` of `task`'s map. */
+  function clusterMembers(task, number) {
+    const member = (task.clusters && task.clusters.member) || [];
+    return documents.id.map((_, index) => member[index] === number);
+  }
+
+  /* Per document, full or dimmed: in every one of the given sets (boolean arrays or Sets of
+   * indices), or null when there is nothing to dim. */
+  function dimmedUnlessIn(...sets) {
+    const active = sets.filter((set) => set);
+    if (active.length === 0) return null;
+    return documents.id.map((_, index) =>
+      active.every((set) => (set instanceof Set ? set.has(index) : set[index])) ? 1 : DIMMED
+    );
+  }
+
+  /* Apply per-document opacities (or the default) to every document trace of a drawn plot. */
+  function restyleOpacity(plot, perDocument) {
+    const indices = [];
+    const values = [];
+    plot.data.forEach((trace, position) => {
+      if (trace.meta !== DOCUMENTS) return;
+      indices.push(position);
+      values.push(perDocument ? trace.customdata.map((index) => perDocument[index]) : SHOWN);
+    });
+    if (indices.length) return window.Plotly.restyle(plot, { "marker.opacity": values }, indices);
+    return Promise.resolve();
+  }
+
+  /* The posts whose neighbourhood changed most against the reference task: fewest
+   * neighbours kept (Jaccard), then furthest moved on the aligned maps. */
+  function mostMoved(task, limit) {
+    const change = neighbourhoodChange(task);
+    const reference = tasksByName.get(data.reference_task);
+    const shift = (index) =>
+      Math.hypot(task.x[index] - reference.x[index], task.y[index] - reference.y[index]);
+    const order = change.map((_, index) => index);
+    order.sort((a, b) => change[a] - change[b] || shift(b) - shift(a) || a - b);
+    return order.slice(0, limit);
   }
 
   function traceType() {
@@ -150,6 +277,7 @@
     return byCategory.map((members, category) => ({
       type: traceType(),
       mode: "markers",
+      meta: DOCUMENTS,
       name: data.categories[category],
       ids: members.map((index) => documents.id[index]),
       x: members.map((index) => task.x[index]),
@@ -160,7 +288,7 @@
       marker: {
         color: colourOf(category),
         size: size,
-        opacity: opacity ? members.map((index) => opacity[index]) : 0.8,
+        opacity: opacity ? members.map((index) => opacity[index]) : SHOWN,
       },
     }));
   }
@@ -207,6 +335,7 @@
   window.QwenSite = {
     data, documents, count, tasksByName, docIndex, byCategory, colourOf, prefersDark,
     baseLayout, plotConfig, traceType, categoryTraces, neighbourhoodChange, keptNeighbours,
-    hoverText, fillTaskPageLinks, formatFigure, textOf, allTexts,
+    hoverText, fillTaskPageLinks, formatFigure, textOf, allTexts, escapeMarkup, neighboursReady, DOCUMENTS,
+    DIMMED, SHOWN, labelTrace, onLabelHover, clusterMembers, dimmedUnlessIn, restyleOpacity, mostMoved,
   };
 })();

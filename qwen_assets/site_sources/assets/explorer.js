@@ -1,5 +1,6 @@
-/* The explorer: switch tasks (animated), colour modes, search, a document panel, and a view
- * kept in the URL hash. Every text is inserted with textContent. */
+/* The explorer: switch tasks (animated), colour modes, search, cluster labels, box and lasso
+ * selection (followed across tasks, exported as CSV or JSON), a document panel, the posts
+ * that moved most, and a view kept in the URL hash. Every text is inserted with textContent. */
 (function () {
   "use strict";
 
@@ -16,9 +17,21 @@
     hostility: { colorscale: "YlOrRd", cmin: 0, cmax: 1, title: "Hostility<br>(offensive, 0–1)" },
     length: { colorscale: "Viridis", title: "Length<br>(log10 characters)", log: true },
   };
-  const DIMMED = 0.08;
+  const SELECTION_IN_URL = 200; // larger selections are not kept in the link
+  const SELECTION_LISTED = 200; // posts listed in the selection panel (an export has all)
+  const MOVED_LISTED = 15;
 
-  const state = { task: data.tasks[0].name, colour: "category", doc: null, query: "" };
+  const state = {
+    task: data.tasks[0].name,
+    colour: "category",
+    doc: null,
+    query: "",
+    labels: true,
+    selection: null, // document indices, in document order
+  };
+  let hoveredCluster = null;
+  let draws = 0;
+  let redrawing = false;
   let lowered = null; // every text in lower case, once the texts are loaded
   let matches = null; // per document: does it contain the query?
   let drawnColour = null;
@@ -32,6 +45,12 @@
     const doc = params.get("doc");
     state.doc = doc !== null && docIndex.has(doc) ? docIndex.get(doc) : null;
     state.query = params.get("q") || "";
+    state.labels = params.get("labels") !== "off";
+    const picked = (params.get("sel") || "")
+      .split(",")
+      .filter((id) => docIndex.has(id))
+      .map((id) => docIndex.get(id));
+    state.selection = picked.length ? [...new Set(picked)].sort((a, b) => a - b) : null;
   }
 
   function writeHash() {
@@ -40,13 +59,21 @@
     if (state.colour !== "category") params.set("colour", state.colour);
     if (state.doc !== null) params.set("doc", documents.id[state.doc]);
     if (state.query) params.set("q", state.query);
+    if (!state.labels) params.set("labels", "off");
+    if (state.selection && state.selection.length <= SELECTION_IN_URL) {
+      params.set("sel", state.selection.map((index) => documents.id[index]).join(","));
+    }
     const hash = "#" + params.toString();
     if (window.location.hash !== hash) window.history.replaceState(null, "", hash);
   }
 
+  /* Per document: full or dimmed. A hovered label shows its cluster alone; otherwise the
+   * search and the selection (both, when both are set) stay bright. */
   function opacities() {
-    if (!matches) return null;
-    return matches.map((hit) => (hit ? 1 : DIMMED));
+    if (hoveredCluster !== null) {
+      return site.dimmedUnlessIn(site.clusterMembers(tasksByName.get(state.task), hoveredCluster));
+    }
+    return site.dimmedUnlessIn(matches, state.selection && new Set(state.selection));
   }
 
   function changeTrace(task) {
@@ -55,6 +82,7 @@
     return {
       type: site.traceType(),
       mode: "markers",
+      meta: site.DOCUMENTS,
       name: "neighbourhood change",
       ids: documents.id,
       x: task.x,
@@ -72,7 +100,7 @@
         colorscale: "Viridis",
         reversescale: true,
         size: count > 5000 ? 3 : count > 2000 ? 4 : 6,
-        opacity: opacity || 0.85,
+        opacity: opacity || site.SHOWN,
         colorbar: {
           title: { text: "Neighbours kept<br>vs " + data.reference_task, side: "right" },
           thickness: 12,
@@ -89,6 +117,7 @@
     return {
       type: site.traceType(),
       mode: "markers",
+      meta: site.DOCUMENTS,
       name,
       ids: documents.id,
       x: task.x,
@@ -104,7 +133,7 @@
         colorscale: scale.colorscale,
         reversescale: Boolean(scale.reverse),
         size: count > 5000 ? 3 : count > 2000 ? 4 : 6,
-        opacity: opacity || 0.85,
+        opacity: opacity || site.SHOWN,
         colorbar: { title: { text: scale.title, side: "right" }, thickness: 12 },
       },
     };
@@ -139,8 +168,13 @@
         : PROPERTIES.has(state.colour)
           ? [propertyTrace(task, state.colour)]
           : site.categoryTraces(task, { opacity: opacities() });
-    traces.push(highlightTrace(task));
+    traces.push(site.labelTrace(task, state.labels), highlightTrace(task));
     const layout = site.baseLayout();
+    // The tool the reader picked (pan, box, lasso) stays picked; a drawn selection's outline
+    // goes: the selection itself shows as the bright posts.
+    layout.dragmode = (plot.layout && plot.layout.dragmode) || layout.dragmode;
+    layout.selections = [];
+    layout.selectionrevision = ++draws; // a new value: Plotly forgets its own selection state
     // Keeps zoom and legend choices across redraws of the same mode.
     layout.uirevision = state.colour;
     layout.showlegend = state.colour === "category";
@@ -152,7 +186,13 @@
       plot.data &&
       plot.data.length === traces.length;
     drawnColour = state.colour;
-    if (!smooth) return window.Plotly.react(plot, traces, layout, config);
+    // A redraw drops Plotly's own selection, which it reports as a (de)selection: not the
+    // reader's, so the handlers ignore what comes while it runs.
+    redrawing = true;
+    const settled = () => {
+      redrawing = false;
+    };
+    if (!smooth) return window.Plotly.react(plot, traces, layout, config).finally(settled);
     // Move every point from its old place to its new one, then settle the rest (colours,
     // hover text) without a transition.
     const moves = traces.map((trace) => ({ x: trace.x, y: trace.y }));
@@ -164,7 +204,9 @@
         frame: { duration: TRANSITION_MS, redraw: false },
         mode: "immediate",
       }
-    ).then(() => window.Plotly.react(plot, traces, layout, config));
+    )
+      .then(() => window.Plotly.react(plot, traces, layout, config))
+      .finally(settled);
   }
 
   function showTaskText() {
@@ -179,6 +221,11 @@
     }
     for (const button of document.querySelectorAll("[data-colour]")) {
       button.setAttribute("aria-pressed", String(button.dataset.colour === state.colour));
+    }
+    document.getElementById("labels-toggle").setAttribute("aria-pressed", String(state.labels));
+    const dragmode = (plot.layout && plot.layout.dragmode) || "pan";
+    for (const button of document.querySelectorAll("[data-drag]")) {
+      button.setAttribute("aria-pressed", String(button.dataset.drag === dragmode));
     }
     for (const row of document.querySelectorAll("#quality-rows tr")) {
       row.classList.toggle("current", row.dataset.task === state.task);
@@ -213,19 +260,148 @@
     list.replaceChildren();
     task.neighbours[index].forEach((other, rank) => {
       const item = document.createElement("li");
-      const button = document.createElement("button");
-      button.type = "button";
-      button.dataset.doc = documents.id[other];
-      const score = document.createElement("span");
-      score.className = "score";
-      score.textContent = task.similarity[index][rank].toFixed(3);
-      const category = document.createElement("strong");
-      category.textContent = data.categories[documents.category[other]];
-      button.append(score, category, " · " + documents.preview[other].slice(0, 90));
-      button.addEventListener("click", () => select(other));
-      item.append(button);
+      item.append(postButton(other, task.similarity[index][rank].toFixed(3)));
       list.append(item);
     });
+  }
+
+  function postButton(index, score) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.doc = documents.id[index];
+    if (score !== undefined) {
+      const figure = document.createElement("span");
+      figure.className = "score";
+      figure.textContent = score;
+      button.append(figure);
+    }
+    const category = document.createElement("strong");
+    category.textContent = data.categories[documents.category[index]];
+    button.append(category, " · " + documents.preview[index].slice(0, 90));
+    button.addEventListener("click", () => select(index));
+    return button;
+  }
+
+  function showSelection() {
+    const panel = document.getElementById("selection");
+    const picked = state.selection;
+    panel.hidden = !picked;
+    if (!picked) return;
+    document.getElementById("selection-count").textContent =
+      picked.length + (picked.length === 1 ? " post selected" : " posts selected");
+    document.getElementById("selection-note").textContent =
+      picked.length > SELECTION_IN_URL
+        ? "(too many to keep in the link: export them)"
+        : "(kept in the link)";
+    const perGroup = new Map();
+    for (const index of picked) {
+      const category = documents.category[index];
+      perGroup.set(category, (perGroup.get(category) || 0) + 1);
+    }
+    const groups = document.getElementById("selection-groups");
+    groups.replaceChildren();
+    [...perGroup.entries()]
+      .sort((a, b) => b[1] - a[1] || a[0] - b[0])
+      .forEach(([category, number]) => {
+        const item = document.createElement("li");
+        item.dataset.category = data.categories[category];
+        const swatch = document.createElement("span");
+        swatch.className = "swatch";
+        swatch.style.background = site.colourOf(category);
+        const share = Math.round((100 * number) / picked.length);
+        item.append(swatch, data.categories[category] + " ", numberTag(number, share));
+        groups.append(item);
+      });
+    const posts = document.getElementById("selection-posts");
+    posts.replaceChildren();
+    for (const index of picked.slice(0, SELECTION_LISTED)) {
+      const item = document.createElement("li");
+      item.append(postButton(index));
+      posts.append(item);
+    }
+    document.getElementById("selection-more").textContent =
+      picked.length > SELECTION_LISTED
+        ? "and " + (picked.length - SELECTION_LISTED) + " more: the export has them all"
+        : "";
+  }
+
+  function numberTag(number, share) {
+    const tag = document.createElement("span");
+    tag.className = "score";
+    tag.textContent = number + " (" + share + "%)";
+    return tag;
+  }
+
+  function showMoved() {
+    const task = tasksByName.get(state.task);
+    const list = document.getElementById("moved");
+    list.replaceChildren();
+    const isReference = task.name === data.reference_task;
+    document.getElementById("moved-title").textContent = isReference
+      ? "What moved most"
+      : "What moved most in " + task.name + ", against " + data.reference_task;
+    document.getElementById("moved-note").textContent = isReference
+      ? "Pick another task: its posts whose nearest neighbours changed most against this " +
+        "reference task are listed here."
+      : "Posts that kept the fewest of their " + data.reference_task + "-task neighbours " +
+        "(Jaccard overlap of the neighbour lists), then those that moved furthest on the map.";
+    if (isReference) return;
+    const change = site.neighbourhoodChange(task);
+    for (const index of site.mostMoved(task, MOVED_LISTED)) {
+      const item = document.createElement("li");
+      item.append(postButton(index, "kept " + change[index].toFixed(2)));
+      list.append(item);
+    }
+  }
+
+  function csvCell(value) {
+    if (typeof value === "number") return String(value);
+    let text = String(value);
+    // A spreadsheet must not run a post as a formula.
+    if (/^[=+\-@\t\r]/.test(text)) text = "'" + text;
+    return /[",\n\r]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+  }
+
+  function download(name, body, type) {
+    const url = URL.createObjectURL(new Blob([body], { type: type + ";charset=utf-8" }));
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = name;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    window.setTimeout(() => URL.revokeObjectURL(url), 1000);
+  }
+
+  /* The selection with its texts and its place on the current task's map. */
+  function exportSelection(format) {
+    const task = tasksByName.get(state.task);
+    const picked = state.selection || [];
+    return Promise.all(picked.map((index) => site.textOf(index))).then((texts) => {
+      const rows = picked.map((index, position) => ({
+        doc_id: documents.id[index],
+        newsgroup: data.categories[documents.category[index]],
+        task: task.name,
+        x: task.x[index],
+        y: task.y[index],
+        text: texts[position],
+      }));
+      const name = "qwen-selection-" + task.name + "." + format;
+      if (format === "json") {
+        download(name, JSON.stringify(rows, null, 2), "application/json");
+        return;
+      }
+      const columns = Object.keys(rows[0] || { doc_id: "" });
+      const lines = [columns.join(",")].concat(
+        rows.map((row) => columns.map((column) => csvCell(row[column])).join(","))
+      );
+      download(name, lines.join("\r\n") + "\r\n", "text/csv");
+    });
+  }
+
+  function setSelection(indices) {
+    state.selection = indices && indices.length ? indices : null;
+    update();
   }
 
   function runSearch() {
@@ -246,11 +422,19 @@
     });
   }
 
+  /* The map is drawn at once; what needs the neighbour lists (an open post's rings and
+   * panel, the change colouring, what moved most) waits for them. */
   function update(options) {
     writeHash();
     showTaskText();
-    showPanel();
-    return draw(options && options.animate);
+    showSelection();
+    const animate = options && options.animate;
+    const lists = site.neighboursReady().then(() => {
+      showPanel();
+      showMoved();
+    });
+    if (state.doc !== null || state.colour === "change") return lists.then(() => draw(animate));
+    return draw(animate);
   }
 
   function switchTask(name) {
@@ -290,6 +474,18 @@
         update();
       });
     }
+    document.getElementById("labels-toggle").addEventListener("click", () => {
+      state.labels = !state.labels;
+      update();
+    });
+    for (const button of document.querySelectorAll("[data-drag]")) {
+      button.addEventListener("click", () =>
+        window.Plotly.relayout(plot, { dragmode: button.dataset.drag })
+      );
+    }
+    document.getElementById("selection-clear").addEventListener("click", () => setSelection(null));
+    document.getElementById("export-csv").addEventListener("click", () => exportSelection("csv"));
+    document.getElementById("export-json").addEventListener("click", () => exportSelection("json"));
     const rows = document.getElementById("quality-rows");
     for (const task of data.tasks) {
       const row = document.createElement("tr");
@@ -334,6 +530,7 @@
         return;
       }
       if (event.key === "Escape" && state.doc !== null) select(null);
+      else if (event.key === "Escape" && state.selection) setSelection(null);
       const position = Number(event.key);
       if (Number.isInteger(position) && position >= 1 && position <= data.tasks.length) {
         switchTask(data.tasks[position - 1].name);
@@ -358,8 +555,36 @@
     .then(() => {
       plot.on("plotly_click", (event) => {
         const point = event.points && event.points[0];
-        if (point && typeof point.customdata === "number") select(point.customdata);
+        if (point && point.data.meta === site.DOCUMENTS) select(point.customdata);
       });
+      site.onLabelHover(plot, (number) => {
+        hoveredCluster = number;
+        site.restyleOpacity(plot, opacities());
+      });
+      plot.on("plotly_selected", (event) => {
+        if (!event || !event.points || redrawing) return;
+        const picked = new Set();
+        for (const point of event.points) {
+          if (point.data.meta === site.DOCUMENTS) picked.add(point.customdata);
+        }
+        // After Plotly has finished the gesture: the redraw then also drops its outline.
+        window.setTimeout(() => setSelection([...picked].sort((a, b) => a - b)));
+      });
+      plot.on("plotly_deselect", () => {
+        if (!redrawing) setSelection(null);
+      });
+      plot.on("plotly_relayout", (change) => {
+        if (change && change.dragmode) showTaskText();
+      });
+      // The map follows its own box, not only the window: opening or closing a side panel
+      // narrows or widens it.
+      if (window.ResizeObserver) {
+        new ResizeObserver(() => window.Plotly.Plots.resize(plot)).observe(plot);
+      }
       document.body.dataset.ready = "true";
+      return site.neighboursReady();
+    })
+    .then(() => {
+      document.body.dataset.neighbours = "loaded";
     });
 })();

@@ -1,4 +1,8 @@
-/* The comparison page (every task side by side) and the standalone page of one task. */
+/* The comparison page (every task side by side) and the standalone page of one task.
+ * The maps are linked: hovering a post rings it in every map, selecting posts (box or
+ * lasso) in one map lights the same posts in all of them, and hovering a cluster label
+ * lights that cluster's posts everywhere, so one sees where a group goes under another
+ * instruction. */
 (function () {
   "use strict";
 
@@ -68,18 +72,132 @@
       })
     : null;
 
+  const labelsToggle = document.getElementById("labels-toggle");
+  const status = document.getElementById("linked-status");
+  const clear = document.getElementById("linked-clear");
+  let showLabels = true;
+  let selection = null; // a Set of document indices, or null
+  let selectedIn = null; // the task whose map it was drawn in
+  let clearing = false; // dropping Plotly's own selection is not the reader's deselect
+
+  function ringTrace() {
+    return {
+      type: "scatter",
+      mode: "markers",
+      name: "linked",
+      x: [],
+      y: [],
+      hoverinfo: "skip",
+      showlegend: false,
+      marker: {
+        symbol: "circle-open",
+        size: 16,
+        color: site.prefersDark() ? "#ffffff" : "#111111",
+        line: { width: 2.5 },
+      },
+    };
+  }
+
+  function tracesOf(task) {
+    const labels = site.labelTrace(task, showLabels);
+    if (!only) labels.textfont.size = 11; // panels a third of the page wide
+    return [...site.categoryTraces(task), labels, ringTrace()];
+  }
+
+  // The ring and the labels are the last two traces of every map.
+  const ringOf = (plot) => plot.data.length - 1;
+  const labelsOf = (plot) => plot.data.length - 2;
+
+  /* Ring a post in every map but the hovered one (which shows its own hover label, and
+   * whose redraw would end that hover). */
+  function ring(index, hovered) {
+    for (const { task, plot } of cards) {
+      if (plot === hovered) continue;
+      const at =
+        index === null
+          ? { x: [[]], y: [[]], customdata: [[]] }
+          : { x: [[task.x[index]]], y: [[task.y[index]]], customdata: [[index]] };
+      window.Plotly.restyle(plot, at, [ringOf(plot)]);
+    }
+  }
+
+  function light(perDocument) {
+    return Promise.all(cards.map(({ plot }) => site.restyleOpacity(plot, perDocument)));
+  }
+
+  function showStatus() {
+    if (!status) return;
+    status.textContent = selection
+      ? selection.size + " posts selected in the " + selectedIn + " map, lit in every map"
+      : "Select posts with the box or lasso tool of any map to follow them across the maps.";
+    if (clear) clear.hidden = !selection;
+  }
+
+  function setSelection(picked, taskName) {
+    selection = picked && picked.size ? picked : null;
+    selectedIn = selection ? taskName : null;
+    showStatus();
+    return light(site.dimmedUnlessIn(selection));
+  }
+
+  function link(task, plot) {
+    plot.on("plotly_hover", (event) => {
+      const point = event.points && event.points[0];
+      if (point && point.data.meta === site.DOCUMENTS) ring(point.customdata, plot);
+    });
+    plot.on("plotly_unhover", () => ring(null, plot));
+    site.onLabelHover(plot, (number) =>
+      light(
+        site.dimmedUnlessIn(number === null ? selection : site.clusterMembers(task, number))
+      )
+    );
+    plot.on("plotly_selected", (event) => {
+      if (!event || !event.points || clearing) return;
+      const picked = new Set();
+      for (const point of event.points) {
+        if (point.data.meta === site.DOCUMENTS) picked.add(point.customdata);
+      }
+      // Once Plotly has finished the gesture, its own selection (outline, greyed points) goes:
+      // the selection shows as the same bright posts in every map instead.
+      window.setTimeout(() => {
+        clearing = true;
+        window.Plotly.update(plot, { selectedpoints: [null] }, { selections: [] }).then(() => {
+          clearing = false;
+          setSelection(picked, task.name);
+        });
+      });
+    });
+    plot.on("plotly_deselect", () => {
+      if (!clearing) setSelection(null);
+    });
+  }
+
   const drawn = cards.map(({ task, plot }) => {
     const layout = site.baseLayout();
     layout.showlegend = Boolean(only);
     return window.Plotly.newPlot(
       plot,
-      site.categoryTraces(task),
+      tracesOf(task),
       layout,
       site.plotConfig("qwen-embedding-" + task.name)
     ).then(() => {
+      link(task, plot);
       if (resizer) resizer.observe(plot);
     });
   });
+
+  if (labelsToggle) {
+    labelsToggle.setAttribute("aria-pressed", "true");
+    labelsToggle.addEventListener("click", () => {
+      showLabels = !showLabels;
+      labelsToggle.setAttribute("aria-pressed", String(showLabels));
+      for (const { plot } of cards) {
+        window.Plotly.restyle(plot, { visible: showLabels }, [labelsOf(plot)]);
+      }
+    });
+  }
+  if (clear) clear.addEventListener("click", () => setSelection(null));
+  showStatus();
 
   Promise.all(drawn).then(() => {
     document.body.dataset.ready = "true";
