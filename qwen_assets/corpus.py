@@ -67,6 +67,23 @@ def _doc_id(path: Path) -> str:
     return f"{split}/{path.parent.name}/{path.name}"
 
 
+def _extract_safely(tar: tarfile.TarFile, workdir: Path, archive: Path) -> None:
+    """Extract plain files and folders only, never outside ``workdir``. Python 3.11.4+ has
+    this as the "data" filter; Debian 12's Python 3.11.2 does not, so check by hand there."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(workdir, filter="data")
+        return
+    root = workdir.resolve()
+    for member in tar.getmembers():
+        inside = (root / member.name).resolve().is_relative_to(root)
+        if not inside or not (member.isfile() or member.isdir()):
+            raise CorpusError(
+                f"the archive {archive} holds {member.name!r}, a link or a path outside the "
+                "archive: not extracted"
+            )
+    tar.extractall(workdir)  # every member checked above
+
+
 def fill_sklearn_cache(archive: Path) -> Path:
     """Build scikit-learn's 20 Newsgroups cache from a local archive, as its downloader would."""
     from sklearn.datasets import get_data_home, load_files
@@ -83,7 +100,7 @@ def fill_sklearn_cache(archive: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="20news-") as workdir:
         try:
             with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(workdir, filter="data")
+                _extract_safely(tar, Path(workdir), archive)
         except (tarfile.TarError, OSError, EOFError) as error:
             raise CorpusError(
                 f"the 20 Newsgroups archive {archive} is not a readable .tar.gz ({error})"

@@ -92,3 +92,19 @@ def test_missing_or_corrupt_archive_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(CorpusError, match=r"not a readable \.tar\.gz"):
         fill_sklearn_cache(broken)
     assert not any((tmp_path / "empty_home").rglob("*.pkz")), "nothing half-written is left behind"
+
+
+def test_an_archive_reaching_outside_its_folder_is_refused(tmp_path, monkeypatch):
+    import io
+    import tarfile
+
+    monkeypatch.setenv("SCIKIT_LEARN_DATA", str(tmp_path / "empty_home"))
+    hostile = tmp_path / "hostile.tar.gz"
+    with tarfile.open(hostile, "w:gz") as tar:
+        body = b"planted"
+        member = tarfile.TarInfo("../../planted.txt")
+        member.size = len(body)
+        tar.addfile(member, io.BytesIO(body))
+    with pytest.raises(CorpusError, match=str(hostile)):
+        fill_sklearn_cache(hostile)
+    assert not list(tmp_path.rglob("planted.txt")), "nothing was written outside"
