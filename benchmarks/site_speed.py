@@ -104,8 +104,8 @@ def run() -> str:
         "Chromium from disk. `render-all` is the whole corpus as `python -m benchmarks.run "
         "render-scale` builds it (its vectors come from a hashing vectoriser: drawing cost "
         "depends on the number of posts, not on what the vectors mean). The pages load "
-        "`data.js` (everything a map needs) before the first draw, and `neighbours.js` (the "
-        "neighbour lists) after it.\n\n"
+        "`data.js` (everything a map needs) before the first draw, and `details.js` (the "
+        "neighbour lists and the texts or previews) after it.\n\n"
         + table(
             [
                 "documents",

@@ -4,10 +4,11 @@ The payload is columnar JSON (schema below, versioned by ``SCHEMA_VERSION``): ev
 once, coordinates rounded to what a screen can show, neighbour lists as indices into the
 document columns. ``data.json`` is the whole payload, for any consumer. The pages load it as
 scripts instead, because browsers refuse ``fetch()`` of files opened from disk while a
-``<script src>`` loads from disk and from any host: ``data.js`` is the payload without the
-neighbour lists (``window.QWEN_SITE_DATA``), all a map needs to draw, and ``neighbours.js``
-holds them (``window.QWEN_SITE_NEIGHBOURS``: task -> {"neighbours", "similarity"}), loaded
-after the first draw. The lists are most of the payload, so the first draw waits for less.
+``<script src>`` loads from disk and from any host. ``data.js`` (``window.QWEN_SITE_DATA``)
+is what a map needs to draw: the payload without the neighbour lists and the texts or
+previews. ``details.js`` (``window.QWEN_SITE_DETAILS``: {"tasks": {name: {"neighbours",
+"similarity"}}, "documents": {"text" or "preview": [...]}}) holds those, most of the
+payload, and the pages load it after the first draw.
 
 Schema, version 1::
 
@@ -63,8 +64,10 @@ SCHEMA = "qwen-assets/site-data"
 PUBLISHED_MODE = 0o644  # readable by the web server, whoever it runs as
 SCHEMA_VERSION = 1
 PAYLOAD_GLOBAL = "QWEN_SITE_DATA"
-NEIGHBOURS_GLOBAL = "QWEN_SITE_NEIGHBOURS"
-NEIGHBOUR_FIELDS = ("neighbours", "similarity")
+DETAILS_GLOBAL = "QWEN_SITE_DETAILS"
+DETAILS_FILE = "details.js"
+DETAIL_TASK_FIELDS = ("neighbours", "similarity")
+DETAIL_DOCUMENT_FIELDS = ("text", "preview")
 TEXTS_GLOBAL = "QWEN_SITE_TEXTS"
 TEXT_CHUNK_SIZE = 1000
 TASK_PAGE_TEMPLATE = "task.template.html"
@@ -322,24 +325,34 @@ def write_payload(
         if stale not in chunk_files:
             stale.unlink()
     json_path, script_path = output_dir / "data.json", output_dir / "data.js"
-    drawing, neighbours = split_neighbours(payload)
+    drawing, details = split_details(payload)
     write_atomically(
-        output_dir / "neighbours.js",
-        script_form(encode_payload(neighbours), f"window.{NEIGHBOURS_GLOBAL}"),
+        output_dir / DETAILS_FILE, script_form(encode_payload(details), f"window.{DETAILS_GLOBAL}")
     )
     write_atomically(json_path, encoded)
     write_atomically(script_path, script_form(encode_payload(drawing)))
     return WrittenPayload(json_path, hashlib.sha256(encoded).hexdigest(), len(encoded))
 
 
-def split_neighbours(payload: dict) -> tuple[dict, dict]:
-    """(the payload without the tasks' neighbour lists, those lists by task name)."""
-    drawing = {**payload, "tasks": []}
-    neighbours = {}
-    for task in payload["tasks"]:
-        drawing["tasks"].append({k: v for k, v in task.items() if k not in NEIGHBOUR_FIELDS})
-        neighbours[task["name"]] = {k: task[k] for k in NEIGHBOUR_FIELDS if k in task}
-    return drawing, neighbours
+def split_details(payload: dict) -> tuple[dict, dict]:
+    """(what a map needs to draw, the rest: neighbour lists and texts or previews)."""
+    documents = payload["documents"]
+    drawing = {
+        **payload,
+        "documents": {k: v for k, v in documents.items() if k not in DETAIL_DOCUMENT_FIELDS},
+        "tasks": [
+            {k: v for k, v in task.items() if k not in DETAIL_TASK_FIELDS}
+            for task in payload["tasks"]
+        ],
+    }
+    details = {
+        "tasks": {
+            task["name"]: {k: task[k] for k in DETAIL_TASK_FIELDS if k in task}
+            for task in payload["tasks"]
+        },
+        "documents": {k: documents[k] for k in DETAIL_DOCUMENT_FIELDS if k in documents},
+    }
+    return drawing, details
 
 
 def read_payload(output_dir: Path) -> dict:

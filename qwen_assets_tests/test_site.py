@@ -109,7 +109,7 @@ class Page:
 
     def open(self, path: str = "index.html") -> None:
         self.page.goto(self.root + path)
-        self.page.wait_for_selector("body[data-ready='true']", timeout=30_000)
+        self.page.wait_for_selector("body[data-details='loaded']", timeout=30_000)
 
     def foreign_requests(self) -> list[str]:
         return [url for url in self.requests if not url.startswith(self.root)]
@@ -254,7 +254,7 @@ def test_clicking_a_point_opens_its_neighbours_and_the_link_restores_the_view(pa
 
     page.page.goto("about:blank")
     page.page.goto(url)
-    page.page.wait_for_selector("body[data-ready='true']")
+    page.page.wait_for_selector("body[data-details='loaded']")
     assert page.page.inner_text("#doc-id") == payload["documents"]["id"][first]
     assert page.page.get_attribute("#task-buttons [data-task='topic']", "aria-pressed") == "true"
     assert page.errors == []

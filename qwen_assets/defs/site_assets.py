@@ -112,7 +112,7 @@ def site_assets(
 
     payload_version = fingerprint(
         {
-            "site_data": 5,  # the payload, its files and its tables, as this code writes them
+            "site_data": 6,  # the payload, its files and its tables, as this code writes them
             "site": site.model_dump(),
             # descriptions and targets shape the payload and the figures, not the vectors
             "tasks": {name: task.model_dump() for name, task in settings.tasks.items()},

@@ -21,14 +21,6 @@
 
   const documents = data.documents;
   const count = documents.id.length;
-  // Inline texts: previews are their first characters (as the pipeline cuts them).
-  if (!documents.preview) {
-    documents.preview = documents.text.map((text) =>
-      text.length <= data.preview_chars
-        ? text
-        : text.slice(0, data.preview_chars).replace(/\s+$/, "") + "…"
-    );
-  }
 
   /* Full texts: inline, or loaded on demand from texts/NNNN.js (a script tag, which works
    * from disk where fetch() does not). */
@@ -50,35 +42,51 @@
     return chunkLoads.get(number);
   }
   function textOf(index) {
-    if (documents.text) return Promise.resolve(documents.text[index]);
-    const size = data.texts.chunk_size;
-    return loadChunk(Math.floor(index / size)).then((chunk) => chunk[index % size]);
+    return detailsReady().then(() => {
+      if (documents.text) return documents.text[index];
+      const size = data.texts.chunk_size;
+      return loadChunk(Math.floor(index / size)).then((chunk) => chunk[index % size]);
+    });
   }
   function allTexts() {
-    if (documents.text) return Promise.resolve(documents.text);
-    const loads = [];
-    for (let number = 0; number < data.texts.chunks; number++) loads.push(loadChunk(number));
-    return Promise.all(loads).then((chunks) => chunks.flat());
+    return detailsReady().then(() => {
+      if (documents.text) return documents.text;
+      const loads = [];
+      for (let number = 0; number < data.texts.chunks; number++) loads.push(loadChunk(number));
+      return Promise.all(loads).then((chunks) => chunks.flat());
+    });
   }
-  /* The neighbour lists come in neighbours.js, after the first draw (they are most of the
-   * payload); whatever needs them waits for this. */
-  let neighboursLoad = null;
-  function neighboursReady() {
-    if (data.tasks.every((task) => task.neighbours)) return Promise.resolve();
-    if (!neighboursLoad) {
-      neighboursLoad = new Promise((resolve, reject) => {
+  /* details.js, loaded after the first draw, brings the rest of the payload: the neighbour
+   * lists and the texts (or previews), most of its bytes. Whatever needs them waits for
+   * this; the hover texts, category only until then, are completed in place. */
+  let detailsLoad = null;
+  function detailsReady() {
+    if (!detailsLoad) {
+      detailsLoad = new Promise((resolve, reject) => {
         const script = document.createElement("script");
-        script.src = "neighbours.js";
+        script.src = "details.js";
         script.onload = () => {
-          const lists = window.QWEN_SITE_NEIGHBOURS || {};
-          for (const task of data.tasks) Object.assign(task, lists[task.name]);
+          const details = window.QWEN_SITE_DETAILS || { tasks: {}, documents: {} };
+          for (const task of data.tasks) Object.assign(task, details.tasks[task.name]);
+          Object.assign(documents, details.documents);
+          // Inline texts: previews are their first characters (as the pipeline cuts them).
+          if (!documents.preview) {
+            documents.preview = documents.text.map((text) =>
+              text.length <= data.preview_chars
+                ? text
+                : text.slice(0, data.preview_chars).replace(/\s+$/, "") + "…"
+            );
+          }
+          documents.preview.forEach((preview, index) => {
+            hoverText[index] += "<br>" + wrap(preview, HOVER_WRAP).map(escapeMarkup).join("<br>");
+          });
           resolve();
         };
         script.onerror = () => reject(new Error("cannot load " + script.src));
         document.head.append(script);
       });
     }
-    return neighboursLoad;
+    return detailsLoad;
   }
   const tasksByName = new Map(data.tasks.map((task) => [task.name, task]));
   const docIndex = new Map(documents.id.map((id, index) => [id, index]));
@@ -109,11 +117,10 @@
     return lines;
   }
 
-  // Escaped line by line, then joined with the one tag we add ourselves.
-  const hoverText = documents.preview.map(
-    (preview, index) =>
-      "<b>" + escapeMarkup(data.categories[documents.category[index]]) + "</b><br>" +
-      wrap(preview, HOVER_WRAP).map(escapeMarkup).join("<br>")
+  // Escaped line by line, then joined with the one tag we add ourselves; the preview is
+  // added when details.js has come.
+  const hoverText = documents.category.map(
+    (category) => "<b>" + escapeMarkup(data.categories[category]) + "</b>"
   );
 
   function colourOf(category) {
@@ -335,7 +342,7 @@
   window.QwenSite = {
     data, documents, count, tasksByName, docIndex, byCategory, colourOf, prefersDark,
     baseLayout, plotConfig, traceType, categoryTraces, neighbourhoodChange, keptNeighbours,
-    hoverText, fillTaskPageLinks, formatFigure, textOf, allTexts, escapeMarkup, neighboursReady, DOCUMENTS,
+    hoverText, fillTaskPageLinks, formatFigure, textOf, allTexts, escapeMarkup, detailsReady, DOCUMENTS,
     DIMMED, SHOWN, labelTrace, onLabelHover, clusterMembers, dimmedUnlessIn, restyleOpacity, mostMoved,
   };
 })();

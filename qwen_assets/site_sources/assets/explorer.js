@@ -422,15 +422,15 @@
     });
   }
 
-  /* The map is drawn at once; what needs the neighbour lists (an open post's rings and
-   * panel, the change colouring, what moved most) waits for them. */
+  /* The map is drawn at once; what needs details.js (an open post's rings and panel, the
+   * change colouring, the lists of posts) waits for it. */
   function update(options) {
     writeHash();
     showTaskText();
-    showSelection();
     const animate = options && options.animate;
-    const lists = site.neighboursReady().then(() => {
+    const lists = site.detailsReady().then(() => {
       showPanel();
+      showSelection();
       showMoved();
     });
     if (state.doc !== null || state.colour === "change") return lists.then(() => draw(animate));
@@ -582,9 +582,10 @@
         new ResizeObserver(() => window.Plotly.Plots.resize(plot)).observe(plot);
       }
       document.body.dataset.ready = "true";
-      return site.neighboursReady();
+      return site.detailsReady();
     })
+    .then(() => draw()) // with the previews in the hover texts
     .then(() => {
-      document.body.dataset.neighbours = "loaded";
+      document.body.dataset.details = "loaded";
     });
 })();

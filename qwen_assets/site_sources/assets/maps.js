@@ -199,9 +199,23 @@
   if (clear) clear.addEventListener("click", () => setSelection(null));
   showStatus();
 
-  Promise.all(drawn).then(() => {
-    document.body.dataset.ready = "true";
-  });
+  Promise.all(drawn)
+    .then(() => {
+      document.body.dataset.ready = "true";
+      return site.detailsReady();
+    })
+    .then(() =>
+      // The hover texts now carry the previews.
+      Promise.all(
+        cards.map(({ task, plot }) => {
+          const texts = site.categoryTraces(task).map((trace) => trace.text);
+          return window.Plotly.restyle(plot, { text: texts }, texts.map((_, index) => index));
+        })
+      )
+    )
+    .then(() => {
+      document.body.dataset.details = "loaded";
+    });
   if (window.matchMedia) {
     window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
       for (const plot of container.querySelectorAll(".plot")) {
