@@ -260,6 +260,21 @@
     return Promise.resolve();
   }
 
+  /* Redraw a plot when its box changes size (a grid reflow, a side panel opening, a rotated
+   * phone), but not for the size it is first drawn at: the observer reports that at once,
+   * and a needless redraw of a large WebGL map costs half a second. Call it before the
+   * first draw, which then happens at the size it records. */
+  function followBox(plot) {
+    if (!window.ResizeObserver) return;
+    let last = [plot.clientWidth, plot.clientHeight];
+    new ResizeObserver(() => {
+      const size = [plot.clientWidth, plot.clientHeight];
+      if (size[0] === last[0] && size[1] === last[1]) return;
+      last = size;
+      if (plot.data) window.Plotly.Plots.resize(plot);
+    }).observe(plot);
+  }
+
   /* The posts whose neighbourhood changed most against the reference task: fewest
    * neighbours kept (Jaccard), then furthest moved on the aligned maps. */
   function mostMoved(task, limit) {
@@ -343,6 +358,6 @@
     data, documents, count, tasksByName, docIndex, byCategory, colourOf, prefersDark,
     baseLayout, plotConfig, traceType, categoryTraces, neighbourhoodChange, keptNeighbours,
     hoverText, fillTaskPageLinks, formatFigure, textOf, allTexts, escapeMarkup, detailsReady, DOCUMENTS,
-    DIMMED, SHOWN, labelTrace, onLabelHover, clusterMembers, dimmedUnlessIn, restyleOpacity, mostMoved,
+    DIMMED, SHOWN, labelTrace, onLabelHover, clusterMembers, dimmedUnlessIn, restyleOpacity, mostMoved, followBox,
   };
 })();

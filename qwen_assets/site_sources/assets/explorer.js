@@ -32,6 +32,7 @@
   let hoveredCluster = null;
   let draws = 0;
   let redrawing = false;
+  let firstDrawn = false;
   let lowered = null; // every text in lower case, once the texts are loaded
   let matches = null; // per document: does it contain the query?
   let drawnColour = null;
@@ -428,13 +429,16 @@
     writeHash();
     showTaskText();
     const animate = options && options.animate;
-    const lists = site.detailsReady().then(() => {
-      showPanel();
-      showSelection();
-      showMoved();
-    });
-    if (state.doc !== null || state.colour === "change") return lists.then(() => draw(animate));
-    return draw(animate);
+    const needed = state.doc !== null || state.colour === "change";
+    if (!needed && !firstDrawn) return draw(animate); // details.js loads once the map is up
+    const lists = site.detailsReady().then(showLists);
+    return needed ? lists.then(() => draw(animate)) : draw(animate);
+  }
+
+  function showLists() {
+    showPanel();
+    showSelection();
+    showMoved();
   }
 
   function switchTask(name) {
@@ -550,6 +554,7 @@
 
   readHash();
   buildControls();
+  site.followBox(plot); // opening a side panel narrows the map
   runSearch()
     .then(() => update())
     .then(() => {
@@ -578,14 +583,17 @@
       });
       // The map follows its own box, not only the window: opening or closing a side panel
       // narrows or widens it.
-      if (window.ResizeObserver) {
-        new ResizeObserver(() => window.Plotly.Plots.resize(plot)).observe(plot);
-      }
       document.body.dataset.ready = "true";
+      performance.mark("qwen-drawn"); // for benchmarks/site_speed.py
+      firstDrawn = true;
       return site.detailsReady();
     })
-    .then(() => draw()) // with the previews in the hover texts
+    .then(() => {
+      showLists();
+      return draw(); // with the previews in the hover texts
+    })
     .then(() => {
       document.body.dataset.details = "loaded";
+      performance.mark("qwen-details");
     });
 })();

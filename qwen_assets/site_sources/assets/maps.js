@@ -63,14 +63,6 @@
     return { task, plot };
   });
 
-  // A plot follows its panel's size (a grid reflow, a rotated phone), not only the window's.
-  const resizer = window.ResizeObserver
-    ? new ResizeObserver((entries) => {
-        for (const entry of entries) {
-          if (entry.target.data) window.Plotly.Plots.resize(entry.target);
-        }
-      })
-    : null;
 
   const labelsToggle = document.getElementById("labels-toggle");
   const status = document.getElementById("linked-status");
@@ -173,6 +165,7 @@
   }
 
   const drawn = cards.map(({ task, plot }) => {
+    site.followBox(plot); // a plot follows its panel's size, not only the window's
     const layout = site.baseLayout();
     layout.showlegend = Boolean(only);
     return window.Plotly.newPlot(
@@ -182,7 +175,6 @@
       site.plotConfig("qwen-embedding-" + task.name)
     ).then(() => {
       link(task, plot);
-      if (resizer) resizer.observe(plot);
     });
   });
 
