@@ -1,4 +1,4 @@
-"""Run the benchmarks: ``python -m benchmarks.run [http|incremental|growth|render-scale|site]``.
+"""Run the benchmarks: ``python -m benchmarks.run [NAME ...]`` (names below; default: all).
 
 Each writes its section of benchmarks/RESULTS.md. Needs the dev extra and, for the pipeline
 benchmarks, QWEN_ASSETS_NEWSGROUPS_ARCHIVE (as the tests do).
@@ -17,6 +17,7 @@ BENCHMARKS = {
     "incremental": "benchmarks.incremental",
     "growth": "benchmarks.growth",
     "render-scale": "benchmarks.render_scale",
+    "local-cpu": "benchmarks.local_cpu",
     "site": "benchmarks.site_speed",
 }
 
