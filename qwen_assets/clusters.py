@@ -94,11 +94,11 @@ def distinctive_words(
     cluster's words, times log(1 + A / its count over all clusters), A the mean words per
     cluster. The unclustered posts count as one more class, so a word common everywhere
     scores low everywhere."""
-    classes = sorted(set(np.asarray(membership).tolist()))
-    joined = [
-        " ".join(text for text, member in zip(texts, membership, strict=True) if member == number)
-        for number in classes
-    ]
+    by_class: dict[int, list[str]] = {}
+    for text, member in zip(texts, np.asarray(membership).tolist(), strict=True):
+        by_class.setdefault(member, []).append(text)
+    classes = sorted(by_class)
+    joined = [" ".join(by_class[number]) for number in classes]
     vectorizer = CountVectorizer(stop_words=STOP_WORDS, token_pattern=WORD_PATTERN)
     try:
         counts = vectorizer.fit_transform(joined)
