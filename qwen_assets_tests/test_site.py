@@ -1,6 +1,7 @@
 """The published site in a real browser (Debian's chromium driven by Playwright), opened
 from disk and from a loopback HTTP server, built from the session's real pipeline run."""
 
+import csv
 import io
 import json
 import os
@@ -386,6 +387,14 @@ def test_a_phone_in_dark_mode_gets_a_fitting_dark_page(browser, root):
             "() => document.querySelector('#plot .nsewdrag').getBoundingClientRect().bottom"
         )
         assert legend_top >= map_bottom - 1, "the legend sits below the map"
+
+        # A selection panel full of long post previews must not widen the page either.
+        some = ",".join(phone.page.evaluate("() => QWEN_SITE_DATA.documents.id.slice(0, 40)"))
+        phone.page.goto("about:blank")
+        phone.open("index.html#sel=" + some)
+        assert phone.page.locator("#selection").is_visible()
+        width = phone.page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 390, f"a selection makes the page {width}px wide"
     finally:
         phone.close()
 
@@ -588,8 +597,6 @@ def test_a_box_selection_is_listed_followed_across_tasks_linked_and_exported(
         assert {row["task"] for row in rows} == {second}
         with page.expect_download() as download:
             page.click("#export-csv")
-        import csv
-
         table = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
         assert [row["doc_id"] for row in table] == [row["doc_id"] for row in rows]
         # CSV keeps each text whole; one a spreadsheet would read as a formula is quoted.
@@ -612,8 +619,6 @@ def test_an_exported_post_never_becomes_a_spreadsheet_formula(browser, site_dir,
         assert opened.page.inner_text("#selection-count") == "1 post selected"
         with opened.page.expect_download() as download:
             opened.page.click("#export-csv")
-        import csv
-
         (row,) = csv.DictReader(io.StringIO(Path(download.value.path()).read_text()))
         assert row["doc_id"] == formula_id
         assert row["text"] == "'" + payload["documents"]["text"][1], "kept, but as text"
