@@ -92,7 +92,7 @@ from qwen_assets.settings import load_settings
 @asset
 def long_query() -> None:
     threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
-    duckdb.sql("SELECT max(md5(i::VARCHAR)) FROM range(2000000000) t(i)").fetchall()
+    duckdb.sql("SELECT max(md5(i::VARCHAR)) FROM range(20000000) t(i)").fetchall()  # ~3 s
 
 defs = Definitions(assets=[long_query], jobs=[define_asset_job(BUILD_JOB)])
 with DagsterInstance.from_config(sys.argv[1]) as instance:
@@ -107,7 +107,9 @@ with DagsterInstance.from_config(sys.argv[1]) as instance:
 def test_an_interrupt_that_duckdb_turns_into_its_own_error_still_stops_the_build():
     """DuckDB answers an interrupt that lands inside a query with "Query interrupted" and drops
     the interrupt: the build must still stop as interrupted (exit 130 in the CLI), not report a failure.
-    (In a subprocess: under pytest's faulthandler, DuckDB does not see the signal.)"""
+    (In a subprocess: under pytest's faulthandler, DuckDB does not see the signal. DuckDB 2.0
+    at times looks at the signal only once the query ends, so the query is finite: either way
+    the build must stop as interrupted.)"""
     with instance_for_test() as instance:
         finished = subprocess.run(
             [sys.executable, "-c", INTERRUPTED_QUERY, instance.root_directory],
