@@ -62,14 +62,20 @@ class BuildDisplay(logging.Handler):
         self.console.print(text, markup=False)
 
     def emit(self, record: logging.LogRecord) -> None:
+        note = getattr(record, "embedding_note", None)
+        if note is not None:
+            (self.bar.console.log if self.bar is not None else self.line)(f"  {note}")
+            return
         report = getattr(record, "embedding_progress", None)
         if report is None:
             return
-        rate = report.done / report.elapsed if report.elapsed > 0 else 0.0
+        from qwen_assets.embedding.core import duration
+
+        rate = report.rate
         if report.label not in self.tasks:
             self.line(
                 f"  embedding {report.label or 'texts'}: {report.total} to embed, {report.cached} "
-                f"from the cache ({report.backend} backend, {report.model})"
+                f"from the cache ({report.backend}, model {report.model})"
             )
             self.tasks[report.label] = self._add_bar(report) if self.live else 0
             return
@@ -84,10 +90,10 @@ class BuildDisplay(logging.Handler):
         quarter = 4 * report.done // max(report.total, 1)
         if quarter > self.tasks[report.label]:
             self.tasks[report.label] = quarter
-            left = (report.total - report.done) / rate if rate else 0.0
+            left = duration((report.total - report.done) / rate) if rate else "unknown time"
             self.line(
                 f"  embedding {report.label}: {report.done}/{report.total} texts, "
-                f"{rate:.1f} texts/s, {left:.0f}s left, {report.retries} retries"
+                f"{rate:.1f} texts/s, about {left} left, {report.retries} retries"
             )
 
     def _add_bar(self, report) -> int:

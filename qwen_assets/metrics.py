@@ -50,6 +50,24 @@ def neighbourhood_overlap(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return overlap
 
 
+@dataclass(frozen=True)
+class Agreement:
+    """How closely two sets of vectors for the same texts agree (a faster runtime's against
+    the model's own): per-text cosine, and how many of each text's neighbours they share."""
+
+    min_cosine: float
+    mean_cosine: float
+    neighbour_jaccard: float  # mean over texts, top-k neighbours
+
+
+def agreement(reference: np.ndarray, other: np.ndarray, k: int = 10) -> Agreement:
+    cosines = (normalise(reference, None) * normalise(other, None)).sum(axis=1)
+    overlap = neighbourhood_overlap(
+        nearest_neighbours(reference, k)[0], nearest_neighbours(other, k)[0]
+    )
+    return Agreement(float(cosines.min()), float(cosines.mean()), float(overlap.mean()))
+
+
 def knn_accuracy(neighbours: np.ndarray, labels: np.ndarray) -> float:
     """Leave-one-out k-NN: how often the majority category of a document's neighbours is its
     own (ties go to the category listed first)."""

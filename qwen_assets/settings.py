@@ -154,11 +154,20 @@ class HttpSettings(_Section):
         return value.rstrip("/")
 
 
+# How the in-process model runs: "torch" (its own float32 weights) or "onnx-int8" (exported
+# once to ONNX with int8 weights, run by ONNX Runtime on the CPU: several times faster there,
+# and vectors that differ slightly, so they are cached and versioned apart).
+LOCAL_RUNTIMES = ("torch", "onnx-int8")
+
+
 class LocalSettings(_Section):
     model: str | None = None
     device: str = "auto"
     batch_size: PositiveInt = 16
     max_seq_length: PositiveInt | None = None
+    runtime: Literal[LOCAL_RUNTIMES] = "torch"  # type: ignore[valid-type]
+    # Where models exported for runtime "onnx-int8" are kept, so the export is paid once.
+    exported_models: Annotated[str, Field(min_length=1)] = "data/models"
 
     @field_validator("device")
     @classmethod
@@ -166,6 +175,15 @@ class LocalSettings(_Section):
         if not re.match(r"^(auto|cpu|mps|cuda(:\d+)?)$", value):
             raise ValueError('must be "auto", "cpu", "mps", "cuda" or "cuda:N"')
         return value
+
+    @model_validator(mode="after")
+    def _runtime_on_cpu(self) -> LocalSettings:
+        if self.runtime != "torch" and self.device not in ("auto", "cpu"):
+            raise ValueError(
+                f'runtime "{self.runtime}" runs on the CPU: set device = "cpu" (or "auto"), '
+                'or runtime = "torch" to use the GPU'
+            )
+        return self
 
 
 class EmbeddingSettings(_Section):
@@ -188,6 +206,19 @@ class EmbeddingSettings(_Section):
         if value.count("{text}") != 1 or value.count("{instruction}") != 1:
             raise ValueError("must contain {instruction} and {text} once each")
         return value
+
+    @property
+    def runtime_changes_vectors(self) -> bool:
+        """The in-process runtime gives other numbers than the model's own weights. With
+        backend "auto" the local backend may run, so it counts there too."""
+        return self.backend != "http" and self.local.runtime != "torch"
+
+    def cache_model(self, backend: str) -> str:
+        """The name ``backend``'s vectors are cached under: the model, marked with the local
+        runtime when that runtime changes the numbers, so two precisions never mix."""
+        if backend == "local" and self.local.runtime != "torch":
+            return f"{self.model} ({self.local.runtime})"
+        return self.model
 
 
 class UmapSettings(_Section):
@@ -309,14 +340,15 @@ class Settings(_Section):
 
     def task_version(self, task: str) -> str:
         """Changes exactly when the vectors of ``task`` would change."""
-        return fingerprint(
-            {
-                "instruction": self.tasks[task].instruction,
-                "template": self.embedding.prompt_template,
-                "model": self.embedding.model,
-                "dimensions": self.embedding.dimensions,
-            }
-        )
+        version: dict[str, Any] = {
+            "instruction": self.tasks[task].instruction,
+            "template": self.embedding.prompt_template,
+            "model": self.embedding.model,
+            "dimensions": self.embedding.dimensions,
+        }
+        if self.embedding.runtime_changes_vectors:  # absent for torch: older versions stand
+            version["runtime"] = self.embedding.local.runtime
+        return fingerprint(version)
 
 
 def default_settings_path() -> Path:

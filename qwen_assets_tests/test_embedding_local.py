@@ -1,25 +1,64 @@
-"""The in-process backend on a real small model."""
+"""The in-process backend on a real small model, in both runtimes."""
 
 import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 
-from qwen_assets.embedding import build_backend, embed_texts, resolve_backend
+from qwen_assets.embedding import (
+    EmbeddingConfigError,
+    build_backend,
+    embed_texts,
+    quantized,
+    resolve_backend,
+)
+from qwen_assets.embedding.cache import TABLE
+from qwen_assets.metrics import agreement
 from qwen_assets.settings import parse_settings
+from qwen_assets.storage import read_table
 from qwen_assets.testing import TEST_MAX_SEQ_LENGTH, minilm_path, settings_dict
 
+TOPIC_PREFIX = "Instruct: Identify the topic or theme of the given text\nQuery:"
 
-def local_settings(**embedding):
+
+def local_settings(runtime="torch", exported_models="data/models", **embedding):
+    local = {
+        "device": "cpu",
+        "max_seq_length": TEST_MAX_SEQ_LENGTH,
+        "runtime": runtime,
+        "exported_models": str(exported_models),
+    }
     return parse_settings(
         settings_dict(
-            embedding={
-                "model": minilm_path(),
-                "backend": "local",
-                "local": {"device": "cpu", "max_seq_length": TEST_MAX_SEQ_LENGTH},
-                **embedding,
-            }
+            embedding={"model": minilm_path(), "backend": "local", "local": local, **embedding}
         )
     ).embedding
+
+
+@pytest.fixture(scope="session")
+def exported_models(tmp_path_factory) -> Path:
+    """Where the int8 export of the small model is kept: made by the first test that needs it."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def sample_texts(built) -> list[str]:
+    return read_table(built.database, "SELECT text FROM newsgroups_sample ORDER BY position")[
+        "text"
+    ].tolist()
+
+
+def embed(texts, settings, cache, log=None, prefix=TOPIC_PREFIX):
+    log = log or logging.getLogger("test")
+    backend = build_backend("local", settings, None, log)
+    return embed_texts(texts, prefix, settings, backend, str(cache), log)
 
 
 def test_a_paraphrase_is_nearer_than_an_unrelated_text(tmp_path):
@@ -62,3 +101,124 @@ def test_auto_backend_prefers_http_only_when_a_key_is_set():
     assert resolve_backend(settings, {})[0] == "local"
     assert resolve_backend(settings, {"SILICONFLOW_API_KEY": "x"})[0] == "http"
     assert "not set" in resolve_backend(settings, {})[1]
+
+
+def test_the_int8_runtime_draws_the_same_maps_as_the_models_own_weights(
+    sample_texts, exported_models, tmp_path
+):
+    reference, _ = embed(sample_texts, local_settings(), tmp_path / "torch.duckdb")
+    fast, stats = embed(
+        sample_texts, local_settings("onnx-int8", exported_models), tmp_path / "int8.duckdb"
+    )
+    assert stats.computed == len(set(sample_texts)) and fast.shape == reference.shape
+    assert np.allclose(np.linalg.norm(fast, axis=1), 1, atol=1e-5)
+    agreed = agreement(reference, fast, k=10)
+    assert agreed.min_cosine >= 0.99, agreed
+    assert agreed.neighbour_jaccard >= 0.9, agreed
+    assert agreed.min_cosine < 1, "the int8 vectors differ from float32 ones, or nothing ran"
+
+
+def test_two_runtimes_never_share_cached_vectors(sample_texts, exported_models, tmp_path):
+    cache = tmp_path / "cache.duckdb"
+    texts = sample_texts[:40]
+    _, first = embed(texts, local_settings(), cache)
+    _, second = embed(texts, local_settings("onnx-int8", exported_models), cache)
+    assert (first.cache_hits, second.cache_hits) == (0, 0)
+    assert second.model.endswith("(onnx-int8)")
+    for runtime in ("torch", "onnx-int8"):
+        _, again = embed(texts, local_settings(runtime, exported_models), cache)
+        assert (again.cache_hits, again.computed) == (40, 0), runtime
+    rows = read_table(str(cache), f"SELECT model, count(*) AS n FROM {TABLE} GROUP BY model")
+    assert sorted(rows["n"]) == [40, 40] and first.model in set(rows["model"])
+
+
+def export_in_a_subprocess(folder: Path) -> subprocess.Popen:
+    script = (
+        "import logging, sys; from pathlib import Path\n"
+        "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+        "from qwen_assets.embedding import quantized\n"
+        "from qwen_assets.embedding.local import load_model\n"
+        f"model = load_model({minilm_path()!r}, 'cpu', {TEST_MAX_SEQ_LENGTH})\n"
+        f"print(quantized.exported_model('minilm', model, Path({str(folder)!r}), "
+        "logging.getLogger('export')))\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def wait_for_staging(export: subprocess.Popen, folder: Path) -> None:
+    """Until ``export`` is a second into exporting (its staging folder exists)."""
+    deadline = time.monotonic() + 120
+    while not list(folder.glob(".*.staging-*/float32")):
+        assert export.poll() is None, export.stdout.read()
+        assert time.monotonic() < deadline, "the export never started"
+        time.sleep(0.1)
+    time.sleep(1)
+
+
+def test_an_export_killed_half_way_leaves_nothing_that_blocks_the_next(tmp_path, minilm):
+    from qwen_assets.embedding import quantized
+
+    folder = tmp_path / "models"
+    victim = export_in_a_subprocess(folder)
+    wait_for_staging(victim, folder)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert list(folder.glob(".*.staging-*")), "killed while exporting, as intended"
+
+    # The next build: its export runs (the dead one's lock is gone) and clears the remains.
+    exported = quantized.exported_model("minilm", minilm, folder, logging.getLogger("test"))
+    assert exported.exists() and exported.parent.parent == folder
+    assert not list(folder.glob(".*.staging-*"))
+    assert [path.name for path in folder.iterdir() if not path.name.startswith(".")] == [
+        exported.parent.name
+    ]
+
+
+def test_ctrl_c_during_an_export_leaves_no_half_model(tmp_path):
+    folder = tmp_path / "models"
+    export = export_in_a_subprocess(folder)
+    wait_for_staging(export, folder)
+    export.send_signal(signal.SIGINT)
+    output = export.communicate(timeout=120)[0]
+    assert export.returncode != 0 and "KeyboardInterrupt" in output
+    assert list(folder.iterdir()) == [next(folder.glob(".*.lock"))], "only the (free) lock file"
+
+
+def test_two_builds_at_once_export_once(tmp_path):
+    folder = tmp_path / "models"
+    first, second = export_in_a_subprocess(folder), export_in_a_subprocess(folder)
+    outputs = [process.communicate(timeout=600)[0] for process in (first, second)]
+    assert [process.returncode for process in (first, second)] == [0, 0], outputs
+    assert sum(output.count("exporting minilm") for output in outputs) == 1, outputs
+    assert len({output.strip().splitlines()[-1] for output in outputs}) == 1, outputs
+
+
+def test_a_damaged_export_is_made_again_and_gives_the_same_vectors(
+    sample_texts, exported_models, tmp_path, caplog
+):
+    texts = sample_texts[:24]
+    intact, _ = embed(texts, local_settings("onnx-int8", exported_models), tmp_path / "a.duckdb")
+    folder = tmp_path / "models"
+    shutil.copytree(exported_models, folder)
+    (onnx_file,) = folder.glob(f"*/{quantized.MODEL_FILE}")
+    onnx_file.write_bytes(b"not a model")  # as a disk or an editor might leave it
+
+    with caplog.at_level(logging.INFO):
+        again, stats = embed(texts, local_settings("onnx-int8", folder), tmp_path / "b.duckdb")
+    assert stats.computed == len(texts)
+    assert "cannot be loaded" in caplog.text and "exporting again" in caplog.text
+    assert np.allclose(again, intact, atol=1e-6), "the new export is the same model"
+    assert len(onnx_file.read_bytes()) > 1000
+
+
+def test_the_int8_runtime_without_its_extra_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    settings = local_settings("onnx-int8", tmp_path)
+    with pytest.raises(EmbeddingConfigError, match=r"pip install 'qwen_assets\[local,onnx\]'"):
+        embed(["a text"], settings, tmp_path / "c.duckdb")

@@ -162,6 +162,24 @@ def test_only_what_is_stale_is_rebuilt(copy_of_project, server):
     assert server.received == [], "a UMAP setting never re-embeds"
 
 
+def test_switching_the_local_runtime_makes_exactly_the_embeddings_stale(copy_of_project):
+    settings_file, instance = copy_of_project
+    assert rebuild_stale(instance, load_settings(settings_file), log=lambda line: None).succeeded
+
+    def plan():
+        settings = load_settings(settings_file)
+        return stale_plan(build_definitions(settings), instance, instruction_versions(settings))
+
+    edit(settings_file, 'backend = "http"', 'backend = "local"')
+    assert plan().empty, "the model's own float32 vectors, from the API or in process, are one"
+    edit(settings_file, 'runtime = "torch"', 'runtime = "onnx-int8"')
+    switched = plan()
+    assert switched.by_task == {
+        task: [AssetKey("task_embeddings"), AssetKey("umap_coordinates")] for task in TASKS
+    }
+    assert set(switched.after) == AFTER_THE_MAPS and not switched.before
+
+
 def sensor_tick(settings_file: Path, instance):
     """One tick of the rebuild sensor, on definitions freshly loaded from the settings file."""
     defs = build_definitions(load_settings(settings_file))

@@ -60,6 +60,16 @@ def test_defaults_reproduce_the_published_demo():
         ),
         ({"publish": {"git_branch": "gh pages; rm"}}, "publish.git_branch", "match pattern"),
         ({"site": {"label_min_share": 0}}, "site.label_min_share", "greater than 0"),
+        (
+            {"embedding": {"local": {"runtime": "onnx"}}},
+            "embedding.local.runtime",
+            "'torch' or 'onnx-int8'",
+        ),
+        (
+            {"embedding": {"local": {"runtime": "onnx-int8", "device": "cuda"}}},
+            "embedding.local",
+            'runs on the CPU: set device = "cpu"',
+        ),
     ],
 )
 def test_bad_settings_name_the_key_and_what_is_allowed(overrides, key, says):
@@ -103,6 +113,20 @@ def test_task_version_changes_only_with_that_tasks_prompt():
         for t in ("default", "sentiment", "toxicity")
     )
     assert before.corpus.sample_fingerprint() == after.corpus.sample_fingerprint()
+
+
+def test_the_local_runtime_versions_every_task_only_when_it_can_change_the_vectors():
+    def versions(**embedding):
+        settings = parse_settings(settings_dict(embedding=embedding))
+        return [settings.task_version(task) for task in settings.task_names]
+
+    torch = versions(backend="local")
+    int8 = versions(backend="local", local={"runtime": "onnx-int8"})
+    assert all(a != b for a, b in zip(torch, int8, strict=True))
+    assert versions(backend="auto", local={"runtime": "onnx-int8"}) == int8
+    assert versions(backend="http", local={"runtime": "onnx-int8"}) == versions(backend="http")
+    assert versions(backend="http") == torch, "torch vectors are the model's own, as the API's"
+    assert versions(backend="local", local={"exported_models": "elsewhere"}) == torch
 
 
 def test_a_task_target_must_be_a_known_property():

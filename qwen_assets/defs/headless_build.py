@@ -97,7 +97,10 @@ def _plan_only(
 
 def _describe(plan: StalePlan, changed: list[str], log: Log) -> None:
     for task in changed:
-        log(f"instruction of task {task!r} changed (or was never recorded)")
+        log(
+            f"the prompt of task {task!r} changed, or what embeds it (model, size, runtime), "
+            "or it was never recorded"
+        )
     if plan.empty:
         log("everything is fresh: nothing to build")
     for target, reason in plan.reasons.items():

@@ -70,7 +70,7 @@ def embed_texts(
     label: str = "",
 ) -> tuple[np.ndarray, EmbeddingStats]:
     """Unit-length vectors for ``prefix + text``, one row per text, in order."""
-    cache = EmbeddingCache(cache_database, settings.model, settings.dimensions)
+    cache = EmbeddingCache(cache_database, settings.cache_model(backend.name), settings.dimensions)
     return embed_prompts(
         texts,
         prefix,

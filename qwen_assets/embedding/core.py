@@ -53,6 +53,7 @@ Deliver = Callable[[Batch, np.ndarray, int], None]
 
 class Backend(Protocol):
     name: str
+    summary: str  # for people: "local backend on cpu, runtime torch", "http backend, <host>"
     requests: int  # requests (or local batches) made so far
     retries: int
 
@@ -94,6 +95,13 @@ PROGRESS_LOGGER.propagate = False
 PROGRESS_LOGGER.setLevel(logging.INFO)
 
 
+def announce(log: logging.Logger, message: str) -> None:
+    """A step worth a line where people watch (a model's first export), in the run's log
+    and on the command line's display."""
+    log.info(message)
+    PROGRESS_LOGGER.info(message, extra={"embedding_note": message})
+
+
 @dataclass(frozen=True)
 class ProgressReport:
     """One update: ``done`` of ``total`` texts to embed (cache hits are not counted)."""
@@ -106,6 +114,7 @@ class ProgressReport:
     cached: int
     retries: int
     elapsed: float
+    rate: float  # texts/s since the first batch; 0 until a second one arrives
 
 
 @dataclass
@@ -114,12 +123,16 @@ class Progress:
     and tokens to the run's log at most every ``interval`` seconds."""
 
     stats: EmbeddingStats
+    summary: str
     log: logging.Logger
     to_compute: int
     label: str = ""
     interval: float = 2.0
     started: float = field(default_factory=time.monotonic)
     last: float = 0.0
+    # The rate counts from the first batch back: loading (or exporting) a model is not speed.
+    first_done: int = 0
+    first_at: float | None = None
 
     def report(self) -> None:
         PROGRESS_LOGGER.info(
@@ -127,34 +140,52 @@ class Progress:
             extra={
                 "embedding_progress": ProgressReport(
                     label=self.label,
-                    backend=self.stats.backend,
+                    backend=self.summary,
                     model=self.stats.model,
                     done=self.stats.computed,
                     total=self.to_compute,
                     cached=self.stats.cache_hits,
                     retries=self.stats.retries,
                     elapsed=time.monotonic() - self.started,
+                    rate=self.rate(time.monotonic()),
                 )
             },
         )
 
+    def rate(self, now: float) -> float:
+        if self.first_at is None or now <= self.first_at:
+            return 0.0
+        return (self.stats.computed - self.first_done) / (now - self.first_at)
+
     def update(self) -> None:
-        self.report()
         now = time.monotonic()
+        if self.first_at is None:
+            self.first_done, self.first_at = self.stats.computed, now
+        self.report()
         if now - self.last < self.interval:
             return
         self.last = now
-        elapsed = max(now - self.started, 1e-9)
+        rate = self.rate(now)
         self.log.info(
-            "embedded %d/%d texts (%.0f%%), %.1f texts/s, %d requests, %d retries, %d tokens",
+            "embedded %d/%d texts (%.0f%%), %.1f texts/s, about %s left, %d requests, %d retries, "
+            "%d tokens",
             self.stats.computed,
             self.to_compute,
             100 * self.stats.computed / max(self.to_compute, 1),
-            self.stats.computed / elapsed,
+            rate,
+            duration((self.to_compute - self.stats.computed) / rate) if rate else "unknown time",
             self.stats.requests,
             self.stats.retries,
             self.stats.tokens,
         )
+
+
+def duration(seconds: float) -> str:
+    """Seconds for people: "45s", "12 min", "3 h 20 min"."""
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
 def normalise(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
@@ -226,15 +257,15 @@ def embed_prompts(
             missing.setdefault(key, text)
     missing_keys, missing_texts = list(missing), list(missing.values())
     log.info(
-        "%s backend, model %s: %d texts, %d from the cache, %d to embed",
-        backend.name,
+        "%s, model %s: %d texts, %d from the cache, %d to embed",
+        backend.summary,
         cache.model,
         len(texts),
         stats.cache_hits,
         len(missing_texts),
     )
     expected = dimensions or (len(next(iter(found.values()))) if found else None)
-    progress = Progress(stats, log, len(missing_texts), label)
+    progress = Progress(stats, backend.summary, log, len(missing_texts), label)
     progress.report()
 
     def deliver(batch: Batch, raw: np.ndarray, tokens: int) -> None:

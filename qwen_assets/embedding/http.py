@@ -100,6 +100,7 @@ class HttpBackend:
         self._api_key = api_key or None
         self.requests = 0
         self.retries = 0
+        self.summary = f"http backend, {httpx.URL(settings.base_url).host}"
         if self._api_key is None and not is_loopback(settings.base_url):
             raise EmbeddingConfigError(
                 f"the HTTP backend needs an API key for {settings.base_url}: set the environment "
