@@ -125,6 +125,10 @@ def test_two_runtimes_never_share_cached_vectors(sample_texts, exported_models, 
     _, second = embed(texts, local_settings("onnx-int8", exported_models), cache)
     assert (first.cache_hits, second.cache_hits) == (0, 0)
     assert second.model.endswith("(onnx-int8)")
+    assert (first.runs_on, second.runs_on) == (
+        "local backend on cpu, runtime torch",
+        "local backend on cpu, runtime onnx-int8",
+    )
     for runtime in ("torch", "onnx-int8"):
         _, again = embed(texts, local_settings(runtime, exported_models), cache)
         assert (again.cache_hits, again.computed) == (40, 0), runtime

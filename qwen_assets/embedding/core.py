@@ -66,6 +66,7 @@ class Backend(Protocol):
 class EmbeddingStats:
     backend: str
     model: str
+    runs_on: str = ""  # the backend's summary: device and runtime, or host
     total: int = 0
     cache_hits: int = 0
     computed: int = 0
@@ -77,6 +78,7 @@ class EmbeddingStats:
     def as_metadata(self) -> dict[str, object]:
         return {
             "backend": self.backend,
+            "runs_on": self.runs_on,
             "model": self.model,
             "texts": self.total,
             "cache_hits": self.cache_hits,
@@ -247,7 +249,9 @@ def embed_prompts(
     """Vectors for ``prefix + text`` of every text, computing only what the cache lacks.
     ``label`` names the texts in progress reports (the task)."""
     started = time.monotonic()
-    stats = EmbeddingStats(backend=backend.name, model=cache.model, total=len(texts))
+    stats = EmbeddingStats(
+        backend=backend.name, model=cache.model, runs_on=backend.summary, total=len(texts)
+    )
     keys = [prompt_key(prefix + text) for text in texts]
     found = cache.lookup(keys)
     stats.cache_hits = sum(key in found for key in keys)
