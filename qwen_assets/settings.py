@@ -155,7 +155,7 @@ class HttpSettings(_Section):
 
 
 # How the in-process model runs: "torch" (its own float32 weights) or "onnx-int8" (exported
-# once to ONNX with int8 weights, run by ONNX Runtime on the CPU: several times faster there,
+# once to ONNX with 8-bit weights, run by ONNX Runtime on the CPU: about twice as fast there,
 # and vectors that differ slightly, so they are cached and versioned apart).
 LOCAL_RUNTIMES = ("torch", "onnx-int8")
 
