@@ -64,7 +64,7 @@ class BuildDisplay(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         note = getattr(record, "embedding_note", None)
         if note is not None:
-            (self.bar.console.log if self.bar is not None else self.line)(f"  {note}")
+            self.line(f"  {note}")  # printed above a live bar, which shares the console
             return
         report = getattr(record, "embedding_progress", None)
         if report is None:

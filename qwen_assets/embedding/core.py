@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -115,7 +115,6 @@ class ProgressReport:
     total: int
     cached: int
     retries: int
-    elapsed: float
     rate: float  # texts/s since the first batch; 0 until a second one arrives
 
 
@@ -125,12 +124,10 @@ class Progress:
     and tokens to the run's log at most every ``interval`` seconds."""
 
     stats: EmbeddingStats
-    summary: str
     log: logging.Logger
     to_compute: int
     label: str = ""
     interval: float = 2.0
-    started: float = field(default_factory=time.monotonic)
     last: float = 0.0
     # The rate counts from the first batch back: loading (or exporting) a model is not speed.
     first_done: int = 0
@@ -142,13 +139,12 @@ class Progress:
             extra={
                 "embedding_progress": ProgressReport(
                     label=self.label,
-                    backend=self.summary,
+                    backend=self.stats.runs_on,
                     model=self.stats.model,
                     done=self.stats.computed,
                     total=self.to_compute,
                     cached=self.stats.cache_hits,
                     retries=self.stats.retries,
-                    elapsed=time.monotonic() - self.started,
                     rate=self.rate(time.monotonic()),
                 )
             },
@@ -269,7 +265,7 @@ def embed_prompts(
         len(missing_texts),
     )
     expected = dimensions or (len(next(iter(found.values()))) if found else None)
-    progress = Progress(stats, backend.summary, log, len(missing_texts), label)
+    progress = Progress(stats, log, len(missing_texts), label)
     progress.report()
 
     def deliver(batch: Batch, raw: np.ndarray, tokens: int) -> None:

@@ -21,6 +21,8 @@
 
   const documents = data.documents;
   const count = documents.id.length;
+  // Smaller points where there are many, so clusters stay readable.
+  const MARKER_SIZE = count > 5000 ? 3 : count > 2000 ? 4 : 6;
 
   /* Full texts: inline, or loaded on demand from texts/NNNN.js (a script tag, which works
    * from disk where fetch() does not). */
@@ -295,7 +297,6 @@
    * `ids` let transitions move each document from its old place to its new one. */
   function categoryTraces(task, options) {
     const opacity = (options && options.opacity) || null;
-    const size = count > 5000 ? 3 : count > 2000 ? 4 : 6;
     return byCategory.map((members, category) => ({
       type: traceType(),
       mode: "markers",
@@ -309,7 +310,7 @@
       hovertemplate: "%{text}<extra></extra>",
       marker: {
         color: colourOf(category),
-        size: size,
+        size: MARKER_SIZE,
         opacity: opacity ? members.map((index) => opacity[index]) : SHOWN,
       },
     }));
@@ -358,6 +359,6 @@
     data, documents, count, tasksByName, docIndex, byCategory, colourOf, prefersDark,
     baseLayout, plotConfig, traceType, categoryTraces, neighbourhoodChange, keptNeighbours,
     hoverText, fillTaskPageLinks, formatFigure, textOf, allTexts, escapeMarkup, detailsReady, DOCUMENTS,
-    DIMMED, SHOWN, labelTrace, onLabelHover, clusterMembers, dimmedUnlessIn, restyleOpacity, mostMoved, followBox,
+    DIMMED, SHOWN, MARKER_SIZE, labelTrace, onLabelHover, clusterMembers, dimmedUnlessIn, restyleOpacity, mostMoved, followBox,
   };
 })();

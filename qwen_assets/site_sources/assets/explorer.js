@@ -100,7 +100,7 @@
         cmax: 1,
         colorscale: "Viridis",
         reversescale: true,
-        size: count > 5000 ? 3 : count > 2000 ? 4 : 6,
+        size: site.MARKER_SIZE,
         opacity: opacity || site.SHOWN,
         colorbar: {
           title: { text: "Neighbours kept<br>vs " + data.reference_task, side: "right" },
@@ -133,7 +133,7 @@
         cmax: scale.cmax,
         colorscale: scale.colorscale,
         reversescale: Boolean(scale.reverse),
-        size: count > 5000 ? 3 : count > 2000 ? 4 : 6,
+        size: site.MARKER_SIZE,
         opacity: opacity || site.SHOWN,
         colorbar: { title: { text: scale.title, side: "right" }, thickness: 12 },
       },
