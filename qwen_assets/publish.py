@@ -9,6 +9,7 @@ publish killed half way leaves nothing behind to repair.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -72,13 +73,15 @@ def publish_to_folder(site: Path, folder: Path) -> Published:
         if (folder / MARKER).exists() and site_fingerprint(folder)[0] == fingerprint:
             return Published(str(folder), False, fingerprint, files)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    # A publish killed half way leaves its staging or retired copy beside the folder.
+    for leftover in folder.parent.glob(f".{glob.escape(folder.name)}.*"):
+        shutil.rmtree(leftover, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         shutil.copytree(site, staging, dirs_exist_ok=True)
         (staging / MARKER).write_text("published by qwen-assets; replaced on every publish\n")
         staging.chmod(0o755)
         retired = folder.with_name(f".{folder.name}.retired")
-        shutil.rmtree(retired, ignore_errors=True)
         if folder.exists():
             folder.rename(retired)
         staging.rename(folder)

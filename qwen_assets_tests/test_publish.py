@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +57,34 @@ def test_a_folder_becomes_an_exact_copy_and_only_a_changed_site_is_copied(tmp_pa
     assert not (docs / "assets" / "explorer.js").exists(), "a file gone from the site is gone"
     assert (docs / "index.html").read_text() == "<h1>two</h1>"
     assert [p.name for p in docs.parent.iterdir()] == ["docs"], "no staging folder left behind"
+
+
+def test_a_publish_killed_half_way_is_cleared_by_the_next(tmp_path):
+    site = make_site(tmp_path, "many")
+    for number in range(20000):  # enough files that the copy takes a while
+        (site / "assets" / f"{number}.txt").write_text(str(number))
+    docs = tmp_path / "docs"
+    victim = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from qwen_assets.publish import publish_to_folder; "
+            "publish_to_folder(sys.argv[1], sys.argv[2])",
+            str(site),
+            str(docs),
+        ]
+    )
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".docs.*/assets")):
+        assert victim.poll() is None and time.monotonic() < deadline, "it never started copying"
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert list(tmp_path.glob(".docs.*")), "killed while copying, as intended"
+
+    assert publish_to_folder(site, docs).changed
+    assert files_of(docs) == {**files_of(site), MARKER: (docs / MARKER).read_text()}
+    assert not list(tmp_path.glob(".docs.*")), "what the killed publish left is gone"
 
 
 def test_a_folder_holding_someone_elses_files_is_refused_untouched(tmp_path):
