@@ -28,7 +28,9 @@ import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -175,6 +177,7 @@ def export_int8(model: Any, folder: Path) -> None:
         contextlib.redirect_stdout(io.StringIO()),
         warnings.catch_warnings(),
         quiet_logger("torch.onnx"),
+        interrupts_kept(),
     ):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -207,6 +210,34 @@ def export_int8(model: Any, folder: Path) -> None:
     quantizer.model.save_model_to_file(str(folder / MODEL_FILE), True)
     shutil.rmtree(float_file.parent)
     (folder / "export.json").write_text(json.dumps(EXPORT_RECIPE) + "\n")
+
+
+@contextlib.contextmanager
+def interrupts_kept() -> Iterator[None]:
+    """An interrupt (Ctrl-C, SIGTERM) during the block stays one. torch.onnx's exporter can
+    catch the exception an interrupt raises inside the code it traces and go on with its next
+    strategy (seen once in a dozen runs: the export finished as if nothing had happened); a
+    signal seen here is delivered again once the block is over."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+
+    def remember(number: int, frame: Any) -> None:
+        received.append(number)
+        previous[number](number, frame)  # the usual handler, which raises
+
+    for number, handler in previous.items():
+        if callable(handler):  # a default or ignored signal has nothing to swallow
+            signal.signal(number, remember)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if received:  # reached only when the interrupt's exception went missing
+        signal.raise_signal(received[0])
 
 
 @contextlib.contextmanager
