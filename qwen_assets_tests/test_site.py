@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 from PIL import Image
@@ -539,6 +540,26 @@ def test_every_map_has_cluster_labels_and_hovering_one_lights_its_cluster(page, 
     assert page.errors == []
 
 
+def box_around(positions, plot_box, wanted=(20, 150)) -> tuple[tuple[float, float], ...]:
+    """A box, centred on the post nearest the middle of the plot, that holds between
+    ``wanted`` posts with a margin to spare: the selection is then kept in the link."""
+    middle = (plot_box["x"] + plot_box["width"] / 2, plot_box["y"] + plot_box["height"] / 2)
+    centre = min(positions, key=lambda at: (at[0] - middle[0]) ** 2 + (at[1] - middle[1]) ** 2)
+    for half in range(8, 400, 4):
+        start, end = (centre[0] - half, centre[1] - half), (centre[0] + half, centre[1] + half)
+        held = sum(inside(at, start, end, -2) for at in positions)
+        if held >= wanted[0]:
+            assert held <= wanted[1], f"no box holds {wanted} posts"
+            return start, end
+    raise AssertionError("no box around the middle holds enough posts")
+
+
+def selection_in_link(url: str) -> set[str] | None:
+    """The ids a page's link keeps as its selection (the hash is a query string)."""
+    values = parse_qs(urlparse(url).fragment).get("sel")
+    return set(values[0].split(",")) if values else None
+
+
 def test_a_box_selection_is_listed_followed_across_tasks_linked_and_exported(
     browser, site_dir, payload, tmp_path
 ):
@@ -547,29 +568,47 @@ def test_a_box_selection_is_listed_followed_across_tasks_linked_and_exported(
         page = opened.page
         opened.open()
         page.click("[data-drag='select']")
-        box = page.locator("#plot").bounding_box()
-        start = (box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.3)
-        end = (box["x"] + box["width"] * 0.65, box["y"] + box["height"] * 0.7)
-        positions = opened.all_positions()
-        opened.drag(start, end)
-        page.locator("#selection").wait_for(state="visible")
-        page.wait_for_function(
-            "() => document.getElementById('plot').data.some("
-            "(t) => t.meta === 'documents' && Array.isArray(t.marker.opacity))"
-        )
-
         ids = payload["documents"]["id"]
+
+        # Most of the map: too many posts for the link, which says so.
+        box = page.locator("#plot").bounding_box()
+        opened.drag(
+            (box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.1),
+            (box["x"] + box["width"] * 0.9, box["y"] + box["height"] * 0.9),
+        )
+        page.locator("#selection").wait_for(state="visible")
+        assert int(page.inner_text("#selection-count").split()[0]) > 200
+        assert selection_in_link(page.url) is None
+        assert "too many" in page.inner_text("#selection-note")
+
+        positions = opened.all_positions()
+        start, end = box_around(positions, box)
+        opened.drag(start, end)
+        page.wait_for_function(
+            "() => parseInt(document.getElementById('selection-count').textContent) <= 200"
+        )
         expected = {doc for doc, opacity in opened.opacities().items() if opacity == 1}
         in_box(positions, start, end, expected)
         count = int(page.inner_text("#selection-count").split()[0])
         assert count == len(expected)
-        in_link = re.search(r"sel=([^&]*)", page.url)
-        if count <= 200:
-            assert set(in_link.group(1).replace("%2C", ",").split(",")) == {
-                ids[doc] for doc in expected
-            }
-        else:
-            assert in_link is None and "too many" in page.inner_text("#selection-note")
+        assert selection_in_link(page.url) == {ids[doc] for doc in expected}
+        assert "kept in the link" in page.inner_text("#selection-note")
+
+        # The link, opened anew, restores the same selection.
+        link = page.url
+        again = Page(browser, site_dir.as_uri() + "/", viewport={"width": 1400, "height": 900})
+        try:
+            again.page.goto(link)
+            again.page.wait_for_selector("body[data-details='loaded']", timeout=30_000)
+            restored = {doc for doc, opacity in again.opacities().items() if opacity == 1}
+            assert restored == expected
+            assert again.page.inner_text("#selection-count") == page.inner_text(
+                "#selection-count"
+            )
+            assert again.errors == []
+        finally:
+            again.close()
+
         groups = page.locator("#selection-groups li")
         per_group = {
             item.get_attribute("data-category"): int(item.inner_text().split()[-2])
