@@ -23,7 +23,7 @@ from dagster import (
     in_process_executor,
 )
 
-from qwen_assets.defs.automation import BUILD_JOB, build_automation
+from qwen_assets.defs.automation import BUILD_JOB, build_automation, instruction_versions
 from qwen_assets.defs.corpus_assets import corpus_assets
 from qwen_assets.defs.embedding_assets import embedding_assets
 from qwen_assets.defs.headless_build import BuildReport, build_stale
@@ -34,9 +34,14 @@ from qwen_assets.defs.site_assets import site_assets
 from qwen_assets.embedding import resolve_backend
 from qwen_assets.settings import Settings, load_settings
 
+# The site's assets that are tables people query (site_data and site_pages are files).
+TABLES = {"task_quality", "map_clusters", "site_builds"}
+
 
 def build_definitions(settings: Settings, environ: Mapping[str, str] = os.environ) -> Definitions:
     tasks = StaticPartitionsDefinition(settings.task_names)
+    # Assets and triggers that plan with the one stale rule need the finished Definitions.
+    defs_holder: list[Definitions] = []
     with warnings.catch_warnings():
         # Partitioned observable sources and single-run backfills are beta in Dagster 1.13;
         # this project relies on both on purpose (see the README), so say it once, there.
@@ -47,7 +52,23 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         (umap_coordinates,) = projection_assets(settings, tasks, task_embeddings)
         # site_data, site_pages, and published_site when publishing is set
         site = site_assets(settings, task_embeddings, umap_coordinates, document_properties)
-        (query_views,) = query_assets(newsgroups_sample, task_embeddings, umap_coordinates)
+        tables = [
+            raw_newsgroups.key,
+            newsgroups_sample.key,
+            document_properties.key,
+            task_embeddings.key,
+            umap_coordinates.key,
+            *(key for assets_def in site for key in assets_def.keys if key.path[0] in TABLES),
+        ]
+        query_views, query_database = query_assets(
+            settings,
+            newsgroups_sample,
+            task_embeddings,
+            umap_coordinates,
+            tables,
+            lambda: defs_holder[0],
+            lambda: instruction_versions(settings),
+        )
     assets = [
         raw_newsgroups,
         newsgroups_sample,
@@ -57,6 +78,7 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         umap_coordinates,
         *site,
         query_views,
+        query_database,
     ]
 
     backend, reason = resolve_backend(settings.embedding, environ)
@@ -74,7 +96,6 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         description="Any selection of the assets; the headless build, the sensor and the "
         "schedule launch it with the stale partitions.",
     )
-    defs_holder: list[Definitions] = []
     sensor, schedule = build_automation(settings, lambda: defs_holder[0])
     defs = Definitions(
         assets=assets,
@@ -83,7 +104,9 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         sensors=[sensor],
         resources={
             "warehouse": Warehouse(
-                database=settings.storage.database,
+                database=settings.storage.build_database,
+                published=settings.storage.database,
+                readable_by=settings.storage.readable_by,
                 lock_wait_seconds=settings.storage.lock_wait_seconds,
             ),
             "embedder": embedder,

@@ -27,6 +27,7 @@ SETTINGS_ENV = "QWEN_ASSETS_SETTINGS"
 # Environment variable -> (section, key) it overrides.
 ENVIRONMENT_OVERRIDES: dict[str, tuple[str, str]] = {
     "QWEN_ASSETS_DATABASE": ("storage", "database"),
+    "QWEN_ASSETS_BUILD_DATABASE": ("storage", "build_database"),
     "QWEN_ASSETS_EMBEDDING_CACHE": ("storage", "embedding_cache"),
     "QWEN_ASSETS_NEWSGROUPS_ARCHIVE": ("corpus", "archive"),
     "QWEN_ASSETS_SITE_DIR": ("site", "output_dir"),
@@ -267,10 +268,73 @@ class PublishSettings(_Section):
         return bool(self.folder or self.git_repository)
 
 
+MOTHERDUCK = re.compile(r"^(md|motherduck):")
+CONNECTION_SCHEME = re.compile(r"^[a-zA-Z][\w+.-]+:(?!\\)")  # "md:", "s3://"; not "C:\\"
+DEFAULT_DATABASE = "data/qwen_assets.duckdb"
+
+
+def build_database_for(database: str) -> str:
+    """Where builds work when ``storage.build_database`` is unset: build/NAME beside the
+    database people query, or NAME_build on MotherDuck."""
+    if MOTHERDUCK.match(database):
+        name, mark, options = database.partition("?")
+        return f"{name}_build{mark}{options}"
+    path = Path(database)
+    return str(path.parent / "build" / path.name)
+
+
 class StorageSettings(_Section):
-    database: Annotated[str, Field(min_length=1)] = "data/qwen_assets.duckdb"
+    # What people query: published whole after each complete build, never written in place.
+    database: Annotated[str, Field(min_length=1)] = DEFAULT_DATABASE
+    # The builds' own database (unset: see build_database_for).
+    build_database: Annotated[str, Field(min_length=1)] = build_database_for(DEFAULT_DATABASE)
+    # The DuckDB release whose storage format `database` is written in, so that older clients
+    # (the DuckDB CLI, notebooks, BI tools bundling DuckDB 1.x) open it.
+    readable_by: str = "v1.0.0"
     embedding_cache: Annotated[str, Field(min_length=1)] = "data/embedding_cache.duckdb"
     lock_wait_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_build_database(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and not raw.get("build_database"):
+            database = raw.get("database") or DEFAULT_DATABASE
+            if isinstance(database, str) and (
+                MOTHERDUCK.match(database) or not CONNECTION_SCHEME.match(database)
+            ):
+                return {**raw, "build_database": build_database_for(database)}
+        return raw
+
+    @field_validator("readable_by")
+    @classmethod
+    def _duckdb_release(cls, value: str) -> str:
+        if not re.match(r"^(v\d+\.\d+\.\d+|latest)$", value):
+            raise ValueError('must be a DuckDB release such as "v1.0.0" or "v1.4.0", or "latest"')
+        return value
+
+    @field_validator("database", "build_database")
+    @classmethod
+    def _file_or_motherduck(cls, value: str) -> str:
+        if CONNECTION_SCHEME.match(value) and not MOTHERDUCK.match(value):
+            raise ValueError(
+                "must be a file path or a MotherDuck database (md:NAME); "
+                f"got {value.split('?', 1)[0]!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _two_databases_of_one_kind(self) -> StorageSettings:
+        if bool(MOTHERDUCK.match(self.database)) != bool(MOTHERDUCK.match(self.build_database)):
+            raise ValueError(
+                "database and build_database must both be files or both MotherDuck "
+                "databases (md:NAME)"
+            )
+        if self.build_database == self.database:
+            raise ValueError(
+                "build_database must differ from database: builds write their own database "
+                "and publish it whole to the one people query"
+            )
+        return self
 
 
 class TaskSettings(_Section):

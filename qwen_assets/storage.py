@@ -1,21 +1,29 @@
 """DuckDB storage: short-lived connections, atomic writes, and clear errors when busy.
 
-DuckDB lets one process write a database file at a time. Every write here opens a
-connection, does one transaction and closes it, so concurrent runs take turns instead of
-failing; a process that finds the file locked waits and retries, then says the database is
-busy. A database is any DuckDB connection string: a file path, or ``md:name`` for MotherDuck.
+DuckDB lets one process write a database file, or many read it, never both. Builds therefore
+write a database of their own (``storage.build_database``), one connection and one
+transaction at a time so that runs take turns, and :func:`publish_database` copies it whole
+to the database people query (``storage.database``), which is replaced, never written in
+place: a reader that holds it open never blocks a build. A process that finds a file locked
+waits and retries, then says which process holds it. A database is a file path, or
+``md:name`` for MotherDuck.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
+from filelock import FileLock
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 WAIT_FOR_LOCK_SECONDS = 30.0
@@ -33,6 +41,11 @@ class DatabaseMissingError(StorageError):
     pass
 
 
+class IncompleteStateError(StorageError):
+    """The tables do not form one complete state yet, so the database people query keeps the
+    last one that did."""
+
+
 class PartitionMissingError(StorageError):
     """A task's rows that an asset reads are missing or incomplete."""
 
@@ -42,8 +55,28 @@ def is_local_file(database: str) -> bool:
     return database != ":memory:" and not re.match(r"^[a-zA-Z][\w+.-]+:(?!\\)", database)
 
 
+def shown(database: str) -> str:
+    """A database as messages and metadata may show it: a connection string loses its options,
+    which can carry a token (``md:name?motherduck_token=...``)."""
+    return database.split("?", 1)[0]
+
+
 def _is_lock_conflict(error: BaseException) -> bool:
     return isinstance(error, duckdb.IOException) and "lock" in str(error).lower()
+
+
+# DuckDB names the holder of a lock: 'Conflicting lock is held in /usr/bin/python3 (PID 42)',
+# adding that one could open it read-only when the holder is itself a reader.
+LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
+
+
+def lock_holder(error: BaseException) -> str:
+    """Who holds the lock, as DuckDB said it: "process 42 (python3.11), which is writing to it"."""
+    found = LOCK_HOLDER.search(str(error))
+    if found is None:
+        return "another process holds it"
+    what = "reading it" if "read-only mode" in str(error) else "writing to it"
+    return f"process {found['pid']} ({Path(found['program']).name}) is {what}"
 
 
 @contextmanager
@@ -71,10 +104,12 @@ def connect(
     except duckdb.IOException as error:
         if _is_lock_conflict(error):
             raise DatabaseBusyError(
-                f"the database {database} is busy: another process (a running materialization?) "
-                f"has held it for {wait_seconds:g}s; try again when it finishes"
+                f"the database {shown(database)} is busy: {lock_holder(error)} (waited "
+                f"{wait_seconds:g}s); try again when it is done"
             ) from None
-        raise StorageError(f"cannot open the database {database}: {error}") from None
+        raise StorageError(
+            f"cannot open the database {shown(database)}: {_first_line(error)}"
+        ) from None
     try:
         yield connection
     finally:
@@ -202,3 +237,99 @@ def _stored_tasks(connection: duckdb.DuckDBPyConnection, table: str) -> list[str
 def _schema(connection: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
     rows = connection.execute(f'DESCRIBE "{table}"').fetchall()
     return {row[0]: row[1] for row in rows}
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+@dataclass(frozen=True)
+class PublishedDatabase:
+    target: str
+    seconds: float
+    bytes: int | None  # the file's size; None on MotherDuck
+    tables: dict[str, int]  # table -> rows (views are copied too, not counted)
+
+
+def publish_database(
+    source: str,
+    target: str,
+    *,
+    readable_by: str | None = None,
+    wait_seconds: float = WAIT_FOR_LOCK_SECONDS,
+) -> PublishedDatabase:
+    """Make ``target`` a complete copy of ``source`` in one step that readers cannot see half
+    of. A file is written beside ``target`` (in DuckDB's storage format of release
+    ``readable_by``) and renamed over it: a reader that has ``target`` open keeps the copy
+    it opened, and the next connection opens the new one. A copy killed half way leaves a
+    hidden file that the next publish removes; ``target`` stays whole. On MotherDuck the copy
+    is a zero-copy clone (``COPY FROM DATABASE ... (OVERWRITE)``)."""
+    started = time.monotonic()
+    with connect(source, read_only=True, wait_seconds=wait_seconds) as connection:
+        name = connection.execute("SELECT current_database()").fetchall()[0][0]
+        tables = _row_counts(connection)
+        if not is_local_file(target):
+            _clone_on_motherduck(connection, name, target)
+            return PublishedDatabase(shown(target), time.monotonic() - started, None, tables)
+        path = Path(target).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path.with_name(f".{path.name}.lock"))):
+            for leftover in path.parent.glob(f".{path.name}.publishing-*"):
+                leftover.unlink(missing_ok=True)  # a killed publish's file (and its .wal)
+            staging = path.with_name(f".{path.name}.publishing-{uuid.uuid4().hex[:8]}")
+            version = f", STORAGE_VERSION '{readable_by}'" if readable_by else ""
+            try:
+                connection.execute(
+                    f"ATTACH '{_sql_text(staging)}' AS qwen_assets_published (READ_WRITE{version})"
+                )
+            except duckdb.InvalidInputException as error:
+                raise StorageError(
+                    f"storage.readable_by: DuckDB {duckdb.__version__} cannot write the storage "
+                    f"format of {readable_by!r} ({_first_line(error)[:120]}...); use e.g. "
+                    '"v1.0.0" or "latest"'
+                ) from None
+            try:
+                connection.execute(f'COPY FROM DATABASE "{name}" TO qwen_assets_published')
+                connection.execute("DETACH qwen_assets_published")
+                _fold_in_a_leftover_log(path)
+                with staging.open("rb") as written:
+                    os.fsync(written.fileno())
+                os.replace(staging, path)
+            except BaseException:
+                for written in path.parent.glob(f"{staging.name}*"):
+                    written.unlink(missing_ok=True)
+                raise
+    return PublishedDatabase(str(path), time.monotonic() - started, path.stat().st_size, tables)
+
+
+def _row_counts(connection: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    names = connection.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() "
+        "AND table_type = 'BASE TABLE' ORDER BY table_name"
+    ).fetchall()
+    return {
+        table: connection.execute(f'SELECT count(*) FROM "{table}"').fetchall()[0][0]
+        for (table,) in names
+    }
+
+
+def _fold_in_a_leftover_log(path: Path) -> None:
+    """A write-ahead log beside ``target`` belongs to the file about to be replaced (someone
+    wrote to it read-write and was killed); the new file must not inherit it. Opening the old
+    file once folds it in; a session still holding it keeps it and we leave it alone."""
+    log = path.with_name(path.name + ".wal")
+    if not log.exists():
+        return
+    with suppress(duckdb.Error):
+        duckdb.connect(str(path)).close()
+
+
+def _clone_on_motherduck(connection: duckdb.DuckDBPyConnection, source: str, target: str) -> None:
+    name = shown(target).split(":", 1)[1]
+    connection.execute(f'CREATE DATABASE IF NOT EXISTS "{name}"')
+    connection.execute(f'COPY FROM DATABASE "{source}" (OVERWRITE) TO "{name}"')
+
+
+def _sql_text(path: Path) -> str:
+    return str(path).replace("'", "''")

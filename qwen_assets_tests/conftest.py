@@ -8,17 +8,20 @@ installed folder with the hub offline; it stands in for Qwen3-Embedding, which i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from dagster import DagsterInstance, instance_for_test
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -96,60 +99,120 @@ def fresh_server(server: EmbeddingServer) -> EmbeddingServer:
     return server
 
 
+# A corpus for tests about mechanics (staleness, crashes, automation): two groups of 40.
+SMALL_CORPUS = {"categories": ["rec.autos", "sci.space"], "per_category": 40}
+
+
 @dataclass
 class Project:
-    """A built project: its settings file, database files and Dagster instance."""
+    """A built project: its settings, databases, cache, site and Dagster instance, all under
+    ``root``. ``raw`` is the settings as written, so a copy can be written elsewhere."""
 
     root: Path
-    settings_path: Path
-    database: str
-    cache: str
-    instance: object
+    raw: dict
+    instance: DagsterInstance
+
+    @property
+    def settings_path(self) -> Path:
+        return self.root / "settings.toml"
+
+    @property
+    def database(self) -> str:
+        """The database people query."""
+        return str(self.root / "warehouse.duckdb")
+
+    @property
+    def build_database(self) -> str:
+        return self.settings().storage.build_database
+
+    @property
+    def cache(self) -> str:
+        return str(self.root / "cache.duckdb")
+
+    @property
+    def home(self) -> Path:
+        return self.root / "dagster_home"
 
     def settings(self):
         from qwen_assets.settings import load_settings
 
         return load_settings(self.settings_path)
 
+    def documents(self) -> int:
+        from qwen_assets.storage import read_table
+
+        return int(read_table(self.database, "SELECT count(*) FROM newsgroups_sample").iloc[0, 0])
+
+
+def rooted(raw: dict, root: Path, *, site: bool = True) -> dict:
+    """``raw`` with its databases (and unless ``site`` is false, its site) under ``root``."""
+    moved = json.loads(json.dumps(raw))
+    moved["storage"].update(
+        database=str(root / "warehouse.duckdb"), embedding_cache=str(root / "cache.duckdb")
+    )
+    moved["storage"].pop("build_database", None)
+    if site:
+        moved["site"]["output_dir"] = str(root / "site")
+    return moved
+
+
+def build_project(root: Path, raw: dict, stack: ExitStack) -> Project:
+    """A project built from nothing (through the loopback server) under ``root``."""
+    from qwen_assets.definitions import rebuild_stale
+
+    raw = rooted(raw, root)
+    write_settings(root / "settings.toml", raw)
+    (root / "dagster_home").mkdir(parents=True, exist_ok=True)
+    instance = stack.enter_context(instance_for_test(temp_dir=str(root / "dagster_home")))
+    project = Project(root, raw, instance)
+    report = rebuild_stale(instance, project.settings(), log=lambda line: None)
+    assert report.succeeded, report.failure
+    return project
+
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory, server: EmbeddingServer, archive: str):
     """The whole pipeline, built once from nothing on the real sample through the loopback
-    server; tests that change settings work on copies of its files."""
-    from dagster import instance_for_test
-
-    from qwen_assets.definitions import rebuild_stale
-    from qwen_assets.settings import load_settings
-
+    server, for tests about the sample, its maps, the site and the README's queries. Tests
+    that change it work on a copy (``project_copy``)."""
     root = tmp_path_factory.mktemp("project")
-    settings_path = write_settings(root / "settings.toml", project_settings(root, server, archive))
     server.reset()
-    with instance_for_test() as instance:
-        report = rebuild_stale(instance, load_settings(settings_path), log=lambda line: None)
-        assert report.succeeded, report.plan.reasons
-        yield Project(
-            root,
-            settings_path,
-            str(root / "warehouse.duckdb"),
-            str(root / "cache.duckdb"),
-            instance,
-        )
+    with ExitStack() as stack:
+        yield build_project(root, project_settings(root, server, archive), stack)
+
+
+@pytest.fixture(scope="session")
+def small_built(tmp_path_factory: pytest.TempPathFactory, server: EmbeddingServer, archive: str):
+    """The same pipeline on a small corpus (SMALL_CORPUS), for tests about mechanics."""
+    root = tmp_path_factory.mktemp("small_project")
+    raw = project_settings(root, server, archive)
+    raw["corpus"].update(SMALL_CORPUS)
+    server.reset()
+    with ExitStack() as stack:
+        yield build_project(root, raw, stack)
 
 
 @pytest.fixture
-def warehouse_copy(built, server, archive: str, tmp_path: Path):
-    """A copy of the built project's warehouse and cache under new settings: call it with a
-    function that edits the raw settings; returns the loaded settings."""
-    from qwen_assets.settings import load_settings
+def project_copy(small_built: Project, tmp_path: Path):
+    """A copy of a built project (the small one unless ``of`` says otherwise), its databases,
+    cache and Dagster history included, under new settings: call it with a function that
+    edits the raw settings. Nothing is rebuilt: the copy is as fresh as the original. It
+    writes its site where the original did (a site elsewhere makes the site's assets stale):
+    a test that builds or changes the site gives it a folder of its own."""
+    with ExitStack() as stack:
+        made: list[int] = []
 
-    def make(edit=lambda raw: None):
-        shutil.copyfile(built.database, tmp_path / "warehouse.duckdb")
-        shutil.copyfile(built.cache, tmp_path / "cache.duckdb")
-        raw = project_settings(tmp_path, server, archive)
-        edit(raw)
-        return load_settings(write_settings(tmp_path / "settings.toml", raw))
+        def make(edit: Callable[[dict], None] = lambda raw: None, of: Project = small_built):
+            root = tmp_path / f"copy{len(made)}"
+            made.append(1)
+            shutil.copytree(of.root, root, ignore=shutil.ignore_patterns("*.lock"))
+            raw = rooted(of.raw, root, site=False)
+            edit(raw)
+            write_settings(root / "settings.toml", raw)
+            instance = stack.enter_context(instance_for_test(temp_dir=str(root / "dagster_home")))
+            return Project(root, raw, instance)
 
-    return make
+        yield make
 
 
 def failure_message(result) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dagster import AssetCheckKey, AssetKey, instance_for_test
+from dagster import AssetCheckKey, AssetKey
 
 from qwen_assets.checks import coordinate_problems, embedding_problems
 from qwen_assets.definitions import build_definitions
@@ -43,25 +43,28 @@ def test_coordinate_problems_name_missing_and_non_finite_points():
     assert coordinate_problems(points, 6) == ["non-finite coordinates"]
 
 
-def test_a_failing_blocking_check_stops_the_map(warehouse_copy, monkeypatch):
+def test_a_failing_blocking_check_stops_the_map(project_copy, monkeypatch):
     """The check rule reports a problem for one task (the rule itself is tested above); the run
     is real: the map of that task is not built, and Dagster records why."""
     import qwen_assets.defs.embedding_assets as embedding_assets
 
-    settings = warehouse_copy()
+    project = project_copy()
     monkeypatch.setattr(
         embedding_assets, "embedding_problems", lambda *arguments: ["injected: 3 rows off"]
     )
-    job = build_definitions(settings).resolve_job_def("build_assets")
-    with instance_for_test() as instance:
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key="topic",
-            asset_selection=[AssetKey("task_embeddings"), AssetKey("umap_coordinates")],
-            raise_on_error=False,
-        )
-        assert not result.success
-        assert not instance.fetch_materializations(AssetKey("umap_coordinates"), limit=1).records
+    job = build_definitions(project.settings()).resolve_job_def("build_assets")
+    maps = project.instance.fetch_materializations(AssetKey("umap_coordinates"), limit=100)
+    result = job.execute_in_process(
+        instance=project.instance,
+        partition_key="topic",
+        asset_selection=[AssetKey("task_embeddings"), AssetKey("umap_coordinates")],
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert (
+        project.instance.fetch_materializations(AssetKey("umap_coordinates"), limit=100).records
+        == maps.records
+    ), "no map was recorded"
     (check,) = result.get_asset_check_evaluations()
     assert check.asset_check_key == AssetCheckKey(
         AssetKey("task_embeddings"), "unit_vectors_for_every_document"

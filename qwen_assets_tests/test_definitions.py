@@ -24,7 +24,7 @@ STAGES = {
     "embeddings": {"task_instructions", "task_embeddings"},
     "projection": {"umap_coordinates"},
     "site": {"site_data", "task_quality", "map_clusters", "site_builds", "site_pages"},
-    "query": {"task_documents", "category_centroids"},
+    "query": {"task_documents", "category_centroids", "query_database"},
 }
 
 

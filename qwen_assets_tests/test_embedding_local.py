@@ -104,9 +104,18 @@ def test_auto_backend_prefers_http_only_when_a_key_is_set():
 
 
 def test_the_int8_runtime_draws_the_same_maps_as_the_models_own_weights(
-    sample_texts, exported_models, tmp_path
+    built, sample_texts, exported_models, tmp_path
 ):
-    reference, _ = embed(sample_texts, local_settings(), tmp_path / "torch.duckdb")
+    # The build's topic vectors are the model's own float32 ones (the loopback server runs it).
+    reference = np.stack(
+        read_table(
+            built.database,
+            "SELECT e.embedding FROM task_embeddings e JOIN newsgroups_sample s USING (doc_id) "
+            "WHERE e.task = 'topic' ORDER BY s.position",
+        )["embedding"].to_numpy()
+    )
+    own, _ = embed(sample_texts[:16], local_settings(), tmp_path / "torch.duckdb")
+    assert np.allclose(own, reference[:16], atol=1e-5), "the same vectors as in process"
     fast, stats = embed(
         sample_texts, local_settings("onnx-int8", exported_models), tmp_path / "int8.duckdb"
     )
@@ -155,14 +164,18 @@ def export_in_a_subprocess(folder: Path) -> subprocess.Popen:
     )
 
 
-def wait_for_staging(export: subprocess.Popen, folder: Path) -> None:
-    """Until ``export`` is a second into exporting (its staging folder exists)."""
+def stop_mid_export(export: subprocess.Popen, folder: Path) -> None:
+    """Freeze ``export`` (SIGSTOP) while it is certainly exporting: its staging folder holds
+    the float32 model, and no finished export exists. A signal sent next lands mid-export
+    however fast the machine, once the process is continued (or at once, for SIGKILL)."""
     deadline = time.monotonic() + 120
     while not list(folder.glob(".*.staging-*/float32")):
         assert export.poll() is None, export.stdout.read()
         assert time.monotonic() < deadline, "the export never started"
-        time.sleep(0.1)
-    time.sleep(1)
+        time.sleep(0.01)
+    export.send_signal(signal.SIGSTOP)
+    assert list(folder.glob(".*.staging-*/float32")), "stopped while exporting"
+    assert not list(folder.glob(f"*/{quantized.MODEL_FILE}")), "and before it finished"
 
 
 def test_an_export_killed_half_way_leaves_nothing_that_blocks_the_next(tmp_path, minilm):
@@ -170,7 +183,7 @@ def test_an_export_killed_half_way_leaves_nothing_that_blocks_the_next(tmp_path,
 
     folder = tmp_path / "models"
     victim = export_in_a_subprocess(folder)
-    wait_for_staging(victim, folder)
+    stop_mid_export(victim, folder)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert list(folder.glob(".*.staging-*")), "killed while exporting, as intended"
@@ -187,8 +200,9 @@ def test_an_export_killed_half_way_leaves_nothing_that_blocks_the_next(tmp_path,
 def test_ctrl_c_during_an_export_leaves_no_half_model(tmp_path):
     folder = tmp_path / "models"
     export = export_in_a_subprocess(folder)
-    wait_for_staging(export, folder)
+    stop_mid_export(export, folder)
     export.send_signal(signal.SIGINT)
+    export.send_signal(signal.SIGCONT)
     output = export.communicate(timeout=120)[0]
     assert export.returncode != 0 and "KeyboardInterrupt" in output
     assert list(folder.iterdir()) == [next(folder.glob(".*.lock"))], "only the (free) lock file"

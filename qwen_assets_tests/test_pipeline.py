@@ -38,6 +38,7 @@ AFTER_THE_MAPS = {
         "site_pages",
         "task_documents",
         "category_centroids",
+        "query_database",
     ]
 }
 
@@ -107,13 +108,13 @@ def test_alignment_undoes_a_rotation_scale_and_shift():
 
 
 @pytest.fixture
-def copy_of_project(built, server, archive, tmp_path: Path):
-    """A new project with its own Dagster instance and warehouse, sharing a copy of the built
-    project's paid embedding cache."""
-    shutil.copyfile(built.cache, tmp_path / "cache.duckdb")
-    settings_file = write_settings(
-        tmp_path / "settings.toml", project_settings(tmp_path, server, archive)
-    )
+def cold_project(small_built, server, archive, tmp_path: Path):
+    """A new project with its own Dagster instance and no database, sharing a copy of the small
+    built project's paid embedding cache."""
+    shutil.copyfile(small_built.cache, tmp_path / "cache.duckdb")
+    raw = project_settings(tmp_path, server, archive)
+    raw["corpus"] = small_built.raw["corpus"]
+    settings_file = write_settings(tmp_path / "settings.toml", raw)
     with instance_for_test() as instance:
         yield settings_file, instance
 
@@ -124,8 +125,9 @@ def edit(settings_file: Path, old: str, new: str) -> None:
     settings_file.write_text(text.replace(old, new))
 
 
-def test_only_what_is_stale_is_rebuilt(copy_of_project, server):
-    settings_file, instance = copy_of_project
+def test_only_what_is_stale_is_rebuilt(cold_project, small_built, server):
+    settings_file, instance = cold_project
+    documents = small_built.documents()
     server.reset()
     report = rebuild_stale(instance, load_settings(settings_file), log=lambda line: None)
     assert report.succeeded
@@ -147,7 +149,7 @@ def test_only_what_is_stale_is_rebuilt(copy_of_project, server):
     }
     assert not report.plan.before
     batch = load_settings(settings_file).embedding.batch_size
-    assert len(server.received) == math.ceil(800 / batch)
+    assert len(server.received) == math.ceil(documents / batch)
 
     edit(settings_file, "n_neighbors = 15", "n_neighbors = 12")
     server.reset()
@@ -162,9 +164,9 @@ def test_only_what_is_stale_is_rebuilt(copy_of_project, server):
     assert server.received == [], "a UMAP setting never re-embeds"
 
 
-def test_switching_the_local_runtime_makes_exactly_the_embeddings_stale(copy_of_project):
-    settings_file, instance = copy_of_project
-    assert rebuild_stale(instance, load_settings(settings_file), log=lambda line: None).succeeded
+def test_switching_the_local_runtime_makes_exactly_the_embeddings_stale(project_copy):
+    project = project_copy()
+    settings_file, instance = project.settings_path, project.instance
 
     def plan():
         settings = load_settings(settings_file)
@@ -188,11 +190,9 @@ def sensor_tick(settings_file: Path, instance):
         return sensor.evaluate_tick(context)
 
 
-def test_the_sensor_requests_exactly_the_edited_task_and_waits_for_queued_runs(
-    copy_of_project, server
-):
-    settings_file, instance = copy_of_project
-    assert rebuild_stale(instance, load_settings(settings_file), log=lambda line: None).succeeded
+def test_the_sensor_requests_exactly_the_edited_task_and_waits_for_queued_runs(project_copy):
+    project = project_copy()
+    settings_file, instance = project.settings_path, project.instance
     quiet = sensor_tick(settings_file, instance)
     assert quiet.run_requests == [] and quiet.skip_message == "everything is fresh"
 
@@ -229,9 +229,9 @@ def schedule_tick(settings_file: Path, instance):
         return schedule.evaluate_tick(context)
 
 
-def test_the_schedule_skips_when_fresh_and_requests_the_stale_partition(copy_of_project, server):
-    settings_file, instance = copy_of_project
-    assert rebuild_stale(instance, load_settings(settings_file), log=lambda line: None).succeeded
+def test_the_schedule_skips_when_fresh_and_requests_the_stale_partition(project_copy):
+    project = project_copy()
+    settings_file, instance = project.settings_path, project.instance
     result = schedule_tick(settings_file, instance)
     assert result.run_requests == [] and result.skip_message == "everything is fresh"
 
@@ -271,75 +271,78 @@ def test_a_cold_build_backfills_every_task_in_a_single_run(built):
 
 
 def test_a_new_embedding_size_from_one_partition_is_refused_and_all_together_succeed(
-    warehouse_copy,
+    project_copy,
 ):
     """A single-partition materialization (as from the UI) never strands other partitions'
     rows; the whole asset in one run rebuilds the table in the new shape."""
-    settings = warehouse_copy(lambda raw: raw["embedding"].update(dimensions=128))
+    project = project_copy(lambda raw: raw["embedding"].update(dimensions=128))
+    settings, instance = project.settings(), project.instance
+    documents = project.documents()
     job = build_definitions(settings).resolve_job_def("build_assets")
     count = "SELECT task, count(*) AS n, any_value(typeof(embedding)) AS kind FROM task_embeddings GROUP BY task ORDER BY task"
-    before = read_table(settings.storage.database, count)
-    with instance_for_test() as instance:
-        one = job.execute_in_process(
-            instance=instance,
-            partition_key="topic",
-            asset_selection=[AssetKey("task_embeddings")],
-            raise_on_error=False,
-        )
-        assert not one.success
-        message = failure_message(one)
-        assert "materialize all partitions of task_embeddings in one run" in message
-        assert "default, sentiment, toxicity" in message, "it names what to rebuild"
-        assert not instance.fetch_materializations(AssetKey("task_embeddings"), limit=1).records
-        assert read_table(settings.storage.database, count).equals(before), "nothing written"
+    before = read_table(settings.storage.build_database, count)
+    materialized = len(instance.fetch_materializations(AssetKey("task_embeddings"), 100).records)
+    one = job.execute_in_process(
+        instance=instance,
+        partition_key="topic",
+        asset_selection=[AssetKey("task_embeddings")],
+        raise_on_error=False,
+    )
+    assert not one.success
+    message = failure_message(one)
+    assert "materialize all partitions of task_embeddings in one run" in message
+    assert "default, sentiment, toxicity" in message, "it names what to rebuild"
+    assert (
+        len(instance.fetch_materializations(AssetKey("task_embeddings"), 100).records)
+        == materialized
+    ), "no materialization recorded"
+    assert read_table(settings.storage.build_database, count).equals(before), "nothing written"
 
-        every = job.execute_in_process(
-            instance=instance,
-            asset_selection=[AssetKey("task_embeddings")],
-            tags={
-                "dagster/asset_partition_range_start": TASKS[0],
-                "dagster/asset_partition_range_end": TASKS[-1],
-            },
-            raise_on_error=False,
-        )
-        assert every.success
-    stored = read_table(settings.storage.database, count)
+    every = job.execute_in_process(
+        instance=instance,
+        asset_selection=[AssetKey("task_embeddings")],
+        tags={
+            "dagster/asset_partition_range_start": TASKS[0],
+            "dagster/asset_partition_range_end": TASKS[-1],
+        },
+        raise_on_error=False,
+    )
+    assert every.success
+    stored = read_table(settings.storage.build_database, count)
     assert stored.to_dict("records") == [
-        {"task": task, "n": 800, "kind": "FLOAT[128]"} for task in sorted(TASKS)
+        {"task": task, "n": documents, "kind": "FLOAT[128]"} for task in sorted(TASKS)
     ]
 
 
-def test_a_map_built_before_its_embeddings_names_the_partition_to_build(warehouse_copy):
+def test_a_map_built_before_its_embeddings_names_the_partition_to_build(project_copy):
     emotion = {"instruction": "Classify the emotion expressed in the given text"}
-    settings = warehouse_copy(lambda raw: raw["tasks"].update(emotion=emotion))
-    job = build_definitions(settings).resolve_job_def("build_assets")
-    with instance_for_test() as instance:
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key="emotion",
-            asset_selection=[AssetKey("umap_coordinates")],
-            raise_on_error=False,
-        )
+    project = project_copy(lambda raw: raw["tasks"].update(emotion=emotion))
+    job = build_definitions(project.settings()).resolve_job_def("build_assets")
+    result = job.execute_in_process(
+        instance=project.instance,
+        partition_key="emotion",
+        asset_selection=[AssetKey("umap_coordinates")],
+        raise_on_error=False,
+    )
     assert not result.success
     assert (
-        "task_embeddings[emotion] has 0 rows for the 800 sample documents: materialize "
-        "task_embeddings[emotion] first" in failure_message(result)
+        f"task_embeddings[emotion] has 0 rows for the {project.documents()} sample documents: "
+        "materialize task_embeddings[emotion] first" in failure_message(result)
     )
 
 
-def test_a_dry_run_plans_the_edit_and_writes_nothing(copy_of_project, server):
-    settings_file, instance = copy_of_project
-    assert rebuild_stale(instance, load_settings(settings_file), log=lambda line: None).succeeded
+def test_a_dry_run_plans_the_edit_and_writes_nothing(project_copy, tmp_path):
+    project = project_copy(lambda raw: raw["site"].update(output_dir=str(tmp_path / "site")))
+    settings_file, instance = project.settings_path, project.instance
     settings = load_settings(settings_file)
-    warehouse = Path(settings.storage.database)
+    databases = [Path(settings.storage.database), Path(settings.storage.build_database)]
 
     def state():
         observations = instance.fetch_observations(AssetKey("task_instructions"), limit=100)
         return (
             [run.run_id for run in instance.get_runs()],
             len(observations.records),
-            warehouse.stat().st_mtime_ns,
-            warehouse.read_bytes(),
+            [(path.stat().st_mtime_ns, path.read_bytes()) for path in databases],
         )
 
     edit(settings_file, 'or neutral"', 'or neutral, and why"')

@@ -130,9 +130,9 @@ def test_an_unreachable_repository_is_one_line_and_no_credential(tmp_path):
 
 
 def test_the_published_site_asset_follows_site_pages_and_commits_only_a_changed_site(
-    built, warehouse_copy, tmp_path
+    small_built, project_copy, tmp_path
 ):
-    """The asset, run by Dagster after site_pages on a copy of the built site."""
+    """The asset, run by Dagster after site_pages on a copy of a built project."""
     from dagster import AssetKey, instance_for_test
 
     from qwen_assets.definitions import build_definitions
@@ -140,15 +140,16 @@ def test_the_published_site_asset_follows_site_pages_and_commits_only_a_changed_
 
     remote = tmp_path / "pages.git"
     git("init", "--quiet", "--bare", str(remote))
+
     site = tmp_path / "site"
-    subprocess.run(["cp", "-r", str(built.root / "site"), str(site)], check=True)
+    subprocess.run(["cp", "-r", str(small_built.root / "site"), str(site)], check=True)
 
     def publish_to_the_bare_repository(raw: dict) -> None:
         raw["site"]["output_dir"] = str(site)
         raw["publish"] = {"git_repository": str(remote), "git_branch": "pages"}
 
-    settings = warehouse_copy(publish_to_the_bare_repository)
-    defs = build_definitions(settings)
+    project = project_copy(publish_to_the_bare_repository)
+    defs = build_definitions(project.settings())
     published = defs.resolve_assets_def("published_site")
     assert AssetKey("site_pages") in published.asset_deps[AssetKey("published_site")]
     job = defs.resolve_job_def(BUILD_JOB)

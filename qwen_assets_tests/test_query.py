@@ -251,7 +251,8 @@ def test_a_busy_database_waits_then_says_so(
         cli("neighbours", DOC, "--task", "topic", expect=USER_ERROR)
     finally:
         writer.release()
-    assert "is busy: another process" in cli.err and len(cli.err.strip().splitlines()) == 1
+    assert f"is busy: process {writer.process.pid} (python" in cli.err
+    assert len(cli.err.strip().splitlines()) == 1
     assert (
         json.loads(cli("neighbours", DOC, "--task", "topic", "-k", "1", "--format", "json"))[0][
             "doc_id"

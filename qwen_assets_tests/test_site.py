@@ -602,9 +602,7 @@ def test_a_box_selection_is_listed_followed_across_tasks_linked_and_exported(
             again.page.wait_for_selector("body[data-details='loaded']", timeout=30_000)
             restored = {doc for doc, opacity in again.opacities().items() if opacity == 1}
             assert restored == expected
-            assert again.page.inner_text("#selection-count") == page.inner_text(
-                "#selection-count"
-            )
+            assert again.page.inner_text("#selection-count") == page.inner_text("#selection-count")
             assert again.errors == []
         finally:
             again.close()

@@ -1,14 +1,36 @@
-"""newsgroups_sample + task_embeddings + umap_coordinates -> the query views."""
+"""The tables -> the query views -> query_database, the copy of everything people query."""
 
-from dagster import AssetsDefinition, AssetSpec, MaterializeResult, multi_asset
+from collections.abc import Callable, Sequence
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    AssetSpec,
+    Definitions,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    multi_asset,
+)
 
 from qwen_assets.defs.resources import Warehouse
+from qwen_assets.defs.stale import stale_inputs
 from qwen_assets.query import VIEWS
-from qwen_assets.settings import fingerprint
+from qwen_assets.settings import Settings, fingerprint
+from qwen_assets.storage import IncompleteStateError
+
+QUERY_DATABASE = AssetKey("query_database")
 
 
 def query_assets(
-    sample: AssetsDefinition, embeddings: AssetsDefinition, coordinates: AssetsDefinition
+    settings: Settings,
+    sample: AssetsDefinition,
+    embeddings: AssetsDefinition,
+    coordinates: AssetsDefinition,
+    tables: Sequence[AssetKey],
+    defs_of: Callable[[], Definitions],
+    source_versions: Callable[[], dict],
 ) -> list[AssetsDefinition]:
     @multi_asset(
         group_name="query",
@@ -30,4 +52,47 @@ def query_assets(
         for name in VIEWS:
             yield MaterializeResult(asset_key=name, metadata={"view": name})
 
-    return [query_views]
+    @asset(
+        key=QUERY_DATABASE,
+        group_name="query",
+        deps=[*tables, *VIEWS],
+        code_version=fingerprint(
+            {"query_database": 1, "readable_by": settings.storage.readable_by}
+        ),
+        pool="duckdb",
+        kinds={"duckdb"},
+        description=f"The database people query, {settings.storage.database}: every table and "
+        "view of the builds' own database, copied whole once they form one complete state and "
+        f"renamed into place (storage format of DuckDB {settings.storage.readable_by}). A "
+        "reader holding it open never blocks a build, and keeps the state it opened.",
+    )
+    def query_database(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
+        stale = stale_inputs(defs_of(), context.instance, QUERY_DATABASE, source_versions())
+        if stale:
+            first, why = next(iter(stale.items()))
+            more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
+            raise IncompleteStateError(
+                f"{first} is not up to date ({why}){more}: the database people query keeps "
+                "its last complete state; materialize what is stale first, or run "
+                "`qwen-assets build`"
+            )
+        published = warehouse.publish()
+        context.log.info(
+            "published %s (%d tables) in %.1fs",
+            published.target,
+            len(published.tables),
+            published.seconds,
+        )
+        rows = "\n".join(f"| {table} | {count:,} |" for table, count in published.tables.items())
+        return MaterializeResult(
+            metadata={
+                "path": MetadataValue.path(published.target),
+                "readable_by": f"DuckDB {settings.storage.readable_by} and later",
+                "publish_seconds": round(published.seconds, 2),
+                **({"bytes": published.bytes} if published.bytes is not None else {}),
+                "tables": MetadataValue.md("| table | rows |\n|---|---|\n" + rows),
+                "tasks": ", ".join(settings.task_names),
+            }
+        )
+
+    return [query_views, query_database]

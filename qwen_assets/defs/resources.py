@@ -6,11 +6,12 @@ the API key); the experiment itself (tasks, model, UMAP) comes from the settings
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field
 
 from qwen_assets import storage
@@ -20,13 +21,41 @@ from qwen_assets.settings import EmbeddingSettings
 
 
 class Warehouse(ConfigurableResource):
-    """The DuckDB database every asset's table lives in."""
+    """The builds' own DuckDB database, where every asset's table is written, and the copy
+    of it that people query, published whole from one complete state."""
 
-    database: str = Field(description="DuckDB path or connection string, e.g. md:qwen_assets")
+    database: str = Field(description="The builds' database: a path, or md:NAME")
+    published: str = Field(description="The database people query: a path, or md:NAME")
+    readable_by: str = Field(
+        default="v1.0.0", description="The DuckDB release whose storage format `published` has"
+    )
     lock_wait_seconds: float = Field(
         default=storage.WAIT_FOR_LOCK_SECONDS,
         description="How long to wait for another process's lock before giving up",
     )
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """A project built before builds had a database of their own keeps its tables in the
+        one people query: the builds start from a copy of it rather than from nothing."""
+        if not storage.is_local_file(self.database) or Path(self.database).exists():
+            return
+        if storage.is_local_file(self.published) and Path(self.published).exists():
+            storage.publish_database(
+                self.published, self.database, wait_seconds=self.lock_wait_seconds
+            )
+            context.log.warning(
+                f"the builds' database {self.database} did not exist: started it from a copy "
+                f"of {self.published}"
+            )
+
+    def publish(self) -> storage.PublishedDatabase:
+        """Copy every table and view to the database people query, in one step."""
+        return storage.publish_database(
+            self.database,
+            self.published,
+            readable_by=self.readable_by,
+            wait_seconds=self.lock_wait_seconds,
+        )
 
     def query(self, sql: str, parameters: Sequence[object] = ()) -> pd.DataFrame:
         return storage.read_table(

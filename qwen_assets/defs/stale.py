@@ -137,6 +137,17 @@ class _Graph:
             if key in self.materializable
         ]
 
+    def upstream_of(self, key: AssetKey) -> set[AssetKey]:
+        """Every asset ``key`` is built from, directly or not."""
+        found: set[AssetKey] = set()
+        pending = [dep.asset_key for dep in self.specs[key].deps]
+        while pending:
+            parent = pending.pop()
+            if parent not in found:
+                found.add(parent)
+                pending += [dep.asset_key for dep in self.specs[parent].deps]
+        return found
+
     def partitions_of(self, key: AssetKey) -> list[str | None]:
         partitions_def = self.specs[key].partitions_def
         return list(partitions_def.get_partition_keys()) if partitions_def else [None]
@@ -225,15 +236,11 @@ def _why_stale(
     return "; ".join(causes) or None
 
 
-def stale_plan(
-    defs: Definitions,
-    instance: DagsterInstance,
-    source_versions: Mapping[Target, str] | None = None,
-) -> StalePlan:
+def _stale_targets(
+    graph: _Graph, instance: DagsterInstance, source_versions: Mapping[Target, str]
+) -> dict[Target, str]:
     """Every stale asset partition, plus everything downstream of one (it will be stale once
-    its input is rebuilt), grouped into runs. ``source_versions``: the current version of
-    each observed source partition (for this project, each task's prompt)."""
-    graph = _Graph(defs)
+    its input is rebuilt), with the reason."""
     records = _Records(instance)
     dependents: dict[Target, list[Target]] = {}
     reasons: dict[Target, str] = {}
@@ -242,7 +249,7 @@ def stale_plan(
             target = (node.spec.key, partition)
             for source in graph.inputs(node, partition):
                 dependents.setdefault(source, []).append(target)
-            why = _why_stale(graph, records, node, partition, source_versions or {})
+            why = _why_stale(graph, records, node, partition, source_versions)
             if why is not None:
                 reasons[target] = why
     frontier = list(reasons)
@@ -256,7 +263,33 @@ def stale_plan(
             if (sibling, parent[1]) not in reasons:
                 reasons[(sibling, parent[1])] = f"computed together with {label(parent)}"
                 frontier.append((sibling, parent[1]))
+    return reasons
 
+
+def stale_inputs(
+    defs: Definitions,
+    instance: DagsterInstance,
+    key: AssetKey,
+    source_versions: Mapping[Target, str] | None = None,
+) -> dict[str, str]:
+    """What is stale among the assets ``key`` is built from: label -> why. Empty when they
+    form one complete, current state."""
+    graph = _Graph(defs)
+    upstream = graph.upstream_of(key)
+    reasons = _stale_targets(graph, instance, source_versions or {})
+    return {label(target): why for target, why in reasons.items() if target[0] in upstream}
+
+
+def stale_plan(
+    defs: Definitions,
+    instance: DagsterInstance,
+    source_versions: Mapping[Target, str] | None = None,
+) -> StalePlan:
+    """Every stale asset partition, plus everything downstream of one, grouped into runs.
+    ``source_versions``: the current version of each observed source partition (for this
+    project, each task's prompt)."""
+    graph = _Graph(defs)
+    reasons = _stale_targets(graph, instance, source_versions or {})
     plan = StalePlan(reasons={label(target): why for target, why in reasons.items()})
     partitioned = [node for node in graph.nodes if node.partitions != [None]]
     first_partitioned = graph.nodes.index(partitioned[0]) if partitioned else len(graph.nodes)

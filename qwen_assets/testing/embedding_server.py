@@ -2,7 +2,9 @@
 
 Starlette serves ``POST /v1/embeddings`` through uvicorn in a background thread. Vectors come
 from a real model (any callable texts -> matrix). Faults are scripted per request, and every
-request is recorded, so tests can assert what the server saw.
+request is recorded, so tests can assert what the server saw. ``hold()`` keeps every request
+waiting until ``release()``, so a test can act while a client is certainly mid-request. A
+request answered after ``reset()`` (one a client gave up on) is not recorded.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import uvicorn
@@ -50,10 +53,15 @@ class EmbeddingServer:
     received: list[list[str]] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
     headers_seen: list[dict[str, str]] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each request
+    waiting: int = 0  # requests held at the gate now
     _window: deque[float] = field(default_factory=deque)
+    _generation: int = 0
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
+        self.gate = threading.Event()
+        self.gate.set()
         app = Starlette(routes=[Route("/v1/embeddings", self._embeddings, methods=["POST"])])
         self.port = _free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
@@ -79,17 +87,31 @@ class EmbeddingServer:
 
     def reset(self) -> None:
         with self.lock:
+            self._generation += 1
             self.faults.clear()
             self.received.clear()
             self.statuses.clear()
             self.headers_seen.clear()
+            self.arrivals.clear()
+        self.release()
+
+    def hold(self) -> None:
+        """From now on every request waits (unanswered) until ``release()``."""
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.gate.set()
 
     @property
     def texts_received(self) -> list[str]:
         return [text for batch in self.received for text in batch]
 
-    def _answer(self, status: int, body: dict, headers: dict[str, str] | None = None) -> Response:
-        self.statuses.append(status)
+    def _answer(
+        self, generation: int, status: int, body: dict, headers: dict[str, str] | None = None
+    ) -> Response:
+        with self.lock:
+            if generation == self._generation:
+                self.statuses.append(status)
         # json.dumps writes NaN as a bare NaN token, as some servers do.
         return Response(json.dumps(body), status, headers, media_type="application/json")
 
@@ -97,10 +119,22 @@ class EmbeddingServer:
         payload = await request.json()
         texts = list(payload["input"])
         with self.lock:
+            generation = self._generation
             self.headers_seen.append(dict(request.headers))
+            self.arrivals.append(time.monotonic())
             fault = self.faults.popleft() if self.faults else Fault()
+        if not self.gate.is_set():
+            with self.lock:
+                self.waiting += 1
+            try:
+                while not self.gate.is_set():
+                    await asyncio.sleep(0.02)
+            finally:
+                with self.lock:
+                    self.waiting -= 1
+        answer = partial(self._answer, generation)
         if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
-            return self._answer(401, {"error": {"message": "Invalid API key"}})
+            return answer(401, {"error": {"message": "Invalid API key"}})
         if self.requests_per_minute is not None:
             now = time.monotonic()
             with self.lock:
@@ -111,20 +145,23 @@ class EmbeddingServer:
                 if not limited:
                     self._window.append(now)
             if limited:
-                return self._answer(
-                    429, {"error": {"message": "rate limited"}}, {"Retry-After": "1"}
-                )
+                return answer(429, {"error": {"message": "rate limited"}}, {"Retry-After": "1"})
         if fault.hang_seconds:
-            await asyncio.sleep(fault.hang_seconds)
+            deadline = time.monotonic() + fault.hang_seconds
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                if await request.is_disconnected():  # the client gave up: nothing is answered
+                    return Response(status_code=499)
         if fault.status is not None:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
-            return self._answer(fault.status, {"error": {"message": fault.message}}, headers)
+            return answer(fault.status, {"error": {"message": fault.message}}, headers)
         if self.latency is not None:
             await asyncio.sleep(self.latency())
         vectors = await asyncio.to_thread(self.vectorise, texts)
         vectors = np.asarray(vectors, dtype=np.float32)
         with self.lock:
-            self.received.append(texts)
+            if generation == self._generation:
+                self.received.append(texts)
         if fault.wrong_dimension:
             vectors = vectors[:, : vectors.shape[1] // 2]
         if fault.nan:
@@ -138,7 +175,7 @@ class EmbeddingServer:
         if fault.drop_vector:
             data.pop()
         tokens = sum(len(text.split()) for text in texts)
-        return self._answer(
+        return answer(
             200,
             {
                 "object": "list",

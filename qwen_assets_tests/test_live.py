@@ -1,0 +1,337 @@
+"""The project as people use it, all at once: a real `qwen-assets build` and a real `dg dev`
+(webserver and daemon) rebuild the small project while one reader holds the database people
+query and another queries it in a loop.
+
+What it shows: no build waits on a reader (the builds run with ``storage.lock_wait_seconds =
+0``, so one that met a reader's lock would fail); a reader never sees a mix of states; a
+reader keeps the state it opened until it reconnects; and the UI, the sensor and the headless
+build agree on what one instruction edit makes stale and rebuild exactly that.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from qwen_assets.testing import project_settings, write_settings
+from qwen_assets_tests.conftest import REPO, SMALL_CORPUS
+
+PACKAGE_DAGSTER_YAML = REPO / "qwen_assets" / "dagster.yaml"
+TASKS = ["default", "topic", "sentiment", "toxicity"]
+
+# Checks one state of the database people query, on a new connection each pass, until the
+# stop file appears; prints what it saw as JSON.
+QUERY_LOOP = textwrap.dedent(
+    """
+    import json, os, sys, time
+    import duckdb
+
+    path, stop = sys.argv[1], sys.argv[2]
+    passes, failures, states = 0, [], set()
+    while not os.path.exists(stop):
+        if not os.path.exists(path):
+            time.sleep(0.05)
+            continue
+        with duckdb.connect(path, read_only=True) as con:
+            one = lambda sql: con.execute(sql).fetchall()
+            try:
+                documents = one("SELECT count(*) FROM newsgroups_sample")[0][0]
+                vectors = dict(one("SELECT task, count(*) FROM task_embeddings GROUP BY task"))
+                points = dict(one("SELECT task, count(*) FROM umap_coordinates GROUP BY task"))
+                (tasks, versions, built_for, payload) = one(
+                    "SELECT tasks, map_keys(task_versions), documents, payload_sha256 "
+                    "FROM site_builds ORDER BY built_at DESC LIMIT 1"
+                )[0]
+                problems = []
+                if set(vectors.values()) != {documents}:
+                    problems.append(f"vectors per task {vectors}, {documents} posts")
+                if points != vectors:
+                    problems.append(f"points per task {points}, vectors {vectors}")
+                if set(tasks) != set(vectors) or set(versions) != set(vectors):
+                    problems.append(f"site_builds names {tasks}, the tables hold {sorted(vectors)}")
+                if built_for != documents:
+                    problems.append(f"site_builds counts {built_for} posts, the sample {documents}")
+                if problems:
+                    failures.append("; ".join(problems))
+                topic = one(
+                    "SELECT md5(string_agg(embedding::VARCHAR, ',' ORDER BY doc_id)) "
+                    "FROM task_embeddings WHERE task = 'topic'"
+                )[0][0]
+                states.add((payload, topic))
+            except Exception as error:
+                failures.append(repr(error))
+        passes += 1
+    print(json.dumps({"passes": passes, "failures": failures[:5], "states": sorted(states)}))
+    """
+)
+
+# Holds one read-only connection, as a notebook does, until a line comes on stdin; then prints
+# a fingerprint of every task's vectors through it, closes it and connects again. (DuckDB
+# shares one open database between the connections of a process: a process sees a new state
+# once all its connections to the old one are closed.)
+HOLDER = textwrap.dedent(
+    """
+    import json, sys
+    import duckdb
+
+    SQL = ("SELECT task, md5(string_agg(embedding::VARCHAR, ',' ORDER BY doc_id)) "
+           "FROM task_embeddings GROUP BY task")
+    path = sys.argv[1]
+    held = duckdb.connect(path, read_only=True)
+    print(json.dumps(dict(held.execute(SQL).fetchall())), flush=True)
+    sys.stdin.readline()
+    still = dict(held.execute(SQL).fetchall())
+    held.close()
+    with duckdb.connect(path, read_only=True) as again:
+        print(json.dumps({"held": still, "new": dict(again.execute(SQL).fetchall())}), flush=True)
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], object], seconds: float, what: str) -> object:
+    deadline = time.monotonic() + seconds
+    while True:
+        found = condition()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:g}s waiting until {what}")
+        time.sleep(0.25)
+
+
+class DagsterUI:
+    """A real `dg dev` from the repository root, and its GraphQL API."""
+
+    def __init__(self, environ: dict[str, str], log: Path) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.log = log
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("dg")), "dev", "--port", self.url.rsplit(":")[-1]],
+            cwd=REPO,
+            env=environ,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its webserver, daemon and code servers stop together
+        )
+        wait_until(self._up, 120, f"dg dev answers (its log: {log})")
+
+    def _up(self) -> bool:
+        assert self.process.poll() is None, self.log.read_text()[-3000:]
+        try:
+            return httpx.get(self.url + "/server_info", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def query(self, text: str, **variables) -> dict:
+        answer = httpx.post(
+            self.url + "/graphql", json={"query": text, "variables": variables}, timeout=60
+        )
+        answer.raise_for_status()
+        body = answer.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def reload(self) -> None:
+        found = self.query(
+            'mutation { reloadRepositoryLocation(repositoryLocationName: "qwen_assets") '
+            "{ __typename ... on WorkspaceLocationEntry { loadStatus } } }"
+        )
+        assert found["reloadRepositoryLocation"]["loadStatus"] == "LOADED"
+
+    def stale_partitions(self, asset: str) -> list[str]:
+        """The partitions the UI shows stale (Dagster's own stale status)."""
+        (node,) = self.query(
+            "query($keys: [AssetKeyInput!]) { assetNodes(assetKeys: $keys) "
+            "{ partitionKeys staleStatusByPartition } }",
+            keys=[{"path": [asset]}],
+        )["assetNodes"]
+        statuses = zip(node["partitionKeys"], node["staleStatusByPartition"], strict=True)
+        return [partition for partition, status in statuses if status != "FRESH"]
+
+    def stale_assets(self, assets: list[str]) -> list[str]:
+        nodes = self.query(
+            "query($keys: [AssetKeyInput!]) { assetNodes(assetKeys: $keys) "
+            "{ assetKey { path } staleStatus } }",
+            keys=[{"path": [asset]} for asset in assets],
+        )["assetNodes"]
+        return sorted(n["assetKey"]["path"][0] for n in nodes if n["staleStatus"] != "FRESH")
+
+    def runs(self) -> list[dict]:
+        return self.query(
+            "{ runsOrError(limit: 50) { ... on Runs { results { runId status "
+            "tags { key value } } } } }"
+        )["runsOrError"]["results"]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture
+def project(small_built, server, archive, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A new small project (no database, no Dagster history) with a copy of the paid cache,
+    whose builds may not wait on any lock; yields the environment its commands run in."""
+    shutil.copyfile(small_built.cache, tmp_path / "cache.duckdb")
+    raw = project_settings(tmp_path, server, archive)
+    raw["corpus"].update(SMALL_CORPUS)
+    raw["storage"]["lock_wait_seconds"] = 0
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(PACKAGE_DAGSTER_YAML, home / "dagster.yaml")
+    environ = {
+        **os.environ,
+        "QWEN_ASSETS_SETTINGS": str(write_settings(tmp_path / "settings.toml", raw)),
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_DISABLE_TELEMETRY": "yes",
+    }
+    environ.pop("SILICONFLOW_API_KEY", None)
+    server.reset()
+    yield environ
+    server.release()
+
+
+def build(environ: dict[str, str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "qwen_assets.cli", "build"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "busy" not in done.stdout + done.stderr
+    return done.stdout
+
+
+def edit(environ: dict[str, str], old: str, new: str) -> None:
+    settings = Path(environ["QWEN_ASSETS_SETTINGS"])
+    assert old in settings.read_text()
+    settings.write_text(settings.read_text().replace(old, new))
+
+
+def test_people_query_through_a_cold_build_an_edit_and_a_sensor_run(
+    project, server, small_built, tmp_path
+):
+    documents = small_built.documents()
+    batch = small_built.settings().embedding.batch_size
+    read_side = Path(project["QWEN_ASSETS_SETTINGS"]).with_name("warehouse.duckdb")
+    stop = tmp_path / "stop-the-query-loop"
+    loop = subprocess.Popen(
+        [sys.executable, "-c", QUERY_LOOP, str(read_side), str(stop)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ui: DagsterUI | None = None
+    holder: subprocess.Popen | None = None
+    try:
+        # 1. A cold build, the loop waiting for the database to appear.
+        build(project)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(read_side)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        first = json.loads(holder.stdout.readline())
+        assert sorted(first) == sorted(TASKS)
+
+        # 2. An instruction edited, built from the command line, while both readers read.
+        server.reset()
+        edit(project, 'or neutral"', 'or neutral, and why"')
+        output = build(project)
+        assert "rebuild task_embeddings[sentiment]" in output
+        assert len(server.received) == math.ceil(documents / batch)
+
+        # 3. Another edited in a running `dg dev`: the sensor rebuilds it.
+        ui = DagsterUI(project, tmp_path / "dg-dev.log")
+        assert ui.stale_partitions("task_embeddings") == [], "fresh after the builds"
+        launched_before = len(ui.runs())
+        server.reset()
+        server.hold()  # the sensor's run will wait on the API: the UI can be read meanwhile
+        edit(project, "Identify the topic or theme of the given text", "Name its subject")
+        ui.reload()
+        wait_until(
+            lambda: ui.stale_partitions("task_embeddings"),
+            90,
+            "the sensor records the changed prompt and the UI shows it stale",
+        )
+        assert ui.stale_partitions("task_embeddings") == ["topic"], "that partition only"
+        assert ui.stale_partitions("umap_coordinates") in ([], ["topic"])
+        assert wait_until(lambda: server.waiting, 60, "the sensor's run asks for vectors")
+        server.release()
+        wait_until(
+            lambda: (
+                len(ui.runs()) >= launched_before + 2
+                and all(run["status"] in ("SUCCESS", "FAILURE") for run in ui.runs())
+            ),
+            240,
+            "the sensor's runs finish",
+        )
+        runs = ui.runs()[: len(ui.runs()) - launched_before]
+        assert {run["status"] for run in runs} == {"SUCCESS"}, (
+            tmp_path / "dg-dev.log"
+        ).read_text()[-3000:]
+        assert all(
+            {"key": "qwen_assets/trigger", "value": "rebuild_stale_assets sensor"} in run["tags"]
+            for run in runs
+        )
+        assert len(server.received) == math.ceil(documents / batch), "exactly that task's texts"
+        assert all("Name its subject" in text for text in server.texts_received)
+        # The map and the site followed, and the UI now shows everything fresh.
+        for asset in ["task_embeddings", "umap_coordinates"]:
+            assert ui.stale_partitions(asset) == [], asset
+        assert (
+            ui.stale_assets(
+                ["site_data", "task_quality", "map_clusters", "site_pages", "query_database"]
+            )
+            == []
+        )
+    except BaseException:
+        if holder is not None:
+            holder.kill()
+        raise
+    finally:
+        if ui is not None:
+            ui.stop()
+        stop.touch()
+        seen, errors = loop.communicate(timeout=60)
+
+    # 4. The loop never saw a broken or mixed state, and saw each of the three builds.
+    summary = json.loads(seen or "{}") if seen else {"failures": [errors[-2000:]]}
+    assert summary["failures"] == []
+    assert summary["passes"] > 10
+    assert len(summary["states"]) == 3, "cold build, sentiment edit, topic edit"
+
+    # 5. The held connection still sees the first state; a new one sees the edited vectors.
+    holder.stdin.write("\n")
+    holder.stdin.flush()
+    later = json.loads(holder.stdout.readline())
+    holder.wait(timeout=30)
+    assert later["held"] == first, "a reader keeps the state it opened"
+    changed = {task for task in TASKS if later["new"][task] != first[task]}
+    assert changed == {"topic", "sentiment"}
