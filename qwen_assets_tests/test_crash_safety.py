@@ -1,6 +1,7 @@
 """Builds killed, interrupted or started twice, as real `qwen-assets build` processes against
 the loopback embeddings server: the next build always finishes on its own, and nothing paid
-for is asked for twice (beyond what was in flight when the process died)."""
+for is asked for twice (beyond what was in flight when the process died). The server holds
+its answers (``hold``) when a test must act while a build is certainly mid-embedding."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from dagster import DagsterInstance, DagsterRunStatus
 
 from qwen_assets.storage import read_table
 from qwen_assets.testing import project_settings, write_settings
+from qwen_assets_tests.conftest import SMALL_CORPUS
 
 PROBE_INSTRUCTION = "Say which newsgroup the given post was written for"
-BATCH_SIZE = 32
+BATCH_SIZE = 8
 IN_FLIGHT = 2
 
 
@@ -53,11 +55,12 @@ class CliProject:
 
 
 @pytest.fixture
-def project(built, server, archive, tmp_path: Path) -> Iterator[CliProject]:
-    """A new project whose `probe` task is not cached (so a build embeds for a while through a
-    slow server) and whose `default` task is (a copy of the built project's cache)."""
-    shutil.copyfile(built.cache, tmp_path / "cache.duckdb")
+def project(small_built, server, archive, tmp_path: Path) -> Iterator[CliProject]:
+    """A new small project whose `probe` task is not cached (so a build embeds it in many
+    small batches) and whose `default` task is (a copy of the built project's cache)."""
+    shutil.copyfile(small_built.cache, tmp_path / "cache.duckdb")
     raw = project_settings(tmp_path, server, archive)
+    raw["corpus"].update(SMALL_CORPUS)
     raw["embedding"]["batch_size"] = BATCH_SIZE
     raw["embedding"]["http"]["max_in_flight"] = IN_FLIGHT
     raw["tasks"] = {
@@ -71,11 +74,10 @@ def project(built, server, archive, tmp_path: Path) -> Iterator[CliProject]:
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
     }
     server.reset()
-    server.latency = lambda: 0.25
     try:
         yield CliProject(tmp_path, environ)
     finally:
-        server.latency = None
+        server.release()
 
 
 def probe_texts(server) -> list[str]:
@@ -90,11 +92,19 @@ def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None
         time.sleep(0.1)
 
 
+def hold_mid_embedding(server) -> None:
+    """Once a build has had a few batches answered, hold the rest: it is embedding, and stays."""
+    wait_until(lambda: len(probe_texts(server)) >= 3 * BATCH_SIZE, 240, "it is embedding")
+    server.hold()
+    wait_until(lambda: server.waiting, 60, "its next request waits on the server")
+
+
 def test_a_build_killed_mid_embedding_never_blocks_the_next(project, server):
     first = project.start("first")
-    wait_until(lambda: len(probe_texts(server)) >= 6 * BATCH_SIZE, 240, "it is embedding")
+    hold_mid_embedding(server)
     first.send_signal(signal.SIGKILL)
     first.wait()
+    server.release()
     (killed,) = [run for run in project.runs() if run.status == DagsterRunStatus.STARTED]
 
     second = project.start("second")
@@ -125,7 +135,7 @@ def test_a_build_killed_mid_embedding_never_blocks_the_next(project, server):
 
 def test_two_builds_at_once_wait_quietly_and_sigterm_stops_either(project, server):
     first = project.start("first")
-    wait_until(lambda: len(probe_texts(server)) >= 2 * BATCH_SIZE, 240, "it is embedding")
+    hold_mid_embedding(server)
     second = project.start("second")
     wait_until(
         lambda: "another qwen-assets build is running" in project.output("second"),
@@ -143,10 +153,12 @@ def test_two_builds_at_once_wait_quietly_and_sigterm_stops_either(project, serve
     assert time.monotonic() - started < 5, "SIGTERM stops a waiting build promptly"
 
     started = time.monotonic()
+    assert server.waiting, "the first build is waiting for vectors"
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=60) == 130, project.output("first")
     assert time.monotonic() - started < 30, "SIGTERM stops an embedding build promptly"
     assert "build interrupted" in project.output("first")
+    server.release()
     statuses = [run.status for run in project.runs()]
     assert DagsterRunStatus.CANCELED in statuses or DagsterRunStatus.FAILURE in statuses
     assert DagsterRunStatus.STARTED not in statuses, "an interrupted run is closed, not left open"
@@ -183,3 +195,43 @@ def test_a_wrong_key_ends_the_build_with_one_line_and_leaks_nowhere(project, ser
     assert "building raw_newsgroups, newsgroups_sample" in build.stdout
     for text in (build.stdout, build.stderr, log_file.read_text()):
         assert wrong not in text
+
+
+def probe_vectors(database: str) -> str:
+    return read_table(
+        database,
+        "SELECT md5(string_agg(embedding::VARCHAR, ',' ORDER BY doc_id)) FROM task_embeddings "
+        "WHERE task = 'probe'",
+    ).iloc[0, 0]
+
+
+def test_a_build_killed_while_publishing_leaves_the_query_database_whole(project, server):
+    """SIGKILL while query_database writes its copy: the database people query is the one the
+    last complete build left, and the next build publishes again (and clears the copy)."""
+    first = project.start("first")
+    assert first.wait(timeout=300) == 0, project.output("first")
+    database = Path(project.database)
+    before, vectors = database.read_bytes(), probe_vectors(project.database)
+    settings = Path(project.environ["QWEN_ASSETS_SETTINGS"])
+    settings.write_text(settings.read_text().replace(PROBE_INSTRUCTION, "Name its newsgroup"))
+
+    second = project.start("second")
+    pattern = f".{database.name}.publishing-*"
+    deadline = time.monotonic() + 300
+    while not list(database.parent.glob(pattern)):
+        assert second.poll() is None, project.output("second")
+        assert time.monotonic() < deadline, "it never published"
+        time.sleep(0.005)
+    second.send_signal(signal.SIGSTOP)
+    assert list(database.parent.glob(pattern)), "stopped while writing the copy"
+    second.send_signal(signal.SIGKILL)
+    second.wait()
+    assert database.read_bytes() == before, "the database people query is whole and unchanged"
+    assert probe_vectors(project.database) == vectors
+
+    third = project.start("third")
+    assert third.wait(timeout=300) == 0, project.output("third")
+    assert "rebuild query_database" in project.output("third")
+    assert not list(database.parent.glob(pattern)), "the killed copy is cleared"
+    build_database = str(database.parent / "build" / database.name)
+    assert probe_vectors(project.database) == probe_vectors(build_database) != vectors
