@@ -435,3 +435,24 @@ def test_map_clusters_hold_tight_groups_of_the_map_that_the_payload_draws(built)
             points = places.loc[task["name"]].loc[list(row.doc_ids)][["x", "y"]].to_numpy()
             assert points.std(axis=0).mean() < spread, f"{row.label}: tighter than the map"
             assert row.label == " · ".join(row.words) and len(row.words) > 0
+
+
+def test_a_project_from_before_the_build_database_moves_over_without_paying_again(
+    project_copy, server
+):
+    """A project built by a release that kept its tables in the database people query (no
+    build database, no query_database asset) starts its build database from a copy of it:
+    nothing is embedded or mapped again, and the database people query is published anew."""
+    project = project_copy()
+    Path(project.build_database).unlink()
+    project.instance.wipe_assets([AssetKey("query_database")])
+    lines: list[str] = []
+    server.reset()
+    report = rebuild_stale(project.instance, project.settings(), log=lines.append)
+    assert report.succeeded, report.failure
+    assert report.plan.runs()[0].keys == [AssetKey("query_database")]
+    assert len(report.plan.runs()) == 1 and server.received == []
+    assert Path(project.build_database).exists()
+    assert read_table(project.database, "SELECT count(*) FROM task_embeddings").iloc[0, 0] == (
+        4 * project.documents()
+    )

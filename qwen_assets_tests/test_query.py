@@ -5,6 +5,8 @@ import io
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -259,6 +261,29 @@ def test_a_busy_database_waits_then_says_so(
         ]
         == DOC
     )
+
+
+def test_the_duckdb_1_5_command_line_opens_the_database_and_runs_the_readmes_queries(
+    built, database
+):
+    """People's DuckDB is often older than the project's: the database they query is written
+    in storage.readable_by's format, which the DuckDB 1.5 CLI (duckdb-cli on PyPI) reads."""
+    cli = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")
+    assert cli, "the dev extra installs duckdb-cli"
+    version = subprocess.run([cli, "--version"], capture_output=True, text=True).stdout
+    assert version.startswith("v1."), version
+    for sql in readme_queries():
+        answered = subprocess.run(
+            [cli, "-readonly", "-json", built.database, "-c", sql],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert answered.returncode == 0, answered.stderr
+        rows = json.loads(answered.stdout)
+        expected = run(database, sql)
+        assert len(rows) == len(expected) > 0, sql
+        assert list(rows[0]) == list(expected.columns), sql
 
 
 def test_readme_cluster_query_names_each_labels_main_newsgroup(database):

@@ -3,6 +3,8 @@ a run writes only its own partitions, all at once, and a change of shape that wo
 other partitions' rows is refused with a message naming them."""
 
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,8 +17,13 @@ from qwen_assets.defs.embedding_assets import embedding_columns, vectors_table
 from qwen_assets.storage import (
     DatabaseBusyError,
     PartitionShapeError,
+    StorageError,
+    connect,
+    publish_database,
     read_table,
     replace_partitions,
+    replace_table,
+    shown,
 )
 from qwen_assets_tests.conftest import Writer
 
@@ -149,3 +156,96 @@ def test_a_removed_task_disappears_from_the_table(tmp_path: Path):
         "default",
         "topic",
     ]
+
+
+HOLD_READ_ONLY = """
+import sys, duckdb
+connection = duckdb.connect(sys.argv[1], read_only=True)
+print(connection.execute("SELECT count(*) FROM rows").fetchall()[0][0], flush=True)
+sys.stdin.readline()
+print(connection.execute("SELECT count(*) FROM rows").fetchall()[0][0], flush=True)
+"""
+
+
+def rows_table(database: str, count: int) -> None:
+    replace_table(database, "rows", pd.DataFrame({"n": range(count)}))
+
+
+def test_a_reader_never_delays_a_publish_and_keeps_the_state_it_opened(tmp_path: Path):
+    build, published = str(tmp_path / "build.duckdb"), str(tmp_path / "query.duckdb")
+    rows_table(build, 3)
+    publish_database(build, published, readable_by="v1.0.0")
+    reader = subprocess.Popen(
+        [sys.executable, "-c", HOLD_READ_ONLY, published],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reader.stdout.readline().strip() == "3"
+        rows_table(build, 5)
+        started = time.monotonic()
+        again = publish_database(build, published, readable_by="v1.0.0", wait_seconds=0)
+        assert time.monotonic() - started < 5 and again.tables == {"rows": 5}
+        assert read_table(published, "SELECT count(*) FROM rows").iloc[0, 0] == 5
+        reader.stdin.write("\n")
+        reader.stdin.flush()
+        assert reader.stdout.readline().strip() == "3", "the reader keeps what it opened"
+    finally:
+        reader.kill()
+        reader.wait()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        ".query.duckdb.lock",
+        "build.duckdb",
+        "query.duckdb",
+    ], "no copy left beside it"
+
+
+def test_a_writer_told_busy_learns_that_a_reader_holds_the_file(tmp_path: Path):
+    database = str(tmp_path / "query.duckdb")
+    rows_table(database, 1)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", HOLD_READ_ONLY, database],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        reader.stdout.readline()
+        with pytest.raises(DatabaseBusyError) as raised:
+            rows_table_waiting(database)
+    finally:
+        reader.kill()
+        reader.wait()
+    message = str(raised.value)
+    assert f"process {reader.pid} (python" in message and "is reading it" in message
+    assert "materialization" not in message, "it never guesses who holds it"
+
+
+def rows_table_waiting(database: str) -> None:
+    with connect(database, wait_seconds=0.5) as connection:
+        connection.execute("CREATE OR REPLACE TABLE rows AS SELECT 1 AS n")
+
+
+def test_a_storage_format_duckdb_does_not_know_is_one_line_and_publishes_nothing(
+    tmp_path: Path,
+):
+    build, published = str(tmp_path / "build.duckdb"), str(tmp_path / "query.duckdb")
+    rows_table(build, 2)
+    with pytest.raises(StorageError) as raised:
+        publish_database(build, published, readable_by="v0.0.9")
+    assert str(raised.value).startswith("storage.readable_by: DuckDB ")
+    assert "\n" not in str(raised.value)
+    assert not Path(published).exists()
+    assert not list(tmp_path.glob(".query.duckdb.publishing-*"))
+
+
+def test_a_motherduck_token_never_reaches_a_message():
+    from qwen_assets.settings import parse_settings
+    from qwen_assets.testing import settings_dict
+
+    storage = parse_settings(
+        settings_dict(storage={"database": "md:maps?motherduck_token=tok-SECRET"})
+    ).storage
+    assert storage.build_database == "md:maps_build?motherduck_token=tok-SECRET"
+    assert shown(storage.database) == "md:maps" and "SECRET" not in shown(storage.build_database)
