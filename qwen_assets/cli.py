@@ -2,7 +2,7 @@
 
 argparse (the standard library) parses the commands: the CLI needs subcommands, help and
 exit codes, nothing a dependency would add. Every user error is one line on stderr and
-exit code 2. Queries open DuckDB read-only, so they never block a running materialization.
+exit code 2. Queries open the database people query, read-only: no build ever opens it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Questions people ask of the stored embeddings, answered in DuckDB, read-only.
 
 Plain functions returning DataFrames; the command line formats them. Every read opens the
-database read-only, so a query never takes the write lock a running materialization needs,
-and waits (then says so) while a materialization holds it.
+database people query (``storage.database``) read-only: builds never open that file (they
+publish a new copy of it), so a query and a build never wait for each other.
 """
 
 from __future__ import annotations
