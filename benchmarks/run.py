@@ -18,6 +18,7 @@ BENCHMARKS = {
     "growth": "benchmarks.growth",
     "render-scale": "benchmarks.render_scale",
     "local-cpu": "benchmarks.local_cpu",
+    "local-gpu": "benchmarks.local_gpu",
     "publish": "benchmarks.publish",
     "site": "benchmarks.site_speed",
 }

@@ -155,16 +155,20 @@ class HttpSettings(_Section):
         return value.rstrip("/")
 
 
-# How the in-process model runs: "torch" (its own float32 weights) or "onnx-int8" (exported
-# once to ONNX with 8-bit weights, run by ONNX Runtime on the CPU: about twice as fast there,
-# and vectors that differ slightly, so they are cached and versioned apart).
-LOCAL_RUNTIMES = ("torch", "onnx-int8")
+# How the in-process model runs: "torch" (its own weights: float32 on a CPU, bfloat16 on a
+# GPU), "onnx-int8" (exported once to ONNX with 8-bit weights, run by ONNX Runtime on the CPU:
+# faster only on CPUs with int8 dot-product instructions, and vectors that differ slightly, so
+# they are cached and versioned apart), or "auto" (int8 where those instructions exist).
+LOCAL_RUNTIMES = ("auto", "torch", "onnx-int8")
 
 
 class LocalSettings(_Section):
     model: str | None = None
     device: str = "auto"
-    batch_size: PositiveInt = 16
+    # Padded tokens per forward pass; "auto": 8,192 on a CPU, on a GPU what its memory holds.
+    batch_tokens: Literal["auto"] | Annotated[int, Field(ge=64)] = "auto"
+    # At most this many texts per forward pass (unset: as many as batch_tokens allows).
+    batch_size: PositiveInt | None = None
     max_seq_length: PositiveInt | None = None
     runtime: Literal[LOCAL_RUNTIMES] = "torch"  # type: ignore[valid-type]
     # Where models exported for runtime "onnx-int8" are kept, so the export is paid once.
@@ -179,12 +183,22 @@ class LocalSettings(_Section):
 
     @model_validator(mode="after")
     def _runtime_on_cpu(self) -> LocalSettings:
-        if self.runtime != "torch" and self.device not in ("auto", "cpu"):
+        if self.runtime == "onnx-int8" and self.device not in ("auto", "cpu"):
             raise ValueError(
                 f'runtime "{self.runtime}" runs on the CPU: set device = "cpu" (or "auto"), '
-                'or runtime = "torch" to use the GPU'
+                'or runtime = "torch" (or "auto") to use the GPU'
             )
         return self
+
+    def runtime_here(self) -> str:
+        """The runtime that runs on this machine: ``runtime``, with "auto" resolved (which
+        looks for a GPU, and so imports torch)."""
+        if self.runtime != "auto":
+            return self.runtime
+        from qwen_assets.embedding.hardware import pick_device, resolve_runtime
+
+        device = "cpu" if self.device == "cpu" else pick_device(self.device)
+        return resolve_runtime("auto", device).name
 
 
 class EmbeddingSettings(_Section):
@@ -192,7 +206,7 @@ class EmbeddingSettings(_Section):
     dimensions: Annotated[int, Field(ge=32, le=8192)] | None = None
     prompt_template: str = "Instruct: {instruction}\nQuery:{text}"
     backend: Literal["auto", "http", "local"] = "auto"
-    batch_size: PositiveInt = 32
+    batch_size: PositiveInt = 32  # texts per request to an API
     http: HttpSettings = HttpSettings()
     local: LocalSettings = LocalSettings()
 
@@ -208,18 +222,19 @@ class EmbeddingSettings(_Section):
             raise ValueError("must contain {instruction} and {text} once each")
         return value
 
-    @property
-    def runtime_changes_vectors(self) -> bool:
-        """The in-process runtime gives other numbers than the model's own weights. With
-        backend "auto" the local backend may run, so it counts there too."""
-        return self.backend != "http" and self.local.runtime != "torch"
+    def vector_runtime(self) -> str | None:
+        """The local runtime when it gives other numbers than the model's own weights (None
+        otherwise). With backend "auto" the local backend may run, so it counts there too."""
+        if self.backend == "http" or self.local.runtime == "torch":
+            return None
+        runtime = self.local.runtime_here()
+        return None if runtime == "torch" else runtime
 
     def cache_model(self, backend: str) -> str:
         """The name ``backend``'s vectors are cached under: the model, marked with the local
         runtime when that runtime changes the numbers, so two precisions never mix."""
-        if backend == "local" and self.local.runtime != "torch":
-            return f"{self.model} ({self.local.runtime})"
-        return self.model
+        runtime = self.vector_runtime() if backend == "local" else None
+        return f"{self.model} ({runtime})" if runtime else self.model
 
 
 class UmapSettings(_Section):
@@ -410,8 +425,9 @@ class Settings(_Section):
             "model": self.embedding.model,
             "dimensions": self.embedding.dimensions,
         }
-        if self.embedding.runtime_changes_vectors:  # absent for torch: older versions stand
-            version["runtime"] = self.embedding.local.runtime
+        runtime = self.embedding.vector_runtime()
+        if runtime:  # absent for torch: older versions stand
+            version["runtime"] = runtime
         return fingerprint(version)
 
 

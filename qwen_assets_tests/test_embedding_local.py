@@ -11,15 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from qwen_assets.embedding import (
     EmbeddingConfigError,
+    EmbeddingError,
     build_backend,
     embed_texts,
+    hardware,
     quantized,
     resolve_backend,
 )
 from qwen_assets.embedding.cache import TABLE
+from qwen_assets.embedding.hardware import resolve_runtime
+from qwen_assets.embedding.local import token_batches
 from qwen_assets.metrics import agreement
 from qwen_assets.settings import parse_settings
 from qwen_assets.storage import read_table
@@ -28,12 +33,18 @@ from qwen_assets.testing import TEST_MAX_SEQ_LENGTH, minilm_path, settings_dict
 TOPIC_PREFIX = "Instruct: Identify the topic or theme of the given text\nQuery:"
 
 
-def local_settings(runtime="torch", exported_models="data/models", **embedding):
+LOG = logging.getLogger("test")
+
+
+def local_settings(
+    runtime="torch", exported_models="data/models", batch_tokens="auto", **embedding
+):
     local = {
         "device": "cpu",
         "max_seq_length": TEST_MAX_SEQ_LENGTH,
         "runtime": runtime,
         "exported_models": str(exported_models),
+        "batch_tokens": batch_tokens,
     }
     return parse_settings(
         settings_dict(
@@ -134,10 +145,10 @@ def test_two_runtimes_never_share_cached_vectors(sample_texts, exported_models, 
     _, second = embed(texts, local_settings("onnx-int8", exported_models), cache)
     assert (first.cache_hits, second.cache_hits) == (0, 0)
     assert second.model.endswith("(onnx-int8)")
-    assert (first.runs_on, second.runs_on) == (
-        "local backend on cpu, runtime torch",
-        "local backend on cpu, runtime onnx-int8",
+    assert first.runs_on == (
+        "local backend on cpu, float32, runtime torch (as set), batches of up to 8,192 tokens"
     )
+    assert second.runs_on.startswith("local backend on cpu, 8-bit weights, runtime onnx-int8")
     for runtime in ("torch", "onnx-int8"):
         _, again = embed(texts, local_settings(runtime, exported_models), cache)
         assert (again.cache_hits, again.computed) == (40, 0), runtime
@@ -240,3 +251,134 @@ def test_the_int8_runtime_without_its_extra_says_how_to_install_it(monkeypatch, 
     settings = local_settings("onnx-int8", tmp_path)
     with pytest.raises(EmbeddingConfigError, match=r"pip install 'qwen_assets\[local,onnx\]'"):
         embed(["a text"], settings, tmp_path / "c.duckdb")
+
+
+# -- batching by tokens, running out of memory, choosing the runtime ----------------------
+
+
+def test_batches_hold_every_text_once_longest_first_within_the_budget():
+    lengths = [5, 300, 40, 40, 7, 1200, 90, 3, 64, 64]
+    for budget in (100, 1000, 5000):
+        batches = token_batches(lengths, budget, max_texts=3)
+        flat = [index for batch in batches for index in batch]
+        assert sorted(flat) == list(range(len(lengths)))
+        assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+        for batch in batches:
+            assert len(batch) == 1 or len(batch) * lengths[batch[0]] <= budget
+            assert len(batch) <= 3
+
+
+def test_the_vectors_are_the_same_however_the_texts_are_batched(sample_texts, tmp_path):
+    texts = sample_texts[:200]
+    vectors = {}
+    for budget in (256, "auto", 1_000_000):
+        settings = local_settings(batch_tokens=budget)
+        vectors[budget], stats = embed(texts, settings, tmp_path / f"{budget}.duckdb")
+        assert stats.computed == len(set(texts))
+    passes = {
+        budget: build_backend("local", local_settings(batch_tokens=budget), None, LOG).batches(
+            texts, TOPIC_PREFIX, 32
+        )
+        for budget in vectors
+    }
+    assert len(passes[256]) > len(passes["auto"]) > len(passes[1_000_000]) >= 1
+    for budget, found in vectors.items():
+        cosine = (found * vectors["auto"]).sum(axis=1)
+        assert cosine.min() >= 0.9999, budget
+
+
+class RunsOutOfMemory:
+    """The model's encoder, raising CUDA's out-of-memory error for a pass over more texts
+    than ``fits`` (this machine has no GPU to run out of)."""
+
+    def __init__(self, encode, fits: int) -> None:
+        self.encode, self.fits, self.passes = encode, fits, []
+
+    def __call__(self, texts, prefix):
+        self.passes.append(len(texts))
+        if len(texts) > self.fits:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.encode(texts, prefix)
+
+
+def test_a_pass_that_runs_out_of_memory_is_split_and_loses_no_vector(
+    sample_texts, tmp_path, caplog
+):
+    texts = sample_texts[:120]
+    settings = local_settings(batch_tokens=100_000)
+    expected, _ = embed(texts, settings, tmp_path / "whole.duckdb")
+
+    backend = build_backend("local", settings, None, LOG)
+    model, encode = backend._load()
+    failing = RunsOutOfMemory(encode, fits=25)
+    backend._loaded = (model, failing)
+    with caplog.at_level(logging.INFO):
+        vectors, stats = embed_texts(
+            texts, TOPIC_PREFIX, settings, backend, str(tmp_path / "split.duckdb"), LOG
+        )
+    assert stats.computed == len(set(texts)) and stats.retries >= 1
+    assert max(failing.passes) > 25, "the first pass was too large, as intended"
+    assert (vectors * expected).sum(axis=1).min() >= 0.9999, "every vector, the same numbers"
+    cached = read_table(str(tmp_path / "split.duckdb"), f"SELECT count(*) FROM {TABLE}")
+    assert cached.iloc[0, 0] == len(set(texts))
+    assert "ran out of memory on cpu: split in two" in caplog.text
+    # After the first failure the budget shrank: not one failure per batch.
+    assert sum(size > 25 for size in failing.passes) <= 3
+
+
+def test_a_single_text_that_cannot_fit_says_what_to_change(sample_texts, tmp_path):
+    settings = local_settings()
+    backend = build_backend("local", settings, None, LOG)
+    model, encode = backend._load()
+    backend._loaded = (model, RunsOutOfMemory(encode, fits=0))
+    with pytest.raises(
+        EmbeddingError,
+        match=r"does not fit in the memory of cpu; set embedding\.local\.max_seq_length lower",
+    ):
+        embed_texts(sample_texts[:3], "", settings, backend, str(tmp_path / "c.duckdb"), LOG)
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "flags", "runs", "warns"),
+    [
+        ("auto", "cpu", {"avx2", "avx512f", "avx512_vnni"}, "onnx-int8", False),
+        ("auto", "cpu", {"avx2", "amx_int8"}, "onnx-int8", False),
+        ("auto", "cpu", {"avx2"}, "torch", False),
+        ("auto", "cuda", {"avx512_vnni"}, "torch", False),
+        ("onnx-int8", "cpu", {"avx2"}, "onnx-int8", True),
+        ("onnx-int8", "cpu", {"avx_vnni"}, "onnx-int8", False),
+        ("torch", "cpu", {"avx512_vnni"}, "torch", False),
+    ],
+)
+def test_the_runtime_follows_the_cpus_int8_instructions(requested, device, flags, runs, warns):
+    chosen = resolve_runtime(requested, device, frozenset(flags))
+    assert chosen.name == runs
+    assert (chosen.warning is not None) == warns
+    if requested == "auto":
+        assert chosen.reason.startswith("auto: ")
+
+
+def test_int8_on_a_cpu_without_int8_instructions_is_one_warning_at_the_start(
+    monkeypatch, exported_models, tmp_path, caplog
+):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))
+    settings = local_settings("onnx-int8", exported_models)
+    with caplog.at_level(logging.INFO):
+        embed(["one text", "another"], settings, tmp_path / "c.duckdb")
+    warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == LOG.name and "int8 dot-product" in record.getMessage()
+    ]
+    assert len(warnings) == 1, "one line in the run's log (and one on the command line)"
+    assert "measured slower than float32" in warnings[0]
+
+
+def test_runtime_auto_versions_the_vectors_as_the_runtime_it_picks_here():
+    def versions(**local):
+        raw = settings_dict(embedding={"backend": "local", "local": {"device": "cpu", **local}})
+        settings = parse_settings(raw)
+        return [settings.task_version(task) for task in settings.task_names]
+
+    picked = "onnx-int8" if hardware.int8_dot_products() else "torch"
+    assert versions(runtime="auto") == versions(runtime=picked)

@@ -38,13 +38,24 @@ class Batch:
     label: str  # "batch 3", or "batch 3.1" once split
     indices: tuple[int, ...]  # positions in the list of texts to embed
     texts: tuple[str, ...]
+    tokens: tuple[int, ...] = ()  # each text's length in tokens, where the backend knows it
 
     def halves(self) -> tuple[Batch, Batch]:
         middle = len(self.texts) // 2
-        return (
-            Batch(f"{self.label}.1", self.indices[:middle], self.texts[:middle]),
-            Batch(f"{self.label}.2", self.indices[middle:], self.texts[middle:]),
+        return self.part(0, middle, ".1"), self.part(middle, len(self.texts), ".2")
+
+    def part(self, start: int, end: int, suffix: str) -> Batch:
+        return Batch(
+            self.label + suffix,
+            self.indices[start:end],
+            self.texts[start:end],
+            self.tokens[start:end],
         )
+
+    @property
+    def padded_tokens(self) -> int:
+        """What one forward pass over the batch computes: texts x the longest text."""
+        return len(self.texts) * max(self.tokens, default=0)
 
 
 # A backend reports each finished batch: (batch, raw vectors, tokens used).
@@ -53,9 +64,13 @@ Deliver = Callable[[Batch, np.ndarray, int], None]
 
 class Backend(Protocol):
     name: str
-    summary: str  # for people: "local backend on cpu, runtime torch", "http backend, <host>"
+    summary: str  # for people: "local backend on cpu (float32), ...", "http backend, <host>"
     requests: int  # requests (or local batches) made so far
     retries: int
+
+    def batches(self, texts: Sequence[str], prefix: str, batch_size: int) -> list[Batch]:
+        """How the backend wants ``texts`` cut (an API: ``batch_size`` texts per request)."""
+        ...
 
     async def embed_batches(self, batches: Sequence[Batch], prefix: str, deliver: Deliver) -> None:
         """Embed every batch (``prefix`` + text), calling ``deliver`` as each one completes."""
@@ -245,9 +260,7 @@ def embed_prompts(
     """Vectors for ``prefix + text`` of every text, computing only what the cache lacks.
     ``label`` names the texts in progress reports (the task)."""
     started = time.monotonic()
-    stats = EmbeddingStats(
-        backend=backend.name, model=cache.model, runs_on=backend.summary, total=len(texts)
-    )
+    stats = EmbeddingStats(backend=backend.name, model=cache.model, total=len(texts))
     keys = [prompt_key(prefix + text) for text in texts]
     found = cache.lookup(keys)
     stats.cache_hits = sum(key in found for key in keys)
@@ -256,6 +269,9 @@ def embed_prompts(
         if key not in found:
             missing.setdefault(key, text)
     missing_keys, missing_texts = list(missing), list(missing.values())
+    # Planning may load a model (a local backend batches by its tokens): only when needed.
+    batches = backend.batches(missing_texts, prefix, batch_size) if missing_texts else []
+    stats.runs_on = backend.summary
     log.info(
         "%s, model %s: %d texts, %d from the cache, %d to embed",
         backend.summary,
@@ -284,7 +300,7 @@ def embed_prompts(
 
     if missing_texts:
         try:
-            _run(backend.embed_batches(make_batches(missing_texts, batch_size), prefix, deliver))
+            _run(backend.embed_batches(batches, prefix, deliver))
         except EmbeddingError as error:
             raise type(error)(
                 f"{error} ({stats.computed} of {len(missing_texts)} new texts were embedded "

@@ -37,6 +37,7 @@ from qwen_assets.embedding.core import (
     EmbeddingConfigError,
     EmbeddingError,
     EmbeddingResponseError,
+    make_batches,
 )
 from qwen_assets.settings import HttpSettings
 
@@ -113,6 +114,9 @@ class HttpBackend:
         self._requests = AsyncLimiter(1, 60 / rpm)
         tpm = settings.tokens_per_minute
         self._tokens = AsyncLimiter(tpm, 60.0) if tpm else None
+
+    def batches(self, texts: Sequence[str], prefix: str, batch_size: int) -> list[Batch]:
+        return make_batches(texts, batch_size)
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text

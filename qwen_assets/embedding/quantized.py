@@ -267,18 +267,14 @@ class QuantizedEncoder:
         self.session = inference_session(str(onnx_file))
         self.inputs = [node.name for node in self.session.get_inputs()]
 
-    def encode(self, texts: list[str], prefix: str, batch_size: int) -> np.ndarray:
-        rows = []
+    def encode(self, texts: list[str], prefix: str) -> np.ndarray:
+        """One forward pass over ``texts`` (the local backend sizes the batch)."""
         with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                features = self.model.preprocess(
-                    texts[start : start + batch_size], prompt=prefix or None
-                )
-                (hidden,) = self.session.run(
-                    [OUTPUT], {name: features[name].cpu().numpy() for name in self.inputs}
-                )
-                features["token_embeddings"] = torch.from_numpy(hidden)
-                for module in list(self.model)[1:]:  # pooling, normalisation
-                    features = module(features)
-                rows.append(features["sentence_embedding"].float().numpy())
-        return np.concatenate(rows)
+            features = self.model.preprocess(texts, prompt=prefix or None)
+            (hidden,) = self.session.run(
+                [OUTPUT], {name: features[name].cpu().numpy() for name in self.inputs}
+            )
+            features["token_embeddings"] = torch.from_numpy(hidden)
+            for module in list(self.model)[1:]:  # pooling, normalisation
+                features = module(features)
+            return features["sentence_embedding"].float().numpy()

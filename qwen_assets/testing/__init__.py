@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from qwen_assets.settings import default_settings_path
-from qwen_assets.testing.embedding_server import EmbeddingServer, Fault
+
+if TYPE_CHECKING:
+    from qwen_assets.testing.embedding_server import EmbeddingServer
 
 TEST_MODEL_NAME = "all-MiniLM-L6-v2"
 # MiniLM's own limit is 256 tokens; 128 keeps the suite quick and changes no property tested.
@@ -68,6 +71,16 @@ def project_settings(root: Path, server: EmbeddingServer, archive: str) -> dict:
         },
         site={"output_dir": str(root / "site")},
     )
+
+
+def __getattr__(name: str) -> Any:
+    """The loopback server on first use: the other helpers need neither starlette nor uvicorn
+    (the benchmarks run on machines without them)."""
+    if name in ("EmbeddingServer", "Fault"):
+        from qwen_assets.testing import embedding_server
+
+        return getattr(embedding_server, name)
+    raise AttributeError(name)
 
 
 __all__ = [
