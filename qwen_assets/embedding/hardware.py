@@ -3,7 +3,7 @@ whether the CPU has the instructions that make int8 faster than float32.
 
 The int8 runtime (``quantized.py``) multiplies 8-bit numbers. CPUs with int8 dot-product
 instructions (x86's AVX-512 VNNI, AVX-VNNI or AMX; Arm's dot-product extension) do that in one
-step, and there it measured 2.1x float32's speed; on an AVX2-only CPU the same model ran at
+step, and there it measured 1.8x float32's speed; on an AVX2-only CPU the same model ran at
 0.86x (``benchmarks/RESULTS.md``). So ``runtime = "auto"`` picks int8 only where they exist.
 """
 
