@@ -130,6 +130,8 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 
 
 def command_build(arguments: argparse.Namespace) -> int:
+    import contextlib
+    import io
     import signal
 
     from qwen_assets.definitions import rebuild_stale
@@ -137,10 +139,18 @@ def command_build(arguments: argparse.Namespace) -> int:
 
     # SIGTERM (a service manager, `timeout`, `kill`) stops a build as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # What Dagster and the libraries print on their own (a telemetry notice on a new instance,
+    # database migrations, warnings) goes to the build's log file, not between its lines;
+    # --verbose shows everything.
+    chatter = io.StringIO()
+    quiet = contextlib.nullcontext() if arguments.verbose else contextlib.redirect_stderr(chatter)
+    if not arguments.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     display = BuildDisplay(live=not arguments.verbose)
     PROGRESS_LOGGER.addHandler(display)
+    report = None
     try:
-        with dagster_instance() as instance:
+        with quiet, dagster_instance() as instance:
             report = rebuild_stale(
                 instance, dry_run=arguments.dry_run, verbose=arguments.verbose, log=display.line
             )
@@ -155,6 +165,7 @@ def command_build(arguments: argparse.Namespace) -> int:
     finally:
         PROGRESS_LOGGER.removeHandler(display)
         display.close()
+        _keep(chatter.getvalue(), report.log_file if report else None)
     where = f" (Dagster's full log: {report.log_file})" if report.log_file else ""
     if report.failure:
         print(f"qwen-assets: {report.failure}{where}", file=sys.stderr)
@@ -162,6 +173,21 @@ def command_build(arguments: argparse.Namespace) -> int:
     if report.run_ids:
         display.line(f"built {len(report.run_ids)} run(s){where}")
     return 0
+
+
+def _keep(chatter: str, log_file: Path | None) -> None:
+    """What was printed around the build, in its log file (or, without one, the instance's
+    logs folder)."""
+    if not chatter.strip():
+        return
+    if log_file is None:
+        from datetime import datetime
+
+        home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME)
+        log_file = home / "logs" / f"qwen-assets-{datetime.now():%Y%m%d-%H%M%S}.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("a", encoding="utf-8") as out:
+        out.write("\n-- printed by Dagster and the libraries during the build --\n" + chatter)
 
 
 def print_frame(frame, output_format: str, footer: str | None = None) -> None:

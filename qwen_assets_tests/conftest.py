@@ -38,18 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 ARCHIVE_ENV = "QWEN_ASSETS_NEWSGROUPS_ARCHIVE"
 
 
-NO_SKIPS_ENV = "QWEN_ASSETS_NO_SKIPS"
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """Where everything must run (CI sets QWEN_ASSETS_NO_SKIPS=1), a skipped test fails."""
-    outcome = yield
-    report = outcome.get_result()
-    if report.skipped and os.environ.get(NO_SKIPS_ENV):
-        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
-        report.outcome = "failed"
-        report.longrepr = f"skipped where {NO_SKIPS_ENV} is set: {reason}"
+# A skip fails where QWEN_ASSETS_NO_SKIPS is set (the hooks, registered by importing them here).
+from qwen_assets_tests.no_skips import (  # noqa: E402, F401
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+)
 
 
 @pytest.fixture(scope="session")
@@ -58,19 +51,6 @@ def archive() -> str:
     if not path or not Path(path).is_file():
         pytest.skip(f"needs the corpus: set {ARCHIVE_ENV} to 20news-bydate.tar.gz (see README)")
     return path
-
-
-@pytest.fixture(scope="session", autouse=True)
-def sklearn_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """scikit-learn's cache in a session folder: every session fills it from the archive."""
-    home = tmp_path_factory.mktemp("scikit_learn_data")
-    previous = os.environ.get("SCIKIT_LEARN_DATA")
-    os.environ["SCIKIT_LEARN_DATA"] = str(home)
-    yield home
-    if previous is None:
-        os.environ.pop("SCIKIT_LEARN_DATA", None)
-    else:
-        os.environ["SCIKIT_LEARN_DATA"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -74,3 +74,74 @@ def test_a_failing_blocking_check_stops_the_map(project_copy, monkeypatch):
     assert "umap_coordinates" not in {
         event.step_key for event in result.all_events if event.is_step_success
     }, "the map's step never ran"
+
+
+def materializations(project, asset: str, partition: str | None = None) -> int:
+    from dagster import AssetRecordsFilter
+
+    records = project.instance.fetch_materializations(
+        AssetRecordsFilter(
+            asset_key=AssetKey(asset), asset_partitions=[partition] if partition else None
+        ),
+        limit=1000,
+    ).records
+    return len(records)
+
+
+def test_a_failed_blocking_check_keeps_its_partition_out_of_later_builds(
+    project_copy, server, monkeypatch
+):
+    """Dagster's blocking checks stop what follows within a run; the stale rule keeps the
+    partition out of every later build too, until a rebuild passes its check."""
+    import qwen_assets.defs.embedding_assets as embedding_assets
+    from qwen_assets.definitions import rebuild_stale
+
+    project = project_copy(
+        lambda raw: raw["tasks"]["topic"].update(instruction="Name the subject of the text")
+    )
+    maps_before = materializations(project, "umap_coordinates", "topic")
+    broken = lambda *arguments: ["injected: 3 vectors are not unit length"]  # noqa: E731
+    monkeypatch.setattr(embedding_assets, "embedding_problems", broken)
+    lines: list[str] = []
+    first = rebuild_stale(project.instance, project.settings(), log=lines.append)
+    assert not first.succeeded
+    assert "unit_vectors_for_every_document" in first.failure, first.failure
+    second = rebuild_stale(project.instance, project.settings(), log=lines.append)
+    assert not second.succeeded
+    assert second.plan.reasons["task_embeddings[topic]"] == (
+        "its blocking check failed (injected: 3 vectors are not unit length)"
+    )
+    assert materializations(project, "umap_coordinates", "topic") == maps_before, (
+        "no build mapped the vectors that failed their check"
+    )
+
+    monkeypatch.undo()  # the check passes again
+    server.reset()
+    third = rebuild_stale(project.instance, project.settings(), log=lines.append)
+    assert third.succeeded, third.failure
+    assert server.received == [], "the vectors came from the cache"
+    assert materializations(project, "umap_coordinates", "topic") == maps_before + 1
+
+
+def test_a_map_that_fails_its_check_is_never_drawn(project_copy, monkeypatch, tmp_path):
+    import qwen_assets.defs.projection_assets as projection_assets
+    from qwen_assets.definitions import rebuild_stale
+
+    def edit(raw: dict) -> None:
+        raw["umap"]["n_neighbors"] = 12
+        raw["site"]["output_dir"] = str(tmp_path / "site")
+
+    project = project_copy(edit)
+    sites_before = materializations(project, "site_data")
+    monkeypatch.setattr(
+        projection_assets, "coordinate_problems", lambda *arguments: ["injected: 2 points"]
+    )
+    for _ in range(2):
+        report = rebuild_stale(project.instance, project.settings(), log=lambda line: None)
+        assert not report.succeeded
+        assert "finite_point_for_every_document" in report.failure, report.failure
+    assert report.plan.reasons["umap_coordinates[topic]"] == (
+        "its blocking check failed (injected: 2 points)"
+    )
+    assert materializations(project, "site_data") == sites_before, "no site from failed maps"
+    assert not (tmp_path / "site").exists()

@@ -1,9 +1,11 @@
 """The corpus assets, on the real archive."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
-from qwen_assets.corpus import CorpusError, fill_sklearn_cache, stratified_sample
+from qwen_assets.corpus import CorpusError, read_archive, stratified_sample
 from qwen_assets.settings import load_settings
 from qwen_assets.storage import read_table
 
@@ -49,12 +51,40 @@ def test_sample_is_identical_when_built_twice(raw, sample):
     )
 
 
-def test_sample_matches_the_published_recipe_text_for_text(raw, sample):
-    """The demo fetched the groups shuffled, cleaned, and drew 80 per group: same texts, same order."""
+def fill_sklearn_cache(archive: Path, data_home: Path) -> None:
+    """scikit-learn's 20 Newsgroups cache, made from the local archive as its downloader makes
+    it (its downloader checks a checksum of another copy of the archive). The cache's name and
+    format are scikit-learn's own, not public: if they move, this helper fails loudly."""
+    import codecs
+    import pickle
+    import tarfile
+    import tempfile
+
+    from sklearn.datasets import load_files
+
+    with tempfile.TemporaryDirectory() as workdir:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(workdir, filter="data")
+        cache = {
+            split: load_files(Path(workdir, f"20news-bydate-{split}"), encoding="latin1")
+            for split in ("train", "test")
+        }
+    data_home.mkdir(parents=True, exist_ok=True)
+    (data_home / "20news-bydate_py3.pkz").write_bytes(
+        codecs.encode(pickle.dumps(cache), "zlib_codec")
+    )
+
+
+def test_sample_matches_the_published_recipe_text_for_text(sample, archive, tmp_path):
+    """The demo fetched the groups with scikit-learn's fetch_20newsgroups, shuffled, cleaned,
+    and drew 80 per group: the project reads the archive itself, and gets the same texts in
+    the same order."""
     from sklearn.datasets import fetch_20newsgroups
 
     settings = load_settings()
+    fill_sklearn_cache(Path(archive), tmp_path / "scikit_learn_data")
     fetched = fetch_20newsgroups(
+        data_home=str(tmp_path / "scikit_learn_data"),
         subset="all",
         categories=settings.corpus.category_names,
         remove=("headers", "footers", "quotes"),
@@ -83,22 +113,19 @@ def test_a_group_with_too_few_documents_gives_all_it_has(raw):
     assert 0 < len(drawn.frame) == drawn.short_categories["sci.med"] < 5000
 
 
-def test_missing_or_corrupt_archive_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("SCIKIT_LEARN_DATA", str(tmp_path / "empty_home"))
+def test_missing_or_corrupt_archive_is_a_clear_error(tmp_path):
     with pytest.raises(CorpusError, match="does not exist"):
-        fill_sklearn_cache(tmp_path / "missing.tar.gz")
+        read_archive(tmp_path / "missing.tar.gz")
     broken = tmp_path / "broken.tar.gz"
     broken.write_bytes(b"not a tarball at all")
     with pytest.raises(CorpusError, match=r"not a readable \.tar\.gz"):
-        fill_sklearn_cache(broken)
-    assert not any((tmp_path / "empty_home").rglob("*.pkz")), "nothing half-written is left behind"
+        read_archive(broken)
 
 
-def test_an_archive_reaching_outside_its_folder_is_refused(tmp_path, monkeypatch):
+def test_an_archive_reaching_outside_its_folder_is_refused(tmp_path):
     import io
     import tarfile
 
-    monkeypatch.setenv("SCIKIT_LEARN_DATA", str(tmp_path / "empty_home"))
     hostile = tmp_path / "hostile.tar.gz"
     with tarfile.open(hostile, "w:gz") as tar:
         body = b"planted"
@@ -106,5 +133,5 @@ def test_an_archive_reaching_outside_its_folder_is_refused(tmp_path, monkeypatch
         member.size = len(body)
         tar.addfile(member, io.BytesIO(body))
     with pytest.raises(CorpusError, match=str(hostile)):
-        fill_sklearn_cache(hostile)
+        read_archive(hostile)
     assert not list(tmp_path.rglob("planted.txt")), "nothing was written outside"

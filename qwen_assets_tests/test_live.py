@@ -4,8 +4,9 @@ query and another queries it in a loop.
 
 What it shows: no build waits on a reader (the builds run with ``storage.lock_wait_seconds =
 0``, so one that met a reader's lock would fail); a reader never sees a mix of states; a
-reader keeps the state it opened until it reconnects; and the UI, the sensor and the headless
-build agree on what one instruction edit makes stale and rebuild exactly that.
+reader keeps the state it opened until it reconnects; the UI, the sensor and the headless
+build agree on what one instruction edit makes stale and rebuild exactly that; and a
+command-line build beside the live sensor takes turns with it.
 """
 
 from __future__ import annotations
@@ -177,9 +178,18 @@ class DagsterUI:
 
     def runs(self) -> list[dict]:
         return self.query(
-            "{ runsOrError(limit: 50) { ... on Runs { results { runId status "
-            "tags { key value } } } } }"
+            "{ runsOrError(limit: 50) { ... on Runs { results { runId status startTime "
+            "endTime tags { key value } } } } }"
         )["runsOrError"]["results"]
+
+    def sensor_ticks(self) -> list[dict]:
+        """The sensor's ticks, newest first: when, and why it skipped."""
+        found = self.query(
+            '{ sensorOrError(sensorSelector: {repositoryLocationName: "qwen_assets", '
+            'repositoryName: "__repository__", sensorName: "rebuild_stale_assets"}) '
+            "{ ... on Sensor { sensorState { ticks(limit: 20) { timestamp status skipReason } } } } }"
+        )
+        return found["sensorOrError"]["sensorState"]["ticks"]
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -325,7 +335,7 @@ def test_people_query_through_a_cold_build_an_edit_and_a_sensor_run(
     summary = json.loads(seen or "{}") if seen else {"failures": [errors[-2000:]]}
     assert summary["failures"] == []
     assert summary["passes"] > 10
-    assert len(summary["states"]) == 3, "cold build, sentiment edit, topic edit"
+    assert len(summary["states"]) == 4, "cold build, sentiment, topic and toxicity edits"
 
     # 5. The held connection still sees the first state; a new one sees the edited vectors.
     holder.stdin.write("\n")
@@ -334,4 +344,4 @@ def test_people_query_through_a_cold_build_an_edit_and_a_sensor_run(
     holder.wait(timeout=30)
     assert later["held"] == first, "a reader keeps the state it opened"
     changed = {task for task in TASKS if later["new"][task] != first[task]}
-    assert changed == {"topic", "sentiment"}
+    assert changed == {"topic", "sentiment", "toxicity"}

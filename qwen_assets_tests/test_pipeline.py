@@ -17,9 +17,9 @@ from dagster import (
     instance_for_test,
 )
 
+from qwen_assets.build.prompts import instruction_versions
+from qwen_assets.build.stale import stale_plan
 from qwen_assets.definitions import build_definitions, rebuild_stale
-from qwen_assets.defs.automation import instruction_versions
-from qwen_assets.defs.stale import stale_plan
 from qwen_assets.projection import align, umap_layout
 from qwen_assets.settings import load_settings
 from qwen_assets.storage import read_table
@@ -87,13 +87,16 @@ def test_coordinates_are_finite_aligned_and_reproducible(built):
         default[["x", "y"]].to_numpy(), default[["x_aligned", "y_aligned"]].to_numpy(), atol=1e-6
     )
     settings = load_settings(built.settings_path)
-    vectors = read_table(
+    stored = read_table(
         built.database,
-        "SELECT e.embedding FROM task_embeddings e JOIN newsgroups_sample s USING (doc_id) WHERE task='topic' ORDER BY s.position",
+        "SELECT e.embedding, c.x, c.y FROM task_embeddings e JOIN newsgroups_sample s USING (doc_id) "
+        "JOIN umap_coordinates c ON c.task = e.task AND c.doc_id = e.doc_id "
+        "WHERE e.task = 'topic' ORDER BY s.position",
     )
-    matrix = np.stack(vectors["embedding"].to_numpy())
-    first, second = umap_layout(matrix, settings.umap), umap_layout(matrix, settings.umap)
-    assert np.array_equal(first, second)
+    again = umap_layout(np.stack(stored["embedding"].to_numpy()), settings.umap)
+    assert np.allclose(again, stored[["x", "y"]].to_numpy(), atol=1e-4), (
+        "the stored map is the one its vectors and settings give"
+    )
 
 
 def test_alignment_undoes_a_rotation_scale_and_shift():

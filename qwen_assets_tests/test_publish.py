@@ -135,8 +135,8 @@ def test_the_published_site_asset_follows_site_pages_and_commits_only_a_changed_
     """The asset, run by Dagster after site_pages on a copy of a built project."""
     from dagster import AssetKey, instance_for_test
 
+    from qwen_assets.build.runs import BUILD_JOB
     from qwen_assets.definitions import build_definitions
-    from qwen_assets.defs.automation import BUILD_JOB
 
     remote = tmp_path / "pages.git"
     git("init", "--quiet", "--bare", str(remote))

@@ -299,3 +299,15 @@ def test_readme_cluster_query_names_each_labels_main_newsgroup(database):
             & (result["size"] == row.size)
         ]["main_group"]
         assert counts[found] == counts.max(), f"{row.label}: its most common newsgroup"
+
+
+def test_the_catalog_declares_the_columns_people_query(database):
+    """Each table asset's column schema in Dagster's catalog is what the database holds."""
+    from qwen_assets.defs.tables import COLUMNS
+
+    for table, columns in COLUMNS.items():
+        described = [row[:2] for row in database.execute(f"DESCRIBE {table}").fetchall()]
+        assert [name for name, _ in described] == [name for name, _, _ in columns], table
+        for (name, kind), (_, declared, _) in zip(described, columns, strict=True):
+            pattern = re.escape(declared).replace("dim", r"\d+")
+            assert re.fullmatch(pattern, kind), f"{table}.{name} is {kind}, declared {declared}"

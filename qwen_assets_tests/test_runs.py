@@ -9,8 +9,8 @@ import sys
 
 from dagster import DagsterRunStatus, build_sensor_context, instance_for_test
 
+from qwen_assets.build.runs import WORKER_TAG, Worker, fail_dead_runs
 from qwen_assets.definitions import build_definitions
-from qwen_assets.defs.runs import fail_dead_runs
 from qwen_assets.settings import load_settings
 
 POOL_OF_ONE = {"concurrency": {"pools": {"default_limit": 1}}}
@@ -19,13 +19,15 @@ POOL_OF_ONE = {"concurrency": {"pools": {"default_limit": 1}}}
 STUCK_RUN = """
 import sys, time
 from dagster import DagsterInstance, Definitions, asset
+from qwen_assets.build.runs import RECORDS_ITS_WORKER, RunWorker
 
-@asset(pool="duckdb")
+@asset(pool="duckdb", required_resource_keys=RECORDS_ITS_WORKER)
 def slow_step():
     print("running", flush=True)
     time.sleep(600)
 
-job = Definitions(assets=[slow_step]).resolve_implicit_global_asset_job_def()
+defs = Definitions(assets=[slow_step], resources={"run_worker": RunWorker()})
+job = defs.resolve_implicit_global_asset_job_def()
 with DagsterInstance.from_config(sys.argv[1]) as instance:
     job.execute_in_process(instance=instance)
 """
@@ -85,8 +87,8 @@ INTERRUPTED_QUERY = """
 import os, signal, sys, threading
 import duckdb
 from dagster import DagsterInstance, Definitions, asset, define_asset_job
-from qwen_assets.defs.automation import BUILD_JOB
-from qwen_assets.defs.headless_build import build_stale
+from qwen_assets.build.runs import BUILD_JOB
+from qwen_assets.build.headless import build_stale
 from qwen_assets.settings import load_settings
 
 @asset
@@ -120,3 +122,53 @@ def test_an_interrupt_that_duckdb_turns_into_its_own_error_still_stops_the_build
         assert finished.stdout.strip() == "interrupted", finished.stdout + finished.stderr[-2000:]
         (run,) = instance.get_runs()
         assert run.status in {DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE}, "closed"
+
+
+def test_a_run_recorded_on_another_host_is_never_judged_from_here():
+    defs = build_definitions(load_settings())
+    job = defs.resolve_job_def("build_assets")
+    with instance_for_test() as instance:
+        elsewhere = Worker("another-host.example", 4242, 1.0).tag
+        run = instance.create_run_for_job(
+            job, status=DagsterRunStatus.STARTED, tags={WORKER_TAG: elsewhere}
+        )
+        assert fail_dead_runs(instance) == []
+        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED
+
+
+def test_a_process_we_may_not_inspect_is_alive(monkeypatch):
+    """psutil's AccessDenied means the process exists (someone else's), not that it is gone."""
+    import psutil
+
+    def denied(pid):
+        raise psutil.AccessDenied(pid)
+
+    monkeypatch.setattr(psutil, "Process", denied)
+    assert Worker("here", 1, 0.0).alive()
+
+
+def test_only_the_slots_of_the_runs_it_failed_are_freed():
+    """Two runs hold the pool's two slots: a dead one and a live one. Only the dead one's
+    slot is freed; the live run keeps its own."""
+    with instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 2}}}) as instance:
+        run_id, _ = kill_a_running_run(instance)
+        live = subprocess.Popen(
+            [sys.executable, "-c", STUCK_RUN, instance.root_directory],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert live.stdout.readline().strip() == "running"
+            storage = instance.event_log_storage
+            assert storage.get_concurrency_info("duckdb").active_slot_count == 2
+            (failed,) = fail_dead_runs(instance)
+            assert failed.run_id == run_id
+            assert storage.get_concurrency_info("duckdb").active_slot_count == 1
+            assert storage.get_concurrency_run_ids() == {
+                r.dagster_run.run_id
+                for r in instance.get_run_records()
+                if r.dagster_run.run_id != run_id
+            }
+        finally:
+            live.kill()
+            live.wait()

@@ -1,11 +1,13 @@
-"""The headless build: rebuild exactly what is stale (:mod:`qwen_assets.defs.stale`), in order.
+"""The headless build: rebuild exactly what is stale (:mod:`qwen_assets.build.stale`), in order.
 
-It runs through a real Dagster instance, so its runs show in the UI like any other. Before it
-plans, it takes the instance's build lock (a second build waits for the first, then finds
-nothing left to do; the operating system frees the lock of a killed build), fails runs whose
-process died and frees their pool slots, and waits, sleeping, for live runs launched from
-the UI or the daemon. It never starts a run that would have to wait for the ``duckdb`` pool
-inside Dagster. Dagster's full logs go to a file in the instance's ``logs/`` folder.
+It runs through a real Dagster instance, so its runs show in the UI like any other. For its
+whole build it holds the instance's build lock: a second build waits for the first, then
+finds nothing left to do (the operating system frees the lock of a killed build), and the
+sensor and the schedule request nothing meanwhile. Before each run it fails runs whose
+process died, waits, sleeping, for runs queued or in progress (launched from the UI, say),
+and plans again, so it never starts a run that would have to wait for the ``duckdb`` pool
+inside Dagster, and never repeats what another run just built. Dagster's full logs go to a
+file in the instance's ``logs/`` folder.
 """
 
 from __future__ import annotations
@@ -18,26 +20,27 @@ from datetime import datetime
 from pathlib import Path
 
 from dagster import DagsterEventType, DagsterInstance, Definitions, ExecuteInProcessResult
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
-from qwen_assets.defs.automation import (
-    BUILD_JOB,
+from qwen_assets.build import dagster_internals
+from qwen_assets.build.prompts import (
     changed_instruction_observations,
     instruction_versions,
     record_instruction_versions,
 )
-from qwen_assets.defs.runs import (
+from qwen_assets.build.runs import (
+    BUILD_JOB,
     IN_PROGRESS,
     TRIGGER_TAG,
+    build_lock,
     dead_run,
     in_progress_runs,
     wait_for_live_runs,
 )
-from qwen_assets.defs.stale import StalePlan, stale_plan
+from qwen_assets.build.stale import StalePlan, stale_plan
 from qwen_assets.errors import user_error_names
 from qwen_assets.settings import Settings
 
-LOCK_FILE = "qwen-assets-build.lock"
 LOG_FOLDER = "logs"
 INTERRUPTIONS = {"DagsterExecutionInterruptedError", "KeyboardInterrupt"}
 # DuckDB answers an interrupt (Ctrl-C, SIGTERM) that lands inside a query with this error of
@@ -69,7 +72,7 @@ def build_stale(
     """Rebuild what is stale in ``defs`` (built from ``settings``); see the module's docstring."""
     if dry_run:
         return _plan_only(instance, settings, defs, log)
-    lock = FileLock(Path(instance.root_directory) / LOCK_FILE)
+    lock = build_lock(instance)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -86,7 +89,7 @@ def _plan_only(
 ) -> BuildReport:
     """The plan, and what a build would repair first; it reads and writes nothing else."""
     for record in in_progress_runs(instance):
-        found = dead_run(instance, record)
+        found = dead_run(record)
         if found is not None:
             log(f"{found.describe()}: a build marks it failed and frees its pool slot first")
     changed = [str(o.partition) for o in changed_instruction_observations(instance, settings)]
@@ -96,11 +99,15 @@ def _plan_only(
 
 
 def _describe(plan: StalePlan, changed: list[str], log: Log) -> None:
-    for task in changed:
+    if plan.reasons and all(why == "never materialized" for why in plan.reasons.values()):
+        runs = len(plan.runs())
         log(
-            f"the prompt of task {task!r} changed, or what embeds it (model, size, runtime), "
-            "or it was never recorded"
+            f"nothing is built yet: building all {len(plan.reasons)} assets and partitions "
+            f"in {runs} runs"
         )
+        return
+    for task in changed:
+        log(f"the prompt of task {task!r} changed, or what embeds it (model, size, runtime)")
     if plan.empty:
         log("everything is fresh: nothing to build")
     for target, reason in plan.reasons.items():
@@ -117,11 +124,21 @@ def _build(
     report = BuildReport(plan=plan, changed_instructions=changed)
     if plan.empty:
         return report
-    logs = Path(instance.root_directory) / LOG_FOLDER
+    logs = dagster_internals.instance_folder(instance) / LOG_FOLDER
     logs.mkdir(parents=True, exist_ok=True)
     report.log_file = logs / f"build-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}.log"
     job = defs.resolve_job_def(BUILD_JOB)
-    for run in plan.runs():
+    built: set[str] = set()
+    while not plan.empty:
+        run = plan.runs()[0]
+        if run.describe() in built:
+            report.succeeded = False
+            report.failure = (
+                f"{run.describe()} is still stale after it was built: "
+                f"{plan.reasons.get(_first_target(run), 'see the plan')}"
+            )
+            break
+        built.add(run.describe())
         log(f"building {run.describe()}")
         run_id = str(uuid.uuid4())
         report.run_ids.append(run_id)
@@ -150,7 +167,15 @@ def _build(
             report.succeeded = False
             report.failure = f"{run.describe()} failed: {reason}"
             break
+        # Take turns: whatever was launched meanwhile (the UI) runs first, then plan again.
+        wait_for_live_runs(instance, log)
+        plan = stale_plan(defs, instance, instruction_versions(settings))
     return report
+
+
+def _first_target(run) -> str:
+    key = run.keys[0].to_user_string()
+    return f"{key}[{run.tasks[0]}]" if run.tasks else key
 
 
 def _level(verbose: bool) -> str:
@@ -161,10 +186,8 @@ def _stop(instance: DagsterInstance, run_id: str) -> None:
     """A run this process started and is leaving: mark it canceled if Dagster could not."""
     run = instance.get_run_by_id(run_id)
     if run is not None and run.status in IN_PROGRESS:
-        instance.report_run_canceled(run, message="Stopped by Ctrl-C or SIGTERM.")
-    storage = instance.event_log_storage
-    if storage.supports_global_concurrency_limits:
-        storage.free_concurrency_slots_for_run(run_id)
+        dagster_internals.cancel_run(instance, run, "Stopped by Ctrl-C or SIGTERM.")
+    dagster_internals.free_pool_slots(instance, run_id)
 
 
 def _failure(result: ExecuteInProcessResult) -> str | None:
@@ -172,21 +195,44 @@ def _failure(result: ExecuteInProcessResult) -> str | None:
     for event in result.all_events:
         if event.event_type != DagsterEventType.STEP_FAILURE or event.step_failure_data is None:
             continue
+        chain = []
         error = event.step_failure_data.error
-        while error is not None and error.cause is not None:
+        while error is not None:
+            chain.append(error)
             error = error.cause
-        if error is None:
+        if not chain:
             return f"step {event.step_key} failed"
-        if error.cls_name in INTERRUPTIONS or error.message.strip().endswith(DUCKDB_INTERRUPTED):
+        if any(
+            error.cls_name in INTERRUPTIONS or error.message.strip().endswith(DUCKDB_INTERRUPTED)
+            for error in chain
+        ):
             return None
+        if chain[0].cls_name == "DagsterAssetCheckFailedError":
+            return f"{event.step_key}: {_failed_checks(result)}"
+        # The message written for people if there is one (the cause it wraps, an URLError,
+        # say, explains less), else the innermost error.
+        people = [error for error in chain if error.cls_name in user_error_names()]
+        error = people[0] if people else chain[-1]
         message = error.message.strip().splitlines()[0] if error.message.strip() else ""
         message = message.split(": ", 1)[1] if ": " in message else message
-        shown = message if error.cls_name in user_error_names() else f"{error.cls_name}: {message}"
+        shown = message if people else f"{error.cls_name}: {message}"
         return f"{event.step_key}: {shown}"
     for event in result.all_events:  # no step failed: the run itself did (an interruption)
         if event.event_type == DagsterEventType.RUN_FAILURE:
             return None
     return "the run failed"
+
+
+def _failed_checks(result: ExecuteInProcessResult) -> str:
+    """What the failed blocking checks found, per partition."""
+    found = [
+        f"blocking check {evaluation.check_name} failed ("
+        + "; ".join(f"{task}: {value.value}" for task, value in evaluation.metadata.items())
+        + ")"
+        for evaluation in result.get_asset_check_evaluations()
+        if not evaluation.passed
+    ]
+    return ", ".join(found) + "; nothing after it was built" if found else "a check failed"
 
 
 STEP_EVENTS = {
@@ -199,7 +245,7 @@ STEP_EVENTS = {
 def _step_lines(instance: DagsterInstance, run_id: str) -> list[str]:
     started: dict[str, float] = {}
     lines = []
-    for record in instance.get_records_for_run(run_id, of_type=STEP_EVENTS).records:
+    for record in dagster_internals.run_log(instance, run_id, of_type=STEP_EVENTS):
         entry = record.event_log_entry
         event = entry.dagster_event
         if event is None or event.step_key is None:
@@ -222,7 +268,7 @@ def _append_log(instance: DagsterInstance, run_id: str, path: Path | None) -> No
     if path is None:
         return
     with path.open("a", encoding="utf-8") as out:
-        for record in instance.get_records_for_run(run_id).records:
+        for record in dagster_internals.run_log(instance, run_id):
             entry = record.event_log_entry
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.timestamp))
             step = f" {entry.step_key}" if entry.step_key else ""

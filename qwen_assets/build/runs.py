@@ -2,37 +2,104 @@
 
 A run killed with SIGKILL (or by the OOM killer, a reboot, a killed container) never writes
 its end: Dagster keeps showing it STARTED and it keeps its ``duckdb`` pool slot, so every
-later run waits for a slot that is never freed. Dagster records, with every event of a run,
-the pid of the process that executed it; a run whose process is gone is dead. Whatever
-launches the next run (the headless build, the sensor, the schedule) calls
-:func:`fail_dead_runs` first, which marks such runs failed and frees their slots through
-the instance's run and concurrency API, so the next run starts as if nothing happened.
+later run waits for a slot that is never freed. So each run's own process records who it is
+(host, pid and start time: the ``RunWorker`` resource, which every asset requires), and
+whatever launches the next run (the headless build, the sensor, the schedule) first calls
+:func:`fail_dead_runs`: a run whose recorded process is gone, on this host, is marked failed
+and its slots freed, and the next run starts as if nothing happened. A run recorded on
+another host is never judged from here; nor is one whose process never recorded itself (it
+died while starting: run monitoring's start timeout, or Terminate in the UI, ends it).
 
-``run_monitoring`` in the project's ``dagster.yaml`` covers what Dagster's daemon can see
-by itself (runs stuck STARTING or CANCELING, slots held by runs that ended).
-
-The check uses process ids, so it applies to runs executed on this machine: the project's
-instance (SQLite under ``DAGSTER_HOME``) is local to one machine.
+``run_monitoring`` in the project's ``dagster.yaml`` covers what Dagster's daemon can see by
+itself (runs stuck STARTING or CANCELING, slots held by runs that ended).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
-from dagster import DagsterInstance, DagsterRunStatus, RunRecord, RunsFilter
+from dagster import (
+    ConfigurableResource,
+    DagsterInstance,
+    DagsterRunStatus,
+    InitResourceContext,
+    RunRecord,
+    RunsFilter,
+)
+from filelock import FileLock, Timeout
 
+from qwen_assets.build import dagster_internals
+
+# The one job every run of the project's assets goes through (the UI, the triggers, the CLI).
+BUILD_JOB = "build_assets"
 # Tags on runs this project launches, so a person reading the run list sees who started it.
 TRIGGER_TAG = "qwen_assets/trigger"
+# The process that runs a run, as it recorded itself: "host/pid/start time".
+WORKER_TAG = "qwen_assets/worker"
 IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
-# Dagster stamps each event with the pid of the process that emitted it; the newest ones
-# come from the run's own process.
-RECENT_EVENTS = 50
-# A process that started this long after the run's last event is another process that was
-# given the dead one's pid.
-PID_REUSE_SLACK_SECONDS = 1.0
+# Runs to wait for. Not NOT_STARTED: the daemon queues what it creates in the same tick, and a
+# run left NOT_STARTED by a process killed before it began would keep the triggers waiting.
+WAITING = [DagsterRunStatus.QUEUED, *IN_PROGRESS]
+# Held by `qwen-assets build` for its whole build, in the instance's folder: the triggers
+# request nothing while it is held, so the command line and the daemon take turns.
+LOCK_FILE = "qwen-assets-build.lock"
+
+
+@dataclass(frozen=True)
+class Worker:
+    host: str
+    pid: int
+    started: float  # the process's start time (seconds since the epoch)
+
+    @classmethod
+    def this_process(cls) -> Worker:
+        return cls(socket.gethostname(), os.getpid(), psutil.Process().create_time())
+
+    @classmethod
+    def of(cls, tag: str | None) -> Worker | None:
+        try:
+            host, pid, started = (tag or "").rsplit("/", 2)
+            return cls(host, int(pid), float(started))
+        except ValueError:
+            return None
+
+    @property
+    def tag(self) -> str:
+        return f"{self.host}/{self.pid}/{self.started:.3f}"
+
+    def alive(self) -> bool:
+        """Is this process still running (not a later process given its pid)?"""
+        try:
+            process = psutil.Process(self.pid)
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return False
+            return abs(process.create_time() - self.started) < 1.0
+        except psutil.NoSuchProcess:
+            return False
+        except psutil.AccessDenied:  # it exists, and belongs to someone else
+            return True
+
+
+# The assets that use no other resource require this one directly (the others through the
+# Warehouse), so that every run records its process.
+RECORDS_ITS_WORKER = {"run_worker"}
+
+
+class RunWorker(ConfigurableResource):
+    """Records, on the run it serves, which process runs it, so that a run whose process
+    died can be told from a live one (see this module). Every asset requires it: through the
+    Warehouse resource, or directly (``RECORDS_ITS_WORKER``)."""
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        if context.instance is not None and context.run is not None:
+            dagster_internals.tag_run(
+                context.instance, context.run.run_id, {WORKER_TAG: Worker.this_process().tag}
+            )
 
 
 @dataclass(frozen=True)
@@ -45,61 +112,55 @@ class DeadRun:
         return f"run {self.run_id[:8]} ({self.job_name}): its process {self.pid} is gone"
 
 
-def run_pid(instance: DagsterInstance, run_id: str) -> tuple[int, float] | None:
-    """The pid that executed the run, and the time of its newest event; None before any."""
-    records = instance.get_records_for_run(run_id, limit=RECENT_EVENTS, ascending=False).records
-    for record in records:
-        event = record.event_log_entry.dagster_event
-        if event is not None and event.pid is not None:
-            return event.pid, record.event_log_entry.timestamp
-    return None
-
-
-def process_alive(pid: int, last_seen: float) -> bool:
-    """Is ``pid`` the process that was running at ``last_seen`` (not a reuse of its pid)?"""
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return process.create_time() <= last_seen + PID_REUSE_SLACK_SECONDS
-    except psutil.Error:  # NoSuchProcess, AccessDenied on a pid that is not ours
-        return False
-
-
 def in_progress_runs(instance: DagsterInstance) -> list[RunRecord]:
     return list(instance.get_run_records(RunsFilter(statuses=IN_PROGRESS)))
 
 
-def dead_run(instance: DagsterInstance, record: RunRecord) -> DeadRun | None:
-    found = run_pid(instance, record.dagster_run.run_id)
-    if found is None:
-        return None  # never executed anything; run monitoring's start timeout covers it
-    pid, last_seen = found
-    if process_alive(pid, last_seen):
+def waiting_runs(instance: DagsterInstance) -> list[RunRecord]:
+    """Runs queued or in progress, whatever launched them."""
+    return list(instance.get_run_records(RunsFilter(statuses=WAITING)))
+
+
+def build_lock(instance: DagsterInstance) -> FileLock:
+    return FileLock(str(dagster_internals.instance_folder(instance) / LOCK_FILE))
+
+
+def build_running(instance: DagsterInstance) -> bool:
+    """Is a `qwen-assets build` (another process) building on this instance now?"""
+    lock = build_lock(instance)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def dead_run(record: RunRecord) -> DeadRun | None:
+    """The run, if the process it recorded is gone; None when it is alive, recorded on
+    another host, or never recorded."""
+    worker = Worker.of(record.dagster_run.tags.get(WORKER_TAG))
+    if worker is None or worker.host != socket.gethostname() or worker.alive():
         return None
-    return DeadRun(record.dagster_run.run_id, record.dagster_run.job_name, pid)
+    return DeadRun(record.dagster_run.run_id, record.dagster_run.job_name, worker.pid)
 
 
 def fail_dead_runs(instance: DagsterInstance) -> list[DeadRun]:
-    """Mark in-progress runs whose process is gone as failed, and free every pool slot held
-    by a run that is no longer running. Returns the runs it marked failed."""
+    """Mark in-progress runs whose process is gone as failed, and free their pool slots (only
+    theirs: a run that starts meanwhile keeps its own). Returns the runs it marked failed."""
     dead: list[DeadRun] = []
-    running = set()
     for record in in_progress_runs(instance):
-        found = dead_run(instance, record)
+        found = dead_run(record)
         if found is None:
-            running.add(record.dagster_run.run_id)
             continue
-        instance.report_run_failed(
+        dagster_internals.fail_run(
+            instance,
             record.dagster_run,
-            message=f"Marked failed: the run's process ({found.pid}) is gone (killed, out of "
-            "memory or a reboot). Embeddings it received are cached; a rebuild asks only for the rest.",
+            f"Marked failed: the run's process ({found.pid}) is gone (killed, out of memory or "
+            "a reboot). Embeddings it received are cached; a rebuild asks only for the rest.",
         )
+        dagster_internals.free_pool_slots(instance, found.run_id)
         dead.append(found)
-    storage = instance.event_log_storage
-    if storage.supports_global_concurrency_limits:
-        for run_id in storage.get_concurrency_run_ids() - running:
-            storage.free_concurrency_slots_for_run(run_id)
     return dead
 
 
@@ -108,13 +169,13 @@ def wait_for_live_runs(
     log: Callable[[str], None],
     poll_seconds: float = 2.0,
 ) -> None:
-    """Block, sleeping, while another live run is in progress: DuckDB takes one writer, and a
-    run started now would only wait for the pool inside Dagster. Ctrl-C stops the wait."""
+    """Block, sleeping, while another run is queued or in progress: DuckDB takes one writer,
+    and a run started now would only wait for the pool inside Dagster. Ctrl-C stops the wait."""
     announced: set[str] = set()
     while True:
         for found in fail_dead_runs(instance):
             log(f"{found.describe()}: marked it failed and freed its pool slot")
-        live = in_progress_runs(instance)
+        live = waiting_runs(instance)
         if not live:
             return
         for record in live:
@@ -123,7 +184,7 @@ def wait_for_live_runs(
                 announced.add(run.run_id)
                 log(
                     f"waiting for run {run.run_id[:8]} ({run.job_name}, "
-                    f"{run.tags.get(TRIGGER_TAG, 'launched from the UI or the daemon')}) "
-                    "to finish; Ctrl-C stops waiting"
+                    f"{run.tags.get(TRIGGER_TAG, 'launched from the UI or the daemon')}, "
+                    f"{run.status.value.lower()}) to finish; Ctrl-C stops waiting"
                 )
         time.sleep(poll_seconds)

@@ -8,7 +8,10 @@ An asset partition is stale when
   input partition's data version now, against its data version just before this partition
   was built: a rebuild that produced the same data leaves its dependents fresh); or
 - it was built from an observed source whose version has changed since: a task's embeddings
-  record the prompt version they were built with, and the settings give the current one.
+  record the prompt version they were built with, and the settings give the current one; or
+- its blocking check failed when it was built: the partition records what the check found,
+  and nothing after it is built on it until a rebuild passes (Dagster's blocking checks stop
+  what follows within one run only).
 
 Everything it reads comes from Dagster's records through the public API, and it writes
 nothing, so a dry run is only a read. Why not Dagster's own machinery: Dagster has no public
@@ -38,6 +41,8 @@ CODE_VERSION_TAG = "dagster/code_version"
 DATA_VERSION_TAG = "dagster/data_version"
 # Metadata an asset built from an observed source records: that source's version it used.
 SOURCE_VERSION_METADATA = "source_version"
+# Metadata a partition records when its blocking check failed: what the check found.
+FAILED_CHECK_METADATA = "blocking_check_failed"
 # Tags that make one run materialize a range of partitions (a single-run backfill).
 PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -218,6 +223,9 @@ def _why_stale(
     materialization = built.asset_materialization
     if (materialization.tags or {}).get(CODE_VERSION_TAG) != node.spec.code_version:
         return "new code version (its settings or code changed)"
+    failed = materialization.metadata.get(FAILED_CHECK_METADATA)
+    if failed is not None and failed.value:
+        return f"its blocking check failed ({failed.value})"
     causes = []
     for target in graph.inputs(node, partition):
         if target[0] not in graph.materializable:

@@ -1,24 +1,25 @@
-"""The two triggers: a sensor that rebuilds after a settings edit, and the daily schedule.
+"""The two ways the daemon keeps the site current; one is on at a time.
 
-Both ask the one rule in :mod:`qwen_assets.defs.stale` what is stale, as the headless build
+- ``rebuild_stale_assets`` (on by default): every 30 s, builds what a settings edit made
+  stale, so an edit is built and published within a minute or two.
+- ``daily_rebuild`` (off by default): at 05:00 UTC, the same once a day, for a deployment
+  that batches the day's edits into one build (and one bill): turn the sensor off and the
+  schedule on.
+
+Both ask the one rule in :mod:`qwen_assets.build.stale` what is stale, as the headless build
 does, so the UI, the daemon and the terminal agree. Both first fail runs whose process died
-(:mod:`qwen_assets.defs.runs`), and request nothing while a run is queued or in progress:
-DuckDB takes one writer, and the plan is made again once that run is done.
+(:mod:`qwen_assets.build.runs`), and request nothing while `qwen-assets build` is building or
+a run is queued or in progress: DuckDB takes one writer, and the plan is made again after.
 """
 
 from collections.abc import Callable
 
 from dagster import (
-    AssetKey,
-    AssetObservation,
-    AssetRecordsFilter,
     DagsterInstance,
-    DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     Definitions,
     RunRequest,
-    RunsFilter,
     ScheduleEvaluationContext,
     SensorEvaluationContext,
     SensorResult,
@@ -27,52 +28,20 @@ from dagster import (
     sensor,
 )
 
-from qwen_assets.defs.runs import IN_PROGRESS, TRIGGER_TAG, fail_dead_runs
-from qwen_assets.defs.stale import DATA_VERSION_TAG, StalePlan, Target, stale_plan
+from qwen_assets.build.prompts import (
+    changed_instruction_observations,
+    instruction_versions,
+    record_instruction_versions,
+)
+from qwen_assets.build.runs import (
+    BUILD_JOB,
+    TRIGGER_TAG,
+    build_running,
+    fail_dead_runs,
+    waiting_runs,
+)
+from qwen_assets.build.stale import StalePlan, stale_plan
 from qwen_assets.settings import Settings
-
-INSTRUCTIONS = AssetKey("task_instructions")
-BUILD_JOB = "build_assets"
-# Runs to wait for. Not NOT_STARTED: the daemon queues what it creates in the same tick, and a
-# run left NOT_STARTED by a process killed before it began would keep the triggers waiting.
-WAITING = [DagsterRunStatus.QUEUED, *IN_PROGRESS]
-
-
-def instruction_versions(settings: Settings) -> dict[Target, str]:
-    """The current version of each task's prompt: what its embeddings must have been built with."""
-    return {(INSTRUCTIONS, task): settings.task_version(task) for task in settings.task_names}
-
-
-def changed_instruction_observations(
-    instance: DagsterInstance, settings: Settings
-) -> list[AssetObservation]:
-    """Observations for the tasks whose prompt differs from the last one recorded, so the UI's
-    lineage shows which task's embeddings an edit made stale."""
-    observations = []
-    for task in settings.task_names:
-        records = instance.fetch_observations(
-            AssetRecordsFilter(asset_key=INSTRUCTIONS, asset_partitions=[task]), limit=1
-        ).records
-        observation = records[0].asset_observation if records else None
-        recorded = (observation.tags or {}).get(DATA_VERSION_TAG) if observation else None
-        if recorded != settings.task_version(task):
-            observations.append(
-                AssetObservation(
-                    INSTRUCTIONS,
-                    partition=task,
-                    tags={DATA_VERSION_TAG: settings.task_version(task)},
-                    metadata={"instruction": settings.tasks[task].instruction or "(none)"},
-                )
-            )
-    return observations
-
-
-def record_instruction_versions(instance: DagsterInstance, settings: Settings) -> list[str]:
-    """Record changed prompts now; returns the tasks whose prompt changed."""
-    observations = changed_instruction_observations(instance, settings)
-    for observation in observations:
-        instance.report_runless_asset_event(observation)
-    return [str(observation.partition) for observation in observations]
 
 
 def run_requests(plan: StalePlan, trigger: str, keyed: bool = False) -> list[RunRequest]:
@@ -91,12 +60,15 @@ def run_requests(plan: StalePlan, trigger: str, keyed: bool = False) -> list[Run
 
 
 def busy_reason(instance: DagsterInstance) -> str | None:
-    """Fail dead runs; then say why to wait, if a live run is queued or in progress."""
+    """Fail dead runs; then say why to wait, if `qwen-assets build` is building or a live run
+    is queued or in progress."""
     fail_dead_runs(instance)
-    waiting = list(instance.get_run_records(RunsFilter(statuses=WAITING), limit=1))
+    if build_running(instance):
+        return "a qwen-assets build is running; planning again when it is done"
+    waiting = waiting_runs(instance)
     if not waiting:
         return None
-    run = waiting[0].dagster_run
+    run = waiting[-1].dagster_run
     return f"run {run.run_id[:8]} is {run.status.value.lower()}; planning again when it is done"
 
 
@@ -129,9 +101,10 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions]):
         name="daily_rebuild",
         cron_schedule="0 5 * * *",
         job_name=BUILD_JOB,
-        default_status=DefaultScheduleStatus.RUNNING,
-        description="Rebuilds whatever is missing or stale, then republishes the site; with the "
-        "sensor running this finds nothing to do. A day with nothing changed launches nothing.",
+        default_status=DefaultScheduleStatus.STOPPED,
+        description="Once a day, builds whatever the day's edits made stale and publishes the "
+        "site: turn rebuild_stale_assets off and this on to batch edits into one daily build. "
+        "A day with nothing changed launches nothing.",
     )
     def daily_rebuild(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
         busy = busy_reason(context.instance)

@@ -13,6 +13,7 @@ from dagster import (
 from qwen_assets.corpus import load_raw_newsgroups, stratified_sample
 from qwen_assets.defs.metadata import content_hash, counts_markdown, preview_markdown
 from qwen_assets.defs.resources import Warehouse
+from qwen_assets.defs.tables import table_metadata
 from qwen_assets.properties import document_properties as properties_of
 from qwen_assets.settings import SCORE_PROPERTIES, Settings, fingerprint
 
@@ -26,6 +27,7 @@ def corpus_assets(settings: Settings) -> list[AssetsDefinition]:
     @asset(
         group_name="corpus",
         code_version=CORPUS_CODE_VERSION,
+        metadata=table_metadata("raw_newsgroups"),
         pool=POOL,
         kinds={"duckdb", "python"},
         description="All 18,846 posts of 20 Newsgroups (train + test), headers, footers and "
@@ -53,6 +55,7 @@ def corpus_assets(settings: Settings) -> list[AssetsDefinition]:
         group_name="corpus",
         deps=[raw_newsgroups],
         code_version=corpus.sample_fingerprint(),
+        metadata=table_metadata("newsgroups_sample"),
         pool=POOL,
         kinds={"duckdb", "pandas"},
         description="The published demo's stratified sample: per_category posts from each "
@@ -95,6 +98,7 @@ def corpus_assets(settings: Settings) -> list[AssetsDefinition]:
         group_name="corpus",
         deps=[newsgroups_sample],
         code_version=fingerprint({"document_properties": 1, "scores": SCORE_PROPERTIES}),
+        metadata=table_metadata("document_properties"),
         pool=POOL,
         kinds={"duckdb", "python"},
         description="Per post, besides its newsgroup, the properties a task may aim at: "

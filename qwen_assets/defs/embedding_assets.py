@@ -17,10 +17,11 @@ from dagster import (
     observable_source_asset,
 )
 
+from qwen_assets.build.stale import SOURCE_VERSION_METADATA
 from qwen_assets.checks import embedding_problems
-from qwen_assets.defs.metadata import check_result
+from qwen_assets.defs.metadata import check_result, failed_check_metadata
 from qwen_assets.defs.resources import Embedder, Warehouse
-from qwen_assets.defs.stale import SOURCE_VERSION_METADATA
+from qwen_assets.defs.tables import table_metadata
 from qwen_assets.embedding import EmbeddingResponseError
 from qwen_assets.settings import Settings, fingerprint
 
@@ -63,6 +64,7 @@ def embedding_assets(
         group_name="embeddings",
         deps=[sample, task_instructions],
         code_version=EMBEDDINGS_CODE_VERSION,
+        metadata=table_metadata("task_embeddings"),
         pool=POOL,
         backfill_policy=BackfillPolicy.single_run(),
         kinds={"duckdb", "python"},
@@ -103,6 +105,7 @@ def embedding_assets(
                     "instruction": settings.tasks[task].instruction or "(none)",
                     SOURCE_VERSION_METADATA: settings.task_version(task),
                     **stats.as_metadata(),
+                    **failed_check_metadata(problems[task]),
                 },
                 partition_key=task,
             )

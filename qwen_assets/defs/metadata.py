@@ -7,6 +7,8 @@ import hashlib
 import pandas as pd
 from dagster import AssetCheckResult, MetadataValue
 
+from qwen_assets.build.stale import FAILED_CHECK_METADATA
+
 
 def preview_markdown(frame: pd.DataFrame, rows: int = 5, width: int = 80) -> MetadataValue:
     shown = frame.head(rows).copy()
@@ -25,6 +27,12 @@ def content_hash(frame: pd.DataFrame) -> str:
     """Changes exactly when the table's content does: a rebuilt identical table keeps its version."""
     hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
     return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
+
+
+def failed_check_metadata(problems: list[str]) -> dict[str, str]:
+    """What a partition records when its blocking check failed: the stale rule keeps such a
+    partition out of everything after it, in later runs too (nothing when it passed)."""
+    return {FAILED_CHECK_METADATA: "; ".join(problems)} if problems else {}
 
 
 def check_result(check_name: str, problems: dict[str, list[str]]) -> AssetCheckResult:

@@ -18,8 +18,9 @@ from dagster import (
 )
 
 from qwen_assets.checks import coordinate_problems
-from qwen_assets.defs.metadata import check_result
+from qwen_assets.defs.metadata import check_result, failed_check_metadata
 from qwen_assets.defs.resources import Warehouse
+from qwen_assets.defs.tables import table_metadata
 from qwen_assets.projection import align, umap_layout
 from qwen_assets.settings import Settings, fingerprint
 
@@ -56,6 +57,7 @@ def projection_assets(
         group_name="projection",
         deps=[AssetDep(embeddings, partition_mapping=mapping)],
         code_version=fingerprint({"projection": 1, "umap": settings.umap.model_dump()}),
+        metadata=table_metadata("umap_coordinates"),
         pool="duckdb",
         backfill_policy=BackfillPolicy.single_run(),
         kinds={"duckdb", "umap"},
@@ -113,6 +115,7 @@ def projection_assets(
                     "procrustes_disparity": round(alignment.disparity, 4),
                     "umap_seconds": round(seconds, 2),
                     **{f"umap_{key}": value for key, value in settings.umap.model_dump().items()},
+                    **failed_check_metadata(problems[task]),
                 },
                 partition_key=task,
             )

@@ -14,8 +14,9 @@ from dagster import (
     multi_asset,
 )
 
+from qwen_assets.build.stale import stale_inputs
 from qwen_assets.defs.resources import Warehouse
-from qwen_assets.defs.stale import stale_inputs
+from qwen_assets.defs.tables import table_metadata
 from qwen_assets.query import VIEWS
 from qwen_assets.settings import Settings, fingerprint
 from qwen_assets.storage import IncompleteStateError
@@ -39,6 +40,7 @@ def query_assets(
             AssetSpec(
                 name,
                 deps=[sample, embeddings, coordinates],
+                metadata=table_metadata(name),
                 code_version=fingerprint({"view": sql}),
                 kinds={"duckdb"},
                 description=f"View {name}: joins the sample, the vectors and the maps for "

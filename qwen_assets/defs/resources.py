@@ -15,6 +15,7 @@ from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field
 
 from qwen_assets import storage
+from qwen_assets.build.runs import RunWorker
 from qwen_assets.embedding import EmbeddingStats, build_backend, embed_texts
 from qwen_assets.query import create_views
 from qwen_assets.settings import EmbeddingSettings
@@ -33,6 +34,7 @@ class Warehouse(ConfigurableResource):
         default=storage.WAIT_FOR_LOCK_SECONDS,
         description="How long to wait for another process's lock before giving up",
     )
+    worker: RunWorker = Field(description="Records which process runs the run")
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """A project built before builds had a database of their own keeps its tables in the

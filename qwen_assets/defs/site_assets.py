@@ -17,9 +17,11 @@ from dagster import (
     multi_asset,
 )
 
+from qwen_assets.build.runs import RECORDS_ITS_WORKER
 from qwen_assets.defs.metadata import counts_markdown
 from qwen_assets.defs.projection_assets import load_embeddings
 from qwen_assets.defs.resources import Warehouse
+from qwen_assets.defs.tables import table_metadata
 from qwen_assets.publish import publish_site, redact_credentials
 from qwen_assets.settings import PROPERTIES, SCORE_PROPERTIES, Settings, fingerprint
 from qwen_assets.site import (
@@ -135,6 +137,7 @@ def site_assets(
             ),
             AssetSpec(
                 "task_quality",
+                metadata=table_metadata("task_quality"),
                 deps=inputs,
                 code_version=payload_version,
                 kinds={"duckdb"},
@@ -143,6 +146,7 @@ def site_assets(
             ),
             AssetSpec(
                 "map_clusters",
+                metadata=table_metadata("map_clusters"),
                 deps=inputs,
                 code_version=payload_version,
                 kinds={"duckdb"},
@@ -152,6 +156,7 @@ def site_assets(
             ),
             AssetSpec(
                 "site_builds",
+                metadata=table_metadata("site_builds"),
                 deps=["site_data"],
                 code_version=payload_version,
                 kinds={"duckdb"},
@@ -286,6 +291,7 @@ def site_assets(
     @asset(
         group_name="site",
         deps=["site_data"],
+        required_resource_keys=RECORDS_ITS_WORKER,
         code_version=fingerprint(
             {
                 "site_pages": 1,
@@ -325,6 +331,7 @@ def site_assets(
     @asset(
         group_name="site",
         deps=["site_pages"],
+        required_resource_keys=RECORDS_ITS_WORKER,
         code_version=fingerprint({"published_site": 1, "publish": publish.model_dump()}),
         kinds={"git"} if publish.git_repository else {"folder"},
         description=f"The built site, published to {where} whenever the site changed.",

@@ -205,7 +205,8 @@ def normalise(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
     """Truncate to a Matryoshka size when asked, then scale every row to unit length."""
     if dimensions is not None and vectors.shape[1] > dimensions:
         vectors = vectors[:, :dimensions]
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    # In float64: the squares of a float32 vector with tiny components underflow to zero.
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1, keepdims=True)
     return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
 
 

@@ -1,0 +1,119 @@
+"""What each table and view holds, column by column, for Dagster's catalog.
+
+Each table asset declares ``dagster/table_name`` and ``dagster/column_schema`` from here, so
+the UI shows the columns people query before anything is built. A test holds these against
+the database a build publishes.
+"""
+
+from __future__ import annotations
+
+from dagster import TableColumn, TableSchema
+
+from qwen_assets.settings import PROPERTIES
+
+TASK = ("task", "VARCHAR", "the task (the partition)")
+DOC_ID = ("doc_id", "VARCHAR", "the post's place in the archive, e.g. train/sci.med/59207")
+CATEGORY = ("category", "VARCHAR", "the newsgroup")
+EMBEDDING = ("embedding", "FLOAT[dim]", "the unit-length vector (dim: the model's size)")
+
+COLUMNS: dict[str, list[tuple[str, str, str]]] = {
+    "raw_newsgroups": [
+        DOC_ID,
+        ("corpus_position", "INTEGER", "order in the corpus: train, then test"),
+        ("split", "VARCHAR", "train or test"),
+        CATEGORY,
+        ("text", "VARCHAR", "the post, headers, footers and quotes removed"),
+    ],
+    "newsgroups_sample": [
+        ("position", "INTEGER", "order in the sample"),
+        DOC_ID,
+        CATEGORY,
+        ("text", "VARCHAR", "whitespace collapsed, cut at corpus.max_chars"),
+        ("preview", "VARCHAR", "the first corpus.preview_chars characters"),
+    ],
+    "document_properties": [
+        DOC_ID,
+        CATEGORY,
+        ("sentiment", "DOUBLE", "VADER's compound score, -1 (negative) to 1 (positive)"),
+        ("hostility", "DOUBLE", "probability that the post is offensive, 0 to 1"),
+        ("length", "DOUBLE", "characters"),
+    ],
+    "task_embeddings": [TASK, DOC_ID, EMBEDDING],
+    "umap_coordinates": [
+        TASK,
+        DOC_ID,
+        ("x", "DOUBLE", "the task's UMAP layout"),
+        ("y", "DOUBLE", "the task's UMAP layout"),
+        ("x_aligned", "DOUBLE", "the layout rotated, scaled and shifted onto umap.align_to's"),
+        ("y_aligned", "DOUBLE", "the layout rotated, scaled and shifted onto umap.align_to's"),
+    ],
+    "task_quality": [
+        TASK,
+        (
+            "knn_accuracy",
+            "DOUBLE",
+            "share of posts whose 10 nearest neighbours' majority is their group",
+        ),
+        ("silhouette", "DOUBLE", "the newsgroups' silhouette, cosine, full dimension"),
+        ("trustworthiness", "DOUBLE", "how well the 2-D map keeps the full-dimension neighbours"),
+        ("overlap_with_reference", "DOUBLE", "mean neighbourhood overlap with the reference task"),
+        ("documents_scored", "BIGINT", "posts the quadratic figures were computed on"),
+        *[
+            (f"predicts_{name}{where}", "DOUBLE", f"how far neighbourhoods agree on {name}{kind}")
+            for where, kind in (("", ", full dimension"), ("_map", ", on the 2-D map"))
+            for name in PROPERTIES
+        ],
+        ("target", "VARCHAR", "the property the task's instruction aims at, if any"),
+        ("headline", "VARCHAR", "the target's figure against the default task's, in words"),
+    ],
+    "map_clusters": [
+        TASK,
+        ("cluster", "INTEGER", "the cluster's number in the task's map"),
+        ("label", "VARCHAR", "its most distinctive words, joined"),
+        ("words", "VARCHAR[]", "its most distinctive words (c-TF-IDF)"),
+        ("size", "INTEGER", "posts in it"),
+        ("x", "DOUBLE", "where the label is drawn"),
+        ("y", "DOUBLE", "where the label is drawn"),
+        ("doc_ids", "VARCHAR[]", "the posts in it"),
+    ],
+    "site_builds": [
+        ("built_at", "TIMESTAMP", "when the payload was written (UTC)"),
+        ("payload_sha256", "VARCHAR", "data.json's hash"),
+        ("payload_bytes", "BIGINT", "data.json's size"),
+        ("documents", "INTEGER", "posts in it"),
+        ("tasks", "VARCHAR[]", "its tasks"),
+        ("task_versions", "MAP(VARCHAR, VARCHAR)", "each task's prompt version"),
+        ("settings_fingerprint", "VARCHAR", "a hash of the settings it was built with"),
+        ("output_dir", "VARCHAR", "where the site was written"),
+    ],
+    "task_documents": [
+        TASK,
+        DOC_ID,
+        CATEGORY,
+        ("text", "VARCHAR", "the sampled text"),
+        ("preview", "VARCHAR", "its first characters"),
+        EMBEDDING,
+        ("x", "DOUBLE", "the aligned map"),
+        ("y", "DOUBLE", "the aligned map"),
+        ("x_raw", "DOUBLE", "the task's own UMAP layout"),
+        ("y_raw", "DOUBLE", "the task's own UMAP layout"),
+    ],
+    "category_centroids": [
+        TASK,
+        CATEGORY,
+        ("documents", "BIGINT", "posts of the group"),
+        ("centroid", "DOUBLE[]", "the group's mean vector"),
+    ],
+}
+
+
+def table_metadata(table: str) -> dict[str, object]:
+    """``dagster/table_name`` and ``dagster/column_schema`` of a table or view."""
+    schema = TableSchema(
+        columns=[
+            TableColumn(name, kind, description=description)
+            for name, kind, description in COLUMNS[table]
+        ]
+    )
+    # Dagster's documented table keys (its TableMetadataSet is not exported in 1.13).
+    return {"dagster/table_name": table, "dagster/column_schema": schema}
