@@ -298,6 +298,12 @@ def build_database_for(database: str) -> str:
     return str(path.parent / "build" / path.name)
 
 
+class AutomationSettings(_Section):
+    # How often the rebuild sensor looks for what an edit made stale (Dagster's minimum
+    # interval between its ticks).
+    sensor_interval_seconds: Annotated[int, Field(ge=1, le=86400)] = 30
+
+
 class StorageSettings(_Section):
     # What people query: published whole after each complete build, never written in place.
     database: Annotated[str, Field(min_length=1)] = DEFAULT_DATABASE
@@ -370,6 +376,7 @@ class Settings(_Section):
     umap: UmapSettings = UmapSettings()
     site: SiteSettings = SiteSettings()
     publish: PublishSettings = PublishSettings()
+    automation: AutomationSettings = AutomationSettings()
     storage: StorageSettings = StorageSettings()
     tasks: dict[str, TaskSettings]
     source: str = Field(default="<memory>", exclude=True)

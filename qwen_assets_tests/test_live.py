@@ -209,6 +209,7 @@ def project(small_built, server, archive, tmp_path: Path) -> Iterator[dict[str, 
     raw = project_settings(tmp_path, server, archive)
     raw["corpus"].update(SMALL_CORPUS)
     raw["storage"]["lock_wait_seconds"] = 0
+    raw["automation"] = {"sensor_interval_seconds": 5}
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(PACKAGE_DAGSTER_YAML, home / "dagster.yaml")

@@ -33,14 +33,20 @@ with DagsterInstance.from_config(sys.argv[1]) as instance:
 """
 
 
-def kill_a_running_run(instance) -> tuple[str, int]:
-    """A real run in another process, holding the duckdb pool's slot, killed with SIGKILL."""
+def start_a_run(instance) -> subprocess.Popen:
+    """A real run in another process, holding a slot of the duckdb pool, until killed."""
     process = subprocess.Popen(
         [sys.executable, "-c", STUCK_RUN, instance.root_directory],
         stdout=subprocess.PIPE,
         text=True,
     )
     assert process.stdout.readline().strip() == "running"
+    return process
+
+
+def kill_a_running_run(instance) -> tuple[str, int]:
+    """A real run in another process, holding the duckdb pool's slot, killed with SIGKILL."""
+    process = start_a_run(instance)
     process.send_signal(signal.SIGKILL)
     process.wait()
     (record,) = instance.get_run_records()
@@ -68,13 +74,8 @@ def test_the_sensor_fails_a_dead_run_frees_its_slot_and_plans():
 
 def test_a_live_run_is_left_alone():
     with instance_for_test(overrides=POOL_OF_ONE) as instance:
-        process = subprocess.Popen(
-            [sys.executable, "-c", STUCK_RUN, instance.root_directory],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        process = start_a_run(instance)
         try:
-            assert process.stdout.readline().strip() == "running"
             assert fail_dead_runs(instance) == []
             (record,) = instance.get_run_records()
             assert record.dagster_run.status == DagsterRunStatus.STARTED
@@ -152,13 +153,8 @@ def test_only_the_slots_of_the_runs_it_failed_are_freed():
     slot is freed; the live run keeps its own."""
     with instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 2}}}) as instance:
         run_id, _ = kill_a_running_run(instance)
-        live = subprocess.Popen(
-            [sys.executable, "-c", STUCK_RUN, instance.root_directory],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        live = start_a_run(instance)
         try:
-            assert live.stdout.readline().strip() == "running"
             storage = instance.event_log_storage
             assert storage.get_concurrency_info("duckdb").active_slot_count == 2
             (failed,) = fail_dead_runs(instance)

@@ -171,16 +171,22 @@ def rows_table(database: str, count: int) -> None:
     replace_table(database, "rows", pd.DataFrame({"n": range(count)}))
 
 
-def test_a_reader_never_delays_a_publish_and_keeps_the_state_it_opened(tmp_path: Path):
-    build, published = str(tmp_path / "build.duckdb"), str(tmp_path / "query.duckdb")
-    rows_table(build, 3)
-    publish_database(build, published, readable_by="v1.0.0")
-    reader = subprocess.Popen(
-        [sys.executable, "-c", HOLD_READ_ONLY, published],
+def hold_read_only(database: str) -> subprocess.Popen:
+    """Another process holding ``database`` open read-only, as a notebook does; it prints the
+    rows it sees, and again on each line written to it."""
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLD_READ_ONLY, database],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+
+
+def test_a_reader_never_delays_a_publish_and_keeps_the_state_it_opened(tmp_path: Path):
+    build, published = str(tmp_path / "build.duckdb"), str(tmp_path / "query.duckdb")
+    rows_table(build, 3)
+    publish_database(build, published, readable_by="v1.0.0")
+    reader = hold_read_only(published)
     try:
         assert reader.stdout.readline().strip() == "3"
         rows_table(build, 5)
@@ -204,12 +210,7 @@ def test_a_reader_never_delays_a_publish_and_keeps_the_state_it_opened(tmp_path:
 def test_a_writer_told_busy_learns_that_a_reader_holds_the_file(tmp_path: Path):
     database = str(tmp_path / "query.duckdb")
     rows_table(database, 1)
-    reader = subprocess.Popen(
-        [sys.executable, "-c", HOLD_READ_ONLY, database],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    reader = hold_read_only(database)
     try:
         reader.stdout.readline()
         with pytest.raises(DatabaseBusyError) as raised:

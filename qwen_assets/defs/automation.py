@@ -1,7 +1,7 @@
 """The two ways the daemon keeps the site current; one is on at a time.
 
-- ``rebuild_stale_assets`` (on by default): every 30 s, builds what a settings edit made
-  stale, so an edit is built and published within a minute or two.
+- ``rebuild_stale_assets`` (on by default): every 30 s (``automation.sensor_interval_seconds``),
+  builds what a settings edit made stale, so an edit is built and published within minutes.
 - ``daily_rebuild`` (off by default): at 05:00 UTC, the same once a day, for a deployment
   that batches the day's edits into one build (and one bill): turn the sensor off and the
   schedule on.
@@ -78,7 +78,7 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions]):
     @sensor(
         name="rebuild_stale_assets",
         job_name=BUILD_JOB,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=settings.automation.sensor_interval_seconds,
         default_status=DefaultSensorStatus.RUNNING,
         description="After a settings edit and a reload of the code location, rebuilds exactly "
         "the stale partitions (one edited instruction: that task's embeddings and map, then "
