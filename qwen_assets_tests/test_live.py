@@ -11,6 +11,7 @@ command-line build beside the live sensor takes turns with it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -100,6 +101,21 @@ HOLDER = textwrap.dedent(
         print(json.dumps({"held": still, "new": dict(again.execute(SQL).fetchall())}), flush=True)
     """
 )
+
+
+# What the query loop calls one state: the newest site build's payload, and the topic vectors.
+FINAL_STATE = (
+    "SELECT (SELECT payload_sha256 FROM site_builds ORDER BY built_at DESC LIMIT 1), "
+    "(SELECT md5(string_agg(embedding::VARCHAR, ',' ORDER BY doc_id)) FROM task_embeddings "
+    "WHERE task = 'topic')"
+)
+
+
+def run_sql(database: Path, sql: str) -> tuple:
+    import duckdb
+
+    with duckdb.connect(str(database), read_only=True) as connection:
+        return connection.execute(sql).fetchall()[0]
 
 
 def free_port() -> int:
@@ -322,6 +338,46 @@ def test_people_query_through_a_cold_build_an_edit_and_a_sensor_run(
             )
             == []
         )
+
+        # 4. A command-line build beside the live sensor: they take turns, nothing twice.
+        server.reset()
+        server.hold()
+        edit(project, "Classify the given text as either toxic or not toxic", "Is it rude?")
+        ui.reload()
+        started = time.time()
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "qwen_assets.cli", "build"],
+            env=project,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        wait_until(lambda: server.waiting, 120, "the command line's build asks for vectors")
+        assert wait_until(
+            lambda: [
+                tick
+                for tick in ui.sensor_ticks()
+                if tick["timestamp"] > started
+                and "qwen-assets build is running" in (tick["skipReason"] or "")
+            ],
+            90,
+            "a sensor tick while the command line builds",
+        ), "the sensor stood aside"
+        server.release()
+        output = cli.communicate(timeout=300)[0]
+        assert cli.returncode == 0, output
+        built_at = time.time()
+        wait_until(
+            lambda: any(tick["timestamp"] > built_at for tick in ui.sensor_ticks()),
+            90,
+            "the next sensor tick",
+        )
+        spans = sorted((run["startTime"], run["endTime"]) for run in ui.runs())
+        assert all(end <= following for (_, end), (following, _) in itertools.pairwise(spans)), (
+            "no two runs at once"
+        )
+        assert all(run["status"] == "SUCCESS" for run in ui.runs())
+        assert len(server.received) == math.ceil(documents / batch), "toxicity, embedded once"
     except BaseException:
         if holder is not None:
             holder.kill()
@@ -332,13 +388,15 @@ def test_people_query_through_a_cold_build_an_edit_and_a_sensor_run(
         stop.touch()
         seen, errors = loop.communicate(timeout=60)
 
-    # 4. The loop never saw a broken or mixed state, and saw each of the three builds.
+    # 5. The loop never saw a broken or mixed state, and saw the states come and go.
     summary = json.loads(seen or "{}") if seen else {"failures": [errors[-2000:]]}
     assert summary["failures"] == []
     assert summary["passes"] > 10
+    final = run_sql(read_side, FINAL_STATE)
     assert len(summary["states"]) == 4, "cold build, sentiment, topic and toxicity edits"
+    assert list(final) in summary["states"], "and the last one"
 
-    # 5. The held connection still sees the first state; a new one sees the edited vectors.
+    # 6. The held connection still sees the first state; a new one sees the edited vectors.
     holder.stdin.write("\n")
     holder.stdin.flush()
     later = json.loads(holder.stdout.readline())
