@@ -65,7 +65,7 @@ def server(minilm) -> Iterator[EmbeddingServer]:
     """A real HTTP server on 127.0.0.1 whose vectors come from the real small model."""
 
     def vectorise(texts: list[str]) -> np.ndarray:
-        return minilm.encode(texts, batch_size=16, show_progress_bar=False)
+        return minilm.encode(texts, batch_size=64, show_progress_bar=False)
 
     running = EmbeddingServer(vectorise).start()
     yield running

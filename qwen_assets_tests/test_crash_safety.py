@@ -80,8 +80,8 @@ def project(small_built, server, archive, tmp_path: Path) -> Iterator[CliProject
         server.release()
 
 
-def probe_texts(server) -> list[str]:
-    return [text for text in server.texts_received if PROBE_INSTRUCTION in text]
+def probe_texts(server, instruction: str = PROBE_INSTRUCTION) -> list[str]:
+    return [text for text in server.texts_received if instruction in text]
 
 
 def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
@@ -92,45 +92,13 @@ def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None
         time.sleep(0.1)
 
 
-def hold_mid_embedding(server) -> None:
+def hold_mid_embedding(server, instruction: str = PROBE_INSTRUCTION) -> None:
     """Once a build has had a few batches answered, hold the rest: it is embedding, and stays."""
-    wait_until(lambda: len(probe_texts(server)) >= 3 * BATCH_SIZE, 240, "it is embedding")
+    wait_until(
+        lambda: len(probe_texts(server, instruction)) >= 3 * BATCH_SIZE, 240, "it is embedding"
+    )
     server.hold()
     wait_until(lambda: server.waiting, 60, "its next request waits on the server")
-
-
-def test_a_build_killed_mid_embedding_never_blocks_the_next(project, server):
-    first = project.start("first")
-    hold_mid_embedding(server)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    server.release()
-    (killed,) = [run for run in project.runs() if run.status == DagsterRunStatus.STARTED]
-
-    second = project.start("second")
-    assert second.wait(timeout=300) == 0, project.output("second")
-    output = project.output("second")
-    assert f"run {killed.run_id[:8]} (build_assets): its process {first.pid} is gone" in output
-    assert "marked it failed and freed its pool slot" in output
-
-    sent = Counter(probe_texts(server))
-    distinct = read_table(project.database, "SELECT count(DISTINCT text) FROM newsgroups_sample")
-    assert len(sent) == distinct.iloc[0, 0], "every distinct probe prompt was embedded"
-    assert max(sent.values()) <= 2
-    twice = sum(1 for count in sent.values() if count == 2)
-    assert twice <= IN_FLIGHT * BATCH_SIZE, "only what was in flight when it died is paid twice"
-
-    statuses = {run.run_id: run.status for run in project.runs()}
-    assert statuses[killed.run_id] == DagsterRunStatus.FAILURE
-    assert DagsterRunStatus.STARTED not in statuses.values()
-    third = subprocess.run(
-        [sys.executable, "-m", "qwen_assets.cli", "build"],
-        env=project.environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert third.returncode == 0 and "everything is fresh" in third.stdout
 
 
 def test_two_builds_at_once_wait_quietly_and_sigterm_stops_either(project, server):
@@ -212,33 +180,67 @@ def probe_vectors(database: str) -> str:
     ).iloc[0, 0]
 
 
-def test_a_build_killed_while_publishing_leaves_the_query_database_whole(project, server):
-    """SIGKILL while query_database writes its copy: the database people query is the one the
-    last complete build left, and the next build publishes again (and clears the copy)."""
-    first = project.start("first")
-    assert first.wait(timeout=300) == 0, project.output("first")
+def test_builds_killed_mid_embedding_and_mid_publish_never_block_the_next(project, server):
+    """SIGKILL anywhere: the next build marks the dead run failed and frees its slot, the
+    database people query stays as the last complete build left it, and nothing paid for is
+    asked for again beyond what was in flight."""
+    assert project.start("first").wait(timeout=300) == 0, project.output("first")
     database = Path(project.database)
     before, vectors = database.read_bytes(), probe_vectors(project.database)
+    edited = "Name the newsgroup the post was written for"
     settings = Path(project.environ["QWEN_ASSETS_SETTINGS"])
-    settings.write_text(settings.read_text().replace(PROBE_INSTRUCTION, "Name its newsgroup"))
+    settings.write_text(settings.read_text().replace(PROBE_INSTRUCTION, edited))
+    server.reset()
 
+    # Killed while embedding the edited task.
     second = project.start("second")
+    hold_mid_embedding(server, edited)
+    second.send_signal(signal.SIGKILL)
+    second.wait()
+    server.release()
+    (killed,) = [run for run in project.runs() if run.status == DagsterRunStatus.STARTED]
+    assert database.read_bytes() == before
+
+    # The next build repairs that, embeds the rest, and is killed while it publishes.
+    third = project.start("third")
     pattern = f".{database.name}.publishing-*"
     deadline = time.monotonic() + 300
     while not list(database.parent.glob(pattern)):
-        assert second.poll() is None, project.output("second")
+        assert third.poll() is None, project.output("third")
         assert time.monotonic() < deadline, "it never published"
         time.sleep(0.005)
-    second.send_signal(signal.SIGSTOP)
+    third.send_signal(signal.SIGSTOP)
     assert list(database.parent.glob(pattern)), "stopped while writing the copy"
-    second.send_signal(signal.SIGKILL)
-    second.wait()
+    third.send_signal(signal.SIGKILL)
+    third.wait()
+    output = project.output("third")
+    assert f"run {killed.run_id[:8]} (build_assets): its process {second.pid} is gone" in output
+    assert "marked it failed and freed its pool slot" in output
     assert database.read_bytes() == before, "the database people query is whole and unchanged"
     assert probe_vectors(project.database) == vectors
 
-    third = project.start("third")
-    assert third.wait(timeout=300) == 0, project.output("third")
-    assert "rebuild query_database" in project.output("third")
+    # And the next one finishes: it publishes and clears the killed copy.
+    fourth = project.start("fourth")
+    assert fourth.wait(timeout=300) == 0, project.output("fourth")
+    assert "rebuild query_database" in project.output("fourth")
     assert not list(database.parent.glob(pattern)), "the killed copy is cleared"
     build_database = str(database.parent / "build" / database.name)
     assert probe_vectors(project.database) == probe_vectors(build_database) != vectors
+
+    sent = Counter(probe_texts(server, edited))
+    distinct = read_table(project.database, "SELECT count(DISTINCT text) FROM newsgroups_sample")
+    assert len(sent) == distinct.iloc[0, 0], "every distinct probe prompt was embedded"
+    assert max(sent.values()) <= 2
+    twice = sum(1 for count in sent.values() if count == 2)
+    assert twice <= IN_FLIGHT * BATCH_SIZE, "only what was in flight when it died is paid twice"
+    statuses = {run.run_id: run.status for run in project.runs()}
+    assert statuses[killed.run_id] == DagsterRunStatus.FAILURE
+    assert DagsterRunStatus.STARTED not in statuses.values()
+    plan = subprocess.run(
+        [sys.executable, "-m", "qwen_assets.cli", "build", "--dry-run"],
+        env=project.environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert plan.returncode == 0 and "everything is fresh" in plan.stdout, plan.stdout
