@@ -86,6 +86,7 @@ def test_a_live_run_is_left_alone():
 
 INTERRUPTED_QUERY = """
 import os, signal, sys, threading
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, wherever we run
 import duckdb
 from dagster import DagsterInstance, Definitions, asset, define_asset_job
 from qwen_assets.build.runs import BUILD_JOB
