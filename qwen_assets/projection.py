@@ -37,11 +37,36 @@ def umap_layout(embeddings: np.ndarray, settings: UmapSettings) -> np.ndarray:
         min_dist=settings.min_dist,
         metric=settings.metric,
         random_state=settings.random_state,
+        precomputed_knn=exact_neighbours(embeddings, settings),
     )
     with warnings.catch_warnings():
         # A fixed random_state turns off parallelism; UMAP says so every time.
         warnings.filterwarnings("ignore", message=".*n_jobs value.*overridden.*")
+        # Neighbours given without a search index: only ``transform`` needs one, never used.
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\].*not an NNDescent")
         return np.asarray(reducer.fit_transform(embeddings), dtype=np.float64)
+
+
+# Below this many rows UMAP finds exact nearest neighbours itself (above, approximate ones).
+EXACT_NEIGHBOURS_BELOW = 4096
+
+
+def exact_neighbours(
+    embeddings: np.ndarray, settings: UmapSettings
+) -> tuple[np.ndarray, np.ndarray, None] | tuple[None, None, None]:
+    """The exact neighbours UMAP would compute for a small map, found by scikit-learn: UMAP's
+    own brute-force search is compiled by numba in every new process (about 5 s per build,
+    more than the search itself at the sample's size). Larger maps keep UMAP's approximate
+    search."""
+    if embeddings.shape[0] >= EXACT_NEIGHBOURS_BELOW:
+        return (None, None, None)
+    from sklearn.neighbors import NearestNeighbors
+
+    search = NearestNeighbors(
+        n_neighbors=settings.n_neighbors, metric=settings.metric, algorithm="brute"
+    ).fit(embeddings)
+    distances, indices = search.kneighbors(embeddings)
+    return (indices, distances.astype(np.float32), None)
 
 
 @dataclass(frozen=True)

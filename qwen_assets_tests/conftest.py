@@ -62,10 +62,18 @@ def minilm():
 
 @pytest.fixture(scope="session")
 def server(minilm) -> Iterator[EmbeddingServer]:
-    """A real HTTP server on 127.0.0.1 whose vectors come from the real small model."""
+    """A real HTTP server on 127.0.0.1 whose vectors come from the real small model. It
+    encodes each distinct text once a session and answers repeats from memory, so the
+    suite's many builds of the same small corpus cost the model once; what the client sends
+    and receives, and every count the tests read, are unchanged."""
+    known: dict[str, np.ndarray] = {}
 
     def vectorise(texts: list[str]) -> np.ndarray:
-        return minilm.encode(texts, batch_size=64, show_progress_bar=False)
+        new = [text for text in dict.fromkeys(texts) if text not in known]
+        if new:
+            vectors = minilm.encode(new, batch_size=64, show_progress_bar=False)
+            known.update(zip(new, vectors, strict=True))
+        return np.stack([known[text] for text in texts])
 
     running = EmbeddingServer(vectorise).start()
     yield running

@@ -56,7 +56,7 @@ def projection_assets(
         partitions_def=tasks,
         group_name="projection",
         deps=[AssetDep(embeddings, partition_mapping=mapping)],
-        code_version=fingerprint({"projection": 1, "umap": settings.umap.model_dump()}),
+        code_version=fingerprint({"projection": 2, "umap": settings.umap.model_dump()}),
         metadata=table_metadata("umap_coordinates"),
         pool="duckdb",
         backfill_policy=BackfillPolicy.single_run(),
