@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from qwen_assets.testing import (
-    TEST_MAX_SEQ_LENGTH,
+    SUITE_MAX_SEQ_LENGTH,
     EmbeddingServer,
     minilm_path,
     project_settings,
@@ -57,7 +57,7 @@ def archive() -> str:
 def minilm():
     from qwen_assets.embedding.local import load_model
 
-    return load_model(minilm_path(), "cpu", TEST_MAX_SEQ_LENGTH)
+    return load_model(minilm_path(), "cpu", SUITE_MAX_SEQ_LENGTH)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from qwen_assets.embedding.local import token_batches
 from qwen_assets.metrics import agreement
 from qwen_assets.settings import parse_settings
 from qwen_assets.storage import read_table
-from qwen_assets.testing import TEST_MAX_SEQ_LENGTH, minilm_path, settings_dict
+from qwen_assets.testing import SUITE_MAX_SEQ_LENGTH, minilm_path, settings_dict
 
 TOPIC_PREFIX = "Instruct: Identify the topic or theme of the given text\nQuery:"
 
@@ -41,7 +41,7 @@ def local_settings(
 ):
     local = {
         "device": "cpu",
-        "max_seq_length": TEST_MAX_SEQ_LENGTH,
+        "max_seq_length": SUITE_MAX_SEQ_LENGTH,
         "runtime": runtime,
         "exported_models": str(exported_models),
         "batch_tokens": batch_tokens,
@@ -165,7 +165,7 @@ def export_in_a_subprocess(folder: Path) -> subprocess.Popen:
         "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
         "from qwen_assets.embedding import quantized\n"
         "from qwen_assets.embedding.local import load_model\n"
-        f"model = load_model({minilm_path()!r}, 'cpu', {TEST_MAX_SEQ_LENGTH})\n"
+        f"model = load_model({minilm_path()!r}, 'cpu', {SUITE_MAX_SEQ_LENGTH})\n"
         f"print(quantized.exported_model('minilm', model, Path({str(folder)!r}), "
         "logging.getLogger('export')))\n"
     )
