@@ -20,7 +20,7 @@ from dagster import (
 from qwen_assets.build.prompts import instruction_versions
 from qwen_assets.build.stale import stale_plan
 from qwen_assets.definitions import build_definitions, rebuild_stale
-from qwen_assets.projection import align, umap_layout
+from qwen_assets.projection import EXACT_NEIGHBOURS_BELOW, align, exact_neighbours, umap_layout
 from qwen_assets.settings import load_settings
 from qwen_assets.storage import read_table
 from qwen_assets.testing import project_settings, write_settings
@@ -97,6 +97,28 @@ def test_coordinates_are_finite_aligned_and_reproducible(built):
     assert np.allclose(again, stored[["x", "y"]].to_numpy(), atol=1e-4), (
         "the stored map is the one its vectors and settings give"
     )
+
+
+def test_a_small_map_gets_exact_neighbours_and_a_large_one_umaps_own_search(built):
+    from scipy.spatial.distance import cdist
+
+    settings = load_settings(built.settings_path).umap
+    vectors = np.stack(
+        read_table(
+            built.database,
+            "SELECT embedding FROM task_embeddings WHERE task = 'topic' ORDER BY doc_id",
+        )["embedding"].to_numpy()
+    )
+    indices, distances, search_index = exact_neighbours(vectors, settings)
+    assert indices.shape == distances.shape == (len(vectors), settings.n_neighbors)
+    assert search_index is None
+    # A post is its own nearest neighbour (the sample's one duplicated text may swap with its
+    # twin), and its farthest neighbour is as far as a full scan of the map says.
+    assert (indices[:, 0] == np.arange(len(vectors))).mean() > 0.99
+    scan = np.sort(cdist(vectors, vectors, settings.metric), axis=1)
+    assert np.allclose(distances[:, -1], scan[:, settings.n_neighbors - 1], atol=1e-5)
+    large = np.zeros((EXACT_NEIGHBOURS_BELOW, 2))
+    assert exact_neighbours(large, settings) == (None, None, None)
 
 
 def test_alignment_undoes_a_rotation_scale_and_shift():
