@@ -30,12 +30,17 @@ OUTPUT_FORMATS = ("table", "json", "csv")
 TABLE_TEXT_WIDTH = 60  # previews are cut to this in tables; json and csv carry them whole
 
 
+def dagster_home() -> Path:
+    """DAGSTER_HOME, or ./.dagster."""
+    return Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
+
+
 def dagster_instance():
     """The project's Dagster instance: DAGSTER_HOME, or ./.dagster with the project's config,
     so runs made here show in `dagster dev` started with the same DAGSTER_HOME."""
     from dagster import DagsterInstance
 
-    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
+    home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
@@ -183,8 +188,9 @@ def _keep(chatter: str, log_file: Path | None) -> None:
     if log_file is None:
         from datetime import datetime
 
-        home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME)
-        log_file = home / "logs" / f"qwen-assets-{datetime.now():%Y%m%d-%H%M%S}.log"
+        from qwen_assets.build.headless import LOG_FOLDER
+
+        log_file = dagster_home() / LOG_FOLDER / f"qwen-assets-{datetime.now():%Y%m%d-%H%M%S}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("a", encoding="utf-8") as out:
         out.write("\n-- printed by Dagster and the libraries during the build --\n" + chatter)

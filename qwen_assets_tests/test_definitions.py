@@ -94,12 +94,11 @@ def test_definitions_load_in_seconds_with_every_asset_in_its_stage_group():
     assert loaded.returncode == 0, loaded.stderr
     assert float(loaded.stdout.split()[-1]) < 20
     defs = build_definitions(load_settings())
-    job = defs.resolve_job_def("build_assets")
+    defs.resolve_job_def("build_assets")  # the one job resolves over every asset
     groups: dict[str, set[str]] = {}
     for spec in defs.resolve_all_asset_specs():
         groups.setdefault(spec.group_name, set()).add(spec.key.to_user_string())
     assert groups == STAGES
-    assert job.name == "build_assets"
     assert {sensor.name for sensor in defs.sensors} == {"rebuild_stale_assets"}
     assert {schedule.name for schedule in defs.schedules} == {"daily_rebuild"}
 

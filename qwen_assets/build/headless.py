@@ -37,7 +37,7 @@ from qwen_assets.build.runs import (
     in_progress_runs,
     wait_for_live_runs,
 )
-from qwen_assets.build.stale import StalePlan, stale_plan
+from qwen_assets.build.stale import PlannedRun, StalePlan, stale_plan
 from qwen_assets.errors import user_error_names
 from qwen_assets.settings import Settings
 
@@ -173,7 +173,7 @@ def _build(
     return report
 
 
-def _first_target(run) -> str:
+def _first_target(run: PlannedRun) -> str:
     key = run.keys[0].to_user_string()
     return f"{key}[{run.tasks[0]}]" if run.tasks else key
 
