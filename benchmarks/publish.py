@@ -21,7 +21,7 @@ from qwen_assets.corpus import load_raw_newsgroups, stratified_sample
 from qwen_assets.defs.embedding_assets import embedding_columns, vectors_table
 from qwen_assets.defs.projection_assets import COORDINATE_COLUMNS
 from qwen_assets.query import create_views
-from qwen_assets.settings import CorpusSettings, default_settings_path, load_settings
+from qwen_assets.settings import BASE_VARIANT, CorpusSettings, default_settings_path, load_settings
 from qwen_assets.storage import connect, publish_database, replace_partitions, replace_table
 
 TASKS = ["default", "topic", "sentiment", "toxicity"]
@@ -48,7 +48,7 @@ def build_database(path: str, raw: pd.DataFrame, corpus: CorpusSettings) -> int:
         vectors[task] = vectors_table(task, ids, unit / np.linalg.norm(unit, axis=1)[:, None])
         xy = rng.normal(size=(len(ids), 4))
         points[task] = pd.DataFrame(
-            {"task": task, "doc_id": ids, "x": xy[:, 0], "y": xy[:, 1]}
+            {"variant": BASE_VARIANT, "task": task, "doc_id": ids, "x": xy[:, 0], "y": xy[:, 1]}
             | {"x_aligned": xy[:, 2], "y_aligned": xy[:, 3]}
         )
     replace_partitions(path, "task_embeddings", embedding_columns(DIMENSIONS), vectors, TASKS)

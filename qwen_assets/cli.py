@@ -235,7 +235,9 @@ def command_neighbours(arguments: argparse.Namespace) -> int:
     from qwen_assets.query import neighbours
     from qwen_assets.settings import load_settings
 
-    frame = neighbours(load_settings(), arguments.doc_id, arguments.task, arguments.k)
+    frame = neighbours(
+        load_settings(), arguments.doc_id, arguments.task, arguments.k, variant=arguments.variant
+    )
     print_frame(frame, arguments.format)
     return 0
 
@@ -248,7 +250,8 @@ def command_search(arguments: argparse.Namespace) -> int:
     from qwen_assets.settings import load_settings
 
     settings = load_settings()
-    backend, _ = resolve_backend(settings.embedding, os.environ)
+    embedding = settings.embedding_of(settings.check_variant(arguments.variant))
+    backend, _ = resolve_backend(embedding, os.environ)
     log = logging.getLogger("qwen_assets.search")
     frame = search(
         settings,
@@ -256,8 +259,9 @@ def command_search(arguments: argparse.Namespace) -> int:
         arguments.task,
         arguments.k,
         backend_name=backend,
-        api_key=os.environ.get(settings.embedding.http.api_key_env),
+        api_key=os.environ.get(embedding.http.api_key_env),
         log=log,
+        variant=arguments.variant,
     )
     print_frame(frame, arguments.format)
     return 0
@@ -268,7 +272,7 @@ def command_compare(arguments: argparse.Namespace) -> int:
     from qwen_assets.settings import load_settings
 
     tasks = [task.strip() for task in arguments.tasks.split(",") if task.strip()]
-    frame = compare(load_settings(), arguments.doc_id, tasks, arguments.k)
+    frame = compare(load_settings(), arguments.doc_id, tasks, arguments.k, arguments.variant)
     print_frame(frame, arguments.format, neighbourhood_summary(frame, tasks, arguments.k))
     return 0
 
@@ -277,7 +281,9 @@ def command_export(arguments: argparse.Namespace) -> int:
     from qwen_assets.query import export
     from qwen_assets.settings import load_settings
 
-    rows = export(load_settings(), arguments.task, Path(arguments.out), arguments.format)
+    rows = export(
+        load_settings(), arguments.task, Path(arguments.out), arguments.format, arguments.variant
+    )
     print(f"wrote {rows} rows to {arguments.out}", file=sys.stderr)
     return 0
 
@@ -307,6 +313,12 @@ def parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
         return command
 
+    def variant_option(command: argparse.ArgumentParser, also: str = "") -> None:
+        command.add_argument(
+            "--variant",
+            help=f"which variant's vectors{also} (default: the reference, the first in [variants])",
+        )
+
     def output_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("-k", type=int, default=10, help="how many documents (default 10)")
         command.add_argument(
@@ -318,6 +330,7 @@ def parser() -> argparse.ArgumentParser:
     )
     neighbours.add_argument("doc_id", metavar="DOC_ID", help="e.g. train/sci.space/61178")
     neighbours.add_argument("--task", required=True, help="task name, e.g. topic")
+    variant_option(neighbours)
     output_options(neighbours)
 
     search = query_command(
@@ -327,22 +340,30 @@ def parser() -> argparse.ArgumentParser:
     )
     search.add_argument("text", metavar="TEXT", help="the text to search for")
     search.add_argument("--task", required=True, help="task name, e.g. topic")
+    variant_option(search, ", and its model and prompt format")
     output_options(search)
 
     compare = query_command(
         "compare", "how a document's neighbourhood differs between tasks", command_compare
     )
     compare.add_argument("doc_id", metavar="DOC_ID")
-    compare.add_argument("--tasks", required=True, help="comma-separated, e.g. default,topic")
+    compare.add_argument(
+        "--tasks",
+        required=True,
+        help="comma-separated, e.g. default,topic; variant/task compares variants, e.g. "
+        "official/topic,demo/topic",
+    )
+    variant_option(compare, " for a bare task name")
     output_options(compare)
 
     export = query_command(
         "export",
-        "write documents, category, text, task, embedding and x/y to Parquet or CSV",
+        "write documents, category, text, variant, task, embedding and x/y to Parquet or CSV",
         command_export,
     )
     export.add_argument("out", metavar="OUT", help="the file to write")
     export.add_argument("--task", default="all", help='a task name, or "all" (default)')
+    variant_option(export, ', or "all"')
     export.add_argument("--format", choices=EXPORT_FORMATS, default="parquet")
     return top
 

@@ -1,6 +1,6 @@
 """The single entry point: ``defs``, built from the settings file.
 
-Partitions (one per task) and code versions (from the sample and UMAP settings) are derived
+Partitions (one per task, or per variant x task: see ``defs/partitions.py``) and code versions (from the sample and UMAP settings) are derived
 from the settings, so editing the file and reloading the code location shows exactly what
 went stale.
 """
@@ -17,8 +17,6 @@ from dagster import (
     BetaWarning,
     DagsterInstance,
     Definitions,
-    EnvVar,
-    StaticPartitionsDefinition,
     define_asset_job,
     in_process_executor,
 )
@@ -29,6 +27,7 @@ from qwen_assets.build.runs import BUILD_JOB, RunWorker
 from qwen_assets.defs.automation import build_automation
 from qwen_assets.defs.corpus_assets import corpus_assets
 from qwen_assets.defs.embedding_assets import embedding_assets
+from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.defs.projection_assets import projection_assets
 from qwen_assets.defs.query_assets import query_assets
 from qwen_assets.defs.resources import Embedder, Warehouse
@@ -41,7 +40,7 @@ TABLES = {"task_quality", "map_clusters", "site_builds"}
 
 
 def build_definitions(settings: Settings, environ: Mapping[str, str] = os.environ) -> Definitions:
-    tasks = StaticPartitionsDefinition(settings.task_names)
+    grid = MapGrid(settings)
     # Assets and triggers that plan with the one stale rule need the finished Definitions.
     defs_holder: list[Definitions] = []
     with warnings.catch_warnings():
@@ -55,10 +54,10 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
             "ignore", "Property `OpDefinition.version` is deprecated", DeprecationWarning
         )
         raw_newsgroups, newsgroups_sample, document_properties = corpus_assets(settings)
-        task_instructions, task_embeddings = embedding_assets(settings, tasks, newsgroups_sample)
-        (umap_coordinates,) = projection_assets(settings, tasks, task_embeddings)
+        task_instructions, task_embeddings = embedding_assets(settings, grid, newsgroups_sample)
+        (umap_coordinates,) = projection_assets(settings, grid, task_embeddings)
         # site_data, site_pages, and published_site when publishing is set
-        site = site_assets(settings, task_embeddings, umap_coordinates, document_properties)
+        site = site_assets(settings, grid, task_embeddings, umap_coordinates, document_properties)
         tables = [
             raw_newsgroups.key,
             newsgroups_sample.key,
@@ -88,13 +87,14 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         query_database,
     ]
 
-    backend, reason = resolve_backend(settings.embedding, environ)
-    key_variable = settings.embedding.http.api_key_env
+    chosen = {
+        variant: resolve_backend(settings.embedding_of(variant), environ)
+        for variant in settings.variant_names
+    }
     embedder = Embedder(
-        backend=backend,
-        backend_reason=reason,
+        backends={variant: backend for variant, (backend, _) in chosen.items()},
+        backend_reasons={variant: reason for variant, (_, reason) in chosen.items()},
         cache_database=settings.storage.embedding_cache,
-        api_key=EnvVar(key_variable) if backend == "http" and environ.get(key_variable) else None,
     )
 
     build_job = define_asset_job(

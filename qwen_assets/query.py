@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qwen_assets.settings import Settings
+from qwen_assets.settings import Settings, SettingsError
 from qwen_assets.storage import connect, table_exists
 
 EXPORT_FORMATS = ("parquet", "csv")
@@ -21,25 +21,27 @@ EXPORT_FORMATS = ("parquet", "csv")
 # The convenience views, created by the pipeline next to the tables they join.
 VIEWS = {
     "task_documents": """
-        SELECT e.task, s.doc_id, s.category, s.text, s.preview, e.embedding,
+        SELECT e.variant, e.task, s.doc_id, s.category, s.text, s.preview, e.embedding,
                c.x_aligned AS x, c.y_aligned AS y, c.x AS x_raw, c.y AS y_raw
         FROM newsgroups_sample s
         JOIN task_embeddings e USING (doc_id)
-        LEFT JOIN umap_coordinates c ON c.task = e.task AND c.doc_id = e.doc_id""",
+        LEFT JOIN umap_coordinates c
+            ON c.variant = e.variant AND c.task = e.task AND c.doc_id = e.doc_id""",
     # The mean vector of each newsgroup in each task (a plain list: compare it to a document
     # with list_cosine_similarity(embedding::FLOAT[], centroid)).
     "category_centroids": """
-        SELECT task, category, any_value(documents) AS documents,
+        SELECT variant, task, category, any_value(documents) AS documents,
                list(value ORDER BY dimension) AS centroid
         FROM (
-            SELECT e.task, s.category, u.dimension, avg(u.value) AS value, count(*) AS documents
+            SELECT e.variant, e.task, s.category, u.dimension, avg(u.value) AS value,
+                   count(*) AS documents
             FROM task_embeddings e
             JOIN newsgroups_sample s USING (doc_id),
             LATERAL (SELECT unnest(e.embedding::FLOAT[]) AS value,
                             unnest(range(1, len(e.embedding) + 1)) AS dimension) u
-            GROUP BY e.task, s.category, u.dimension
+            GROUP BY e.variant, e.task, s.category, u.dimension
         )
-        GROUP BY task, category""",
+        GROUP BY variant, task, category""",
 }
 
 
@@ -63,16 +65,18 @@ def _check_built(connection) -> None:
         raise QueryError("the database has no embeddings yet: run `qwen-assets build` first")
 
 
-def _check_task(connection, task: str) -> None:
+def _check_task(connection, task: str, variant: str) -> None:
     _check_built(connection)
-    stored = [
-        row[0]
-        for row in connection.execute(
-            "SELECT DISTINCT task FROM task_embeddings ORDER BY task"
-        ).fetchall()
-    ]
-    if task not in stored:
-        raise QueryError(f"unknown task {task!r}; built tasks: {', '.join(stored) or 'none'}")
+    stored = connection.execute(
+        "SELECT DISTINCT variant, task FROM task_embeddings ORDER BY variant, task"
+    ).fetchall()
+    if (variant, task) in stored:
+        return
+    variants = sorted({row[0] for row in stored})
+    if variant not in variants:
+        raise QueryError(f"unknown variant {variant!r}; built variants: {', '.join(variants)}")
+    tasks = [row[1] for row in stored if row[0] == variant]
+    raise QueryError(f"unknown task {task!r}; built tasks: {', '.join(tasks) or 'none'}")
 
 
 def _check_document(connection, doc_id: str) -> None:
@@ -90,32 +94,50 @@ def _check_document(connection, doc_id: str) -> None:
         )
 
 
+def _variant(settings: Settings, variant: str | None) -> str:
+    try:
+        return settings.check_variant(variant)
+    except SettingsError as error:
+        raise QueryError(str(error)) from None
+
+
 def _check_k(k: int) -> None:
     if k < 1:
         raise QueryError(f"-k must be at least 1, got {k}")
 
 
+# Variants may store vectors of different sizes in one list column (FLOAT[]); within one
+# variant and task the sizes agree, and the list form of cosine similarity takes both forms.
 NEIGHBOURS_SQL = """
     SELECT b.doc_id, s.category,
-           array_cosine_similarity(a.embedding, b.embedding) AS similarity, s.preview
+           list_cosine_similarity(a.embedding::FLOAT[], b.embedding::FLOAT[]) AS similarity,
+           s.preview
     FROM task_embeddings a
-    JOIN task_embeddings b ON b.task = a.task
+    JOIN task_embeddings b ON b.variant = a.variant AND b.task = a.task
     JOIN newsgroups_sample s ON s.doc_id = b.doc_id
-    WHERE a.task = ? AND a.doc_id = ? AND ({self_filter})
+    WHERE a.variant = ? AND a.task = ? AND a.doc_id = ? AND ({self_filter})
     ORDER BY similarity DESC, b.doc_id
     LIMIT ?"""
 
 
 def neighbours(
-    settings: Settings, doc_id: str, task: str, k: int = 10, *, include_self: bool = True
+    settings: Settings,
+    doc_id: str,
+    task: str,
+    k: int = 10,
+    *,
+    include_self: bool = True,
+    variant: str | None = None,
 ) -> pd.DataFrame:
-    """The ``k`` documents most cosine-similar to ``doc_id`` in ``task``'s space, ranked."""
+    """The ``k`` documents most cosine-similar to ``doc_id`` in ``task``'s space (as
+    ``variant``, default the reference, embeds it), ranked."""
     _check_k(k)
+    variant = _variant(settings, variant)
     with _reader(settings) as connection:
-        _check_task(connection, task)
+        _check_task(connection, task, variant)
         _check_document(connection, doc_id)
         sql = NEIGHBOURS_SQL.format(self_filter="TRUE" if include_self else "b.doc_id <> a.doc_id")
-        frame = connection.execute(sql, [task, doc_id, k]).df()
+        frame = connection.execute(sql, [variant, task, doc_id, k]).df()
     frame.insert(0, "rank", range(1, len(frame) + 1))
     return frame
 
@@ -129,9 +151,10 @@ def search(
     backend_name: str,
     api_key: str | None,
     log: logging.Logger,
+    variant: str | None = None,
 ) -> pd.DataFrame:
-    """Embed ``text`` as ``task`` embeds its documents (same instruction, same cache) and
-    rank the stored documents by cosine similarity to it."""
+    """Embed ``text`` as ``task`` embeds its documents (same instruction, model and cache, as
+    ``variant`` embeds them) and rank the stored documents by cosine similarity to it."""
     from qwen_assets.embedding import build_backend, embed_texts
 
     if not text.strip():
@@ -139,16 +162,19 @@ def search(
     _check_k(k)
     if task not in settings.tasks:
         raise QueryError(f"unknown task {task!r}; configured tasks: {', '.join(settings.tasks)}")
+    variant = _variant(settings, variant)
     with _reader(settings) as connection:
-        _check_task(connection, task)
+        _check_task(connection, task, variant)
         dimension = connection.execute(
-            "SELECT len(embedding) FROM task_embeddings WHERE task = ? LIMIT 1", [task]
+            "SELECT len(embedding) FROM task_embeddings WHERE variant = ? AND task = ? LIMIT 1",
+            [variant, task],
         ).fetchall()[0][0]
-    backend = build_backend(backend_name, settings.embedding, api_key, log)
+    embedding = settings.embedding_of(variant)
+    backend = build_backend(backend_name, embedding, api_key, log)
     vectors, _ = embed_texts(
         [text],
-        settings.prompt_prefix(task),
-        settings.embedding,
+        settings.prompt_prefix(task, variant),
+        embedding,
         backend,
         settings.storage.embedding_cache,
         log,
@@ -161,26 +187,35 @@ def search(
         )
     with _reader(settings) as connection:
         frame = connection.execute(
-            f"""SELECT e.doc_id, s.category,
-                       array_cosine_similarity(e.embedding, ?::FLOAT[{dimension}]) AS similarity,
-                       s.preview
-                FROM task_embeddings e JOIN newsgroups_sample s USING (doc_id)
-                WHERE e.task = ? ORDER BY similarity DESC, e.doc_id LIMIT ?""",
-            [query.tolist(), task, k],
+            """SELECT e.doc_id, s.category,
+                      list_cosine_similarity(e.embedding::FLOAT[], ?::FLOAT[]) AS similarity,
+                      s.preview
+               FROM task_embeddings e JOIN newsgroups_sample s USING (doc_id)
+               WHERE e.variant = ? AND e.task = ? ORDER BY similarity DESC, e.doc_id LIMIT ?""",
+            [query.tolist(), variant, task, k],
         ).df()
     frame.insert(0, "rank", range(1, len(frame) + 1))
     return frame
 
 
-def compare(settings: Settings, doc_id: str, tasks: list[str], k: int = 10) -> pd.DataFrame:
+def compare(
+    settings: Settings, doc_id: str, tasks: list[str], k: int = 10, variant: str | None = None
+) -> pd.DataFrame:
     """Each of the document's neighbours in any of ``tasks``, with its rank in each task
-    (empty where it is not among the top ``k``)."""
+    (empty where it is not among the top ``k``). A task may be named ``variant/task`` to
+    compare variants; a bare name is the task as ``variant`` (default: the reference)
+    embeds it."""
     if len(tasks) < 2:
-        raise QueryError("--tasks needs at least two task names, e.g. --tasks default,topic")
-    ranked = {
-        task: neighbours(settings, doc_id, task, k, include_self=False).set_index("doc_id")
-        for task in tasks
-    }
+        raise QueryError(
+            "--tasks needs at least two task names, e.g. --tasks default,topic "
+            "(or variant/task names, e.g. --tasks official/topic,demo/topic)"
+        )
+    ranked = {}
+    for name in tasks:
+        chosen, _, task = name.rpartition("/")
+        ranked[name] = neighbours(
+            settings, doc_id, task, k, include_self=False, variant=chosen or variant
+        ).set_index("doc_id")
     ids = list(dict.fromkeys(doc for frame in ranked.values() for doc in frame.index))
     rows = []
     for doc in ids:
@@ -198,33 +233,44 @@ def compare(settings: Settings, doc_id: str, tasks: list[str], k: int = 10) -> p
 
 
 def neighbourhood_summary(frame: pd.DataFrame, tasks: list[str], k: int) -> str:
+    """How many neighbours every task shares; Jaccard: those over all the neighbours listed."""
     shared = int(frame["in_all"].sum())
-    return f"{shared} of {k} neighbours shared by {' and '.join(tasks)} (Jaccard {shared / (2 * k - shared):.2f})"
+    jaccard = shared / len(frame) if len(frame) else 0.0
+    return f"{shared} of {k} neighbours shared by {' and '.join(tasks)} (Jaccard {jaccard:.2f})"
 
 
-def export(settings: Settings, task: str, output: Path, file_format: str) -> int:
-    """Documents, category, text, task, embedding and x/y, one row per (task, document).
-    Returns the number of rows written."""
+def export(
+    settings: Settings, task: str, output: Path, file_format: str, variant: str | None = None
+) -> int:
+    """Documents, category, text, variant, task, embedding and x/y, one row per (variant,
+    task, document): one task (or "all") of ``variant`` (default: the reference; "all":
+    every variant). Returns the number of rows written."""
     if file_format not in EXPORT_FORMATS:
         raise QueryError(
             f"unknown export format {file_format!r}; allowed: {', '.join(EXPORT_FORMATS)}"
         )
+    every_variant = variant == "all"
+    variant = None if every_variant else _variant(settings, variant)
     with _reader(settings) as connection:
-        if task == "all":
+        if task == "all" or every_variant:
             _check_built(connection)
         else:
-            _check_task(connection, task)
+            _check_task(connection, task, str(variant))
         output.parent.mkdir(parents=True, exist_ok=True)
-        where = "" if task == "all" else "WHERE e.task = $task"
+        parameters = {
+            **({} if task == "all" else {"task": task}),
+            **({} if every_variant else {"variant": variant}),
+        }
+        where = " AND ".join(f"e.{name} = ${name}" for name in parameters)
         select = f"""
-            SELECT e.task, s.doc_id, s.category, s.text, c.x_aligned AS x, c.y_aligned AS y,
-                   e.embedding
+            SELECT e.variant, e.task, s.doc_id, s.category, s.text,
+                   c.x_aligned AS x, c.y_aligned AS y, e.embedding
             FROM newsgroups_sample s JOIN task_embeddings e USING (doc_id)
-            LEFT JOIN umap_coordinates c ON c.task = e.task AND c.doc_id = e.doc_id
-            {where} ORDER BY e.task, s.position"""
+            LEFT JOIN umap_coordinates c
+                ON c.variant = e.variant AND c.task = e.task AND c.doc_id = e.doc_id
+            {"WHERE " + where if where else ""} ORDER BY e.variant, e.task, s.position"""
         options = "FORMAT parquet" if file_format == "parquet" else "FORMAT csv, HEADER"
         temporary = output.with_name(f".{output.name}.partial")
-        parameters = {} if task == "all" else {"task": task}
         # COPY answers with the number of rows it wrote.
         rows = connection.execute(
             f"COPY ({select}) TO '{_sql_string(temporary)}' ({options})", parameters

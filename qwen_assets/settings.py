@@ -57,7 +57,9 @@ NEWSGROUPS: tuple[str, ...] = (
     "talk.religion.misc",
 )
 
-TASK_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+TASK_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")  # tasks and variants
+# The one variant of a project without a [variants] section: [embedding] as it is.
+BASE_VARIANT = "base"
 UMAP_METRICS = ("euclidean", "cosine", "manhattan", "chebyshev", "correlation")
 DEFAULT_TASK = "default"
 # What a task may aim at (``tasks.<name>.target``): the newsgroup, or a score per post
@@ -201,6 +203,19 @@ class LocalSettings(_Section):
         return resolve_runtime("auto", device).name
 
 
+def _template(value: str | None) -> str | None:
+    if value is None:
+        return value
+    if "{instruction}" not in value or not value.endswith("{text}"):
+        raise ValueError(
+            "must contain {instruction} and end with {text}, "
+            'e.g. "Instruct: {instruction}\\nQuery:{text}"'
+        )
+    if value.count("{text}") != 1 or value.count("{instruction}") != 1:
+        raise ValueError("must contain {instruction} and {text} once each")
+    return value
+
+
 class EmbeddingSettings(_Section):
     model: str = "Qwen/Qwen3-Embedding-0.6B"
     dimensions: Annotated[int, Field(ge=32, le=8192)] | None = None
@@ -210,17 +225,7 @@ class EmbeddingSettings(_Section):
     http: HttpSettings = HttpSettings()
     local: LocalSettings = LocalSettings()
 
-    @field_validator("prompt_template")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        if "{instruction}" not in value or not value.endswith("{text}"):
-            raise ValueError(
-                "must contain {instruction} and end with {text}, "
-                'e.g. "Instruct: {instruction}\\nQuery:{text}"'
-            )
-        if value.count("{text}") != 1 or value.count("{instruction}") != 1:
-            raise ValueError("must contain {instruction} and {text} once each")
-        return value
+    _template = field_validator("prompt_template")(classmethod(lambda cls, value: _template(value)))
 
     def vector_runtime(self) -> str | None:
         """The local runtime when it gives other numbers than the model's own weights (None
@@ -235,6 +240,38 @@ class EmbeddingSettings(_Section):
         runtime when that runtime changes the numbers, so two precisions never mix."""
         runtime = self.vector_runtime() if backend == "local" else None
         return f"{self.model} ({runtime})" if runtime else self.model
+
+
+class VariantHttpSettings(_Section):
+    base_url: str | None = None
+    api_key_env: str | None = None
+
+
+class VariantLocalSettings(_Section):
+    model: str | None = None
+    runtime: Literal[LOCAL_RUNTIMES] | None = None  # type: ignore[valid-type]
+
+
+class VariantSettings(_Section):
+    """One way of embedding the sample, compared with the others: the keys of [embedding]
+    that change the vectors (and where they come from); every other key is [embedding]'s."""
+
+    description: str = ""
+    model: str | None = None
+    prompt_template: str | None = None
+    dimensions: Annotated[int, Field(ge=32, le=8192)] | None = None
+    backend: Literal["auto", "http", "local"] | None = None
+    http: VariantHttpSettings = VariantHttpSettings()
+    local: VariantLocalSettings = VariantLocalSettings()
+
+    _template = field_validator("prompt_template")(classmethod(lambda cls, value: _template(value)))
+
+    def applied_to(self, embedding: EmbeddingSettings) -> EmbeddingSettings:
+        """``embedding`` with this variant's keys in place of its own, validated as a whole."""
+        merged = embedding.model_dump()
+        for key, value in self.model_dump(exclude_unset=True, exclude={"description"}).items():
+            merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
+        return EmbeddingSettings.model_validate(merged)
 
 
 class UmapSettings(_Section):
@@ -379,6 +416,9 @@ class Settings(_Section):
     automation: AutomationSettings = AutomationSettings()
     storage: StorageSettings = StorageSettings()
     tasks: dict[str, TaskSettings]
+    # Named ways of embedding to compare side by side; the first is the reference. None: one
+    # variant, BASE_VARIANT, which is [embedding] as it is.
+    variants: dict[str, VariantSettings] = {}
     source: str = Field(default="<memory>", exclude=True)
 
     @field_validator("tasks")
@@ -402,6 +442,33 @@ class Settings(_Section):
             raise ValueError("; ".join(problems))
         return tasks
 
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, variants: dict[str, VariantSettings]) -> dict[str, VariantSettings]:
+        bad = [name for name in variants if not TASK_NAME.match(name)]
+        if bad:
+            raise ValueError(
+                f"variant name {bad[0]!r} is not a slug (lowercase letter first, then "
+                "lowercase letters, digits, '-' or '_'; 40 at most)"
+            )
+        return variants
+
+    @model_validator(mode="after")
+    def _variants_apply(self) -> Settings:
+        problems = []
+        for name, variant in self.variants.items():
+            try:
+                variant.applied_to(self.embedding)
+            except ValidationError as error:
+                problems += [
+                    f"variants.{name}.{'.'.join(map(str, p['loc']))}: "
+                    + p["msg"].removeprefix("Value error, ")
+                    for p in error.errors()
+                ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     @model_validator(mode="after")
     def _alignment_target(self) -> Settings:
         if self.umap.align_to not in self.tasks:
@@ -415,24 +482,53 @@ class Settings(_Section):
     def task_names(self) -> list[str]:
         return list(self.tasks)
 
-    def prompt_prefix(self, task: str) -> str:
+    @cached_property
+    def variant_names(self) -> list[str]:
+        return list(self.variants) or [BASE_VARIANT]
+
+    @property
+    def reference_variant(self) -> str:
+        """The variant the others are aligned to and compared with: the first listed."""
+        return self.variant_names[0]
+
+    @cached_property
+    def _variant_embeddings(self) -> dict[str, EmbeddingSettings]:
+        if not self.variants:
+            return {BASE_VARIANT: self.embedding}
+        return {name: v.applied_to(self.embedding) for name, v in self.variants.items()}
+
+    def embedding_of(self, variant: str | None = None) -> EmbeddingSettings:
+        """[embedding] as ``variant`` (default: the reference) changes it."""
+        return self._variant_embeddings[variant or self.reference_variant]
+
+    def check_variant(self, variant: str | None) -> str:
+        """``variant``, or the reference when None; one clear error when it is not configured."""
+        if variant is None:
+            return self.reference_variant
+        if variant not in self.variant_names:
+            raise SettingsError(
+                f"unknown variant {variant!r}; configured variants: {', '.join(self.variant_names)}"
+            )
+        return variant
+
+    def prompt_prefix(self, task: str, variant: str | None = None) -> str:
         """What goes before each text for ``task``: nothing when the task has no instruction."""
         instruction = self.tasks[task].instruction
         if not instruction:
             return ""
-        return self.embedding.prompt_template.removesuffix("{text}").replace(
-            "{instruction}", instruction
-        )
+        template = self.embedding_of(variant).prompt_template
+        return template.removesuffix("{text}").replace("{instruction}", instruction)
 
-    def task_version(self, task: str) -> str:
-        """Changes exactly when the vectors of ``task`` would change."""
+    def task_version(self, task: str, variant: str | None = None) -> str:
+        """Changes exactly when the vectors of ``task`` (embedded as ``variant`` embeds) would."""
+        embedding = self.embedding_of(variant)
         version: dict[str, Any] = {
             "instruction": self.tasks[task].instruction,
-            "template": self.embedding.prompt_template,
-            "model": self.embedding.model,
-            "dimensions": self.embedding.dimensions,
+            "template": embedding.prompt_template,
+            "model": embedding.model,
+            "dimensions": embedding.dimensions,
         }
-        runtime = self.embedding.vector_runtime()
+        runtime = embedding.vector_runtime()
         if runtime:  # absent for torch: older versions stand
             version["runtime"] = runtime
         return fingerprint(version)
@@ -496,9 +592,9 @@ def _allowed_keys(parent: tuple[Any, ...]) -> str:
     parts = [str(part) for part in parent]
     while parts:
         part = parts.pop(0)
-        if model is Settings and part == "tasks":
-            parts = parts[1:]  # the task's own name
-            model = TaskSettings
+        if model is Settings and part in ("tasks", "variants"):
+            parts = parts[1:]  # the task's or variant's own name
+            model = TaskSettings if part == "tasks" else VariantSettings
             continue
         model = model.model_fields[part].annotation  # type: ignore[assignment]
     return "allowed: " + ", ".join(name for name in model.model_fields if name != "source")

@@ -10,25 +10,28 @@ previews. ``details.js`` (``window.QWEN_SITE_DETAILS``: {"tasks": {name: {"neigh
 "similarity"}}, "documents": {"text" or "preview": [...]}}) holds those, most of the
 payload, and the pages load it after the first draw.
 
-Schema, version 1::
+Schema, version 2 (1 had no variants)::
 
-    {"schema": "qwen-assets/site-data", "version": 1, "model": str, "prompt_template": str,
+    {"schema": "qwen-assets/site-data", "version": 2, "model": str, "prompt_template": str,
      "reference_task": str, "neighbours": k, "render": {"webgl_above": int},
+     "variants": [{"name", "description", "model", "prompt_template", "dimensions"}],
+     "reference_variant": str,                  # the variant every map is aligned onto
      "categories": [str],                       # legend order
      "documents": {"id": [str], "category": [int],
                    "text": [str]                  # when the texts are inline, or else
                    "preview": [str]},             # previews, with the texts in chunks:
      "texts": null | {"chunk_size": int, "chunks": int},  # texts/0000.json (and .js), ...
      "preview_chars": int,                      # a preview is the text's first characters
-     "tasks": [{"name", "instruction", "description",
-                "x": [float], "y": [float],        # aligned onto the reference task
+     "tasks": [{"name", "variant", "instruction", "description",   # one per variant x task
+                "x": [float], "y": [float],        # aligned onto the reference map
                 "neighbours": [[int] * k],         # per document, most similar first
                 "similarity": [[float] * k],
                 "quality": {"knn_accuracy", "silhouette", "trustworthiness",
                             "overlap_with_reference", "documents_scored",
+                            "overlap_with_reference_variant",
                             "predicts_<property>", "predicts_<property>_map"},
                 "target": null | str,                # the property the task aims at
-                "headline": null | str,              # its figure against the default task
+                "headline": null | str,    # its figure against its variant's default task
                 "clusters": {"member": [int],        # per document, -1 for none
                              "labels": [{"number": int, "label": str, "size": int,
                                          "x": float, "y": float}]}}],
@@ -45,7 +48,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,14 +58,15 @@ from qwen_assets.metrics import (
     Headline,
     map_neighbours,
     nearest_neighbours,
+    neighbourhood_overlap,
     property_agreement,
     task_quality,
 )
-from qwen_assets.settings import DEFAULT_TASK, Settings
+from qwen_assets.settings import BASE_VARIANT, DEFAULT_TASK, Settings
 
 SCHEMA = "qwen-assets/site-data"
 PUBLISHED_MODE = 0o644  # readable by the web server, whoever it runs as
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PAYLOAD_GLOBAL = "QWEN_SITE_DATA"
 DETAILS_GLOBAL = "QWEN_SITE_DETAILS"
 DETAILS_FILE = "details.js"
@@ -84,7 +88,7 @@ class SiteError(RuntimeError):
 
 @dataclass(frozen=True)
 class TaskMap:
-    """One task's share of the payload."""
+    """One map's share of the payload: a task, as one variant embeds it."""
 
     name: str
     instruction: str
@@ -96,6 +100,7 @@ class TaskMap:
     target: str | None = None
     headline: Headline | None = None
     clusters: MapClusters | None = None
+    variant: str = BASE_VARIANT
 
 
 def task_maps(
@@ -105,8 +110,9 @@ def task_maps(
     layouts: Mapping[str, np.ndarray],
     scores: Mapping[str, np.ndarray] | None = None,
     texts: Sequence[str] | None = None,
+    variant: str = BASE_VARIANT,
 ) -> list[TaskMap]:
-    """Each task's share of the payload: its aligned layout, its top-k neighbours by
+    """Each task's share of the payload, as ``variant`` embeds it: its aligned layout, its top-k neighbours by
     full-dimension cosine, and its quality figures: how its neighbourhoods, in full dimension
     and on the map, agree on each property (``scores``: per-document values by property
     name), and for a task with a target, that figure against the default task's. With
@@ -156,8 +162,27 @@ def task_maps(
             clusters=None
             if texts is None
             else cluster_map(layouts[task], texts, min_size=label_size, words=site.label_words),
+            variant=variant,
         )
         for task in settings.task_names
+    ]
+
+
+def compared_with_reference_variant(maps: Sequence[TaskMap], reference: str) -> list[TaskMap]:
+    """Each map with ``overlap_with_reference_variant``: the mean Jaccard overlap of its
+    neighbourhoods with those of the same task in the ``reference`` variant (1 for itself)."""
+    theirs = {m.name: m.neighbours for m in maps if m.variant == reference}
+    return [
+        replace(
+            m,
+            quality={
+                **m.quality,
+                "overlap_with_reference_variant": round(
+                    float(neighbourhood_overlap(m.neighbours, theirs[m.name]).mean()), 4
+                ),
+            },
+        )
+        for m in maps
     ]
 
 
@@ -190,6 +215,8 @@ def build_payload(
     preview_chars: int,
     inline_texts: bool,
     properties: Mapping[str, Sequence[float]] | None = None,
+    variants: Sequence[Mapping[str, object]] = (),
+    reference_variant: str = BASE_VARIANT,
 ) -> dict:
     """The payload. With ``inline_texts`` every text is in it (and previews are cut from
     them in the page); otherwise it carries previews, and ``text_chunks`` the texts
@@ -214,6 +241,17 @@ def build_payload(
         "model": model,
         "prompt_template": prompt_template,
         "reference_task": reference_task,
+        "variants": [dict(variant) for variant in variants]
+        or [
+            {
+                "name": BASE_VARIANT,
+                "description": "",
+                "model": model,
+                "prompt_template": prompt_template,
+                "dimensions": None,
+            }
+        ],
+        "reference_variant": reference_variant,
         "neighbours": int(tasks[0].neighbours.shape[1]) if tasks else 0,
         "render": {"webgl_above": webgl_above},
         "categories": legend,
@@ -225,6 +263,7 @@ def build_payload(
         "tasks": [
             {
                 "name": task.name,
+                "variant": task.variant,
                 "instruction": task.instruction,
                 "description": task.description,
                 "x": _rounded(task.coordinates[:, 0], coordinate_decimals),
@@ -347,7 +386,9 @@ def split_details(payload: dict) -> tuple[dict, dict]:
     }
     details = {
         "tasks": {
-            task["name"]: {k: task[k] for k in DETAIL_TASK_FIELDS if k in task}
+            f"{task['variant']}/{task['name']}": {
+                k: task[k] for k in DETAIL_TASK_FIELDS if k in task
+            }
             for task in payload["tasks"]
         },
         "documents": {k: documents[k] for k in DETAIL_DOCUMENT_FIELDS if k in documents},

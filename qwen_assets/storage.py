@@ -178,28 +178,32 @@ def replace_partitions(
     table: str,
     columns: dict[str, str],
     frames: Mapping[str, pd.DataFrame | pa.Table],
-    configured_tasks: Sequence[str],
+    configured: Sequence[str],
     *,
+    partition_columns: Sequence[str] = ("task",),
     wait_seconds: float = WAIT_FOR_LOCK_SECONDS,
 ) -> list[str]:
-    """Replace the rows of the tasks in ``frames`` of a task-partitioned table, in one
+    """Replace the rows of the partitions in ``frames`` of a partitioned table, in one
     transaction: readers, and Dagster, see every partition of the run or none.
 
-    Only those tasks' rows change, and rows of tasks that are no longer configured (they are
-    no partition any more) are removed. ``columns`` is the table's schema (name -> DuckDB
-    type). When it differs from the stored one (another embedding size, a new column) and
-    other configured tasks have rows, nothing is written: :class:`PartitionShapeError` names
-    them, since such a change makes every partition stale and they must be rebuilt together.
-    Returns the removed tasks.
+    A row's partition is its ``partition_columns`` joined by "/" (its task, or
+    ``variant/task``). Only
+    those partitions' rows change, and rows of partitions that are no longer ``configured``
+    are removed. ``columns`` is the table's schema (name -> DuckDB type). When it differs
+    from the stored one (another embedding size, a new column) and other configured
+    partitions have rows, nothing is written: :class:`PartitionShapeError` names them, since
+    such a change makes every partition stale and they must be rebuilt together. Returns the
+    removed partitions.
     """
     schema, names = _column_sql(columns)
     casts = ", ".join(f'CAST("{name}" AS {kind})' for name, kind in columns.items())
+    partition_sql = " || '/' || ".join(f'"{name}"' for name in partition_columns)
     with connect(database, wait_seconds=wait_seconds) as connection:
         connection.execute("BEGIN")
-        stored = _stored_tasks(connection, table)
-        removed = sorted(set(stored) - set(configured_tasks))
-        if stored and _schema(connection, table) != columns:
-            others = sorted(set(stored) & set(configured_tasks) - set(frames))
+        stored = _stored_partitions(connection, table, partition_columns)
+        removed = sorted(set(stored or []) - set(configured))
+        if stored is None or (stored and _schema(connection, table) != columns):
+            others = sorted(set(stored or []) & set(configured) - set(frames))
             if others:
                 connection.execute("ROLLBACK")
                 old = ", ".join(
@@ -208,15 +212,16 @@ def replace_partitions(
                 raise PartitionShapeError(
                     f"{table} stores ({old}) for {', '.join(others)}; this run writes "
                     f"({', '.join(f'{n} {k}' for n, k in columns.items())}) for "
-                    f"{', '.join(frames)}. Such a change makes every task stale: materialize "
-                    f"all partitions of {table} in one run (or run `qwen-assets build`); "
-                    "nothing was written, and computed vectors are cached."
+                    f"{', '.join(frames)}. Such a change makes every partition stale: "
+                    f"materialize all partitions of {table} in one run (or run `qwen-assets "
+                    "build`); nothing was written, and computed vectors are cached."
                 )
             connection.execute(f'DROP TABLE "{table}"')
         connection.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({schema})')
         connection.execute(
-            f'DELETE FROM "{table}" WHERE list_contains(?, task) OR NOT list_contains(?, task)',
-            [list(frames), list(configured_tasks)],
+            f'DELETE FROM "{table}" WHERE list_contains($run, {partition_sql}) '
+            f"OR NOT list_contains($configured, {partition_sql})",
+            {"run": list(frames), "configured": list(configured)},
         )
         for number, frame in enumerate(frames.values()):
             connection.register(f"incoming_{number}", frame)
@@ -227,11 +232,23 @@ def replace_partitions(
     return removed
 
 
-def _stored_tasks(connection: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+def _stored_partitions(
+    connection: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str]
+) -> list[str] | None:
+    """The partitions a table holds rows of; None when its rows have no such partition
+    (a table written before it had all of ``columns``)."""
     if not table_exists(connection, table):
         return []
-    rows = connection.execute(f'SELECT DISTINCT task FROM "{table}"').fetchall()
+    if not set(columns) <= set(_schema(connection, table)):
+        return None
+    partition_sql = " || '/' || ".join(f'"{name}"' for name in columns)
+    rows = connection.execute(f'SELECT DISTINCT {partition_sql} FROM "{table}"').fetchall()
     return [row[0] for row in rows]
+
+
+def column_names(connection: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    """The table's columns; none when it does not exist."""
+    return list(_schema(connection, table)) if table_exists(connection, table) else []
 
 
 def _schema(connection: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from dagster import DagsterEventType, DagsterInstance, Definitions, ExecuteInProcessResult
+from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions, ExecuteInProcessResult
 from filelock import Timeout
 
 from qwen_assets.build import dagster_internals
+from qwen_assets.build.cost import embedding_cost
 from qwen_assets.build.prompts import (
     changed_instruction_observations,
     instruction_versions,
@@ -38,10 +39,14 @@ from qwen_assets.build.runs import (
     wait_for_live_runs,
 )
 from qwen_assets.build.stale import PlannedRun, StalePlan, stale_plan
+from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.errors import user_error_names
 from qwen_assets.settings import Settings
 
 LOG_FOLDER = "logs"
+LISTED = 6  # more targets with one reason than this are said in one line
+EMBEDDINGS = AssetKey("task_embeddings")
+SAMPLE = AssetKey("newsgroups_sample")
 INTERRUPTIONS = {"DagsterExecutionInterruptedError", "KeyboardInterrupt"}
 # DuckDB answers an interrupt (Ctrl-C, SIGTERM) that lands inside a query with this error of
 # its own, and the interrupt itself is gone: such a step was interrupted, it did not fail.
@@ -92,26 +97,45 @@ def _plan_only(
         found = dead_run(record)
         if found is not None:
             log(f"{found.describe()}: a build marks it failed and frees its pool slot first")
-    changed = [str(o.partition) for o in changed_instruction_observations(instance, settings)]
+    grid = MapGrid(settings)
+    changed = [
+        grid.label(str(o.partition)) for o in changed_instruction_observations(instance, settings)
+    ]
     plan = stale_plan(defs, instance, instruction_versions(settings))
-    _describe(plan, changed, log)
+    _describe(plan, changed, settings, log)
     return BuildReport(plan=plan, changed_instructions=changed)
 
 
-def _describe(plan: StalePlan, changed: list[str], log: Log) -> None:
+def _describe(plan: StalePlan, changed: list[str], settings: Settings, log: Log) -> None:
     if plan.reasons and all(why == "never materialized" for why in plan.reasons.values()):
         runs = len(plan.runs())
         log(
             f"nothing is built yet: building all {len(plan.reasons)} assets and partitions "
             f"in {runs} runs"
         )
-        return
-    for task in changed:
-        log(f"the prompt of task {task!r} changed, or what embeds it (model, size, runtime)")
-    if plan.empty:
-        log("everything is fresh: nothing to build")
-    for target, reason in plan.reasons.items():
-        log(f"rebuild {target}: {reason}")
+    else:
+        if len(changed) > LISTED:
+            log(
+                f"the prompts of {len(changed)} maps changed ({_span(changed)}), or what embeds "
+                "them (model, size, runtime)"
+            )
+        else:
+            for task in changed:
+                log(f"the prompt of {task!r} changed, or what embeds it (model, size, runtime)")
+        if plan.empty:
+            log("everything is fresh: nothing to build")
+        by_reason: dict[str, list[str]] = {}
+        for target, reason in plan.reasons.items():
+            by_reason.setdefault(reason, []).append(target)
+        for reason, targets in by_reason.items():
+            if len(targets) > LISTED:  # a new variant's row, say: one line, not dozens
+                log(f"rebuild {len(targets)} partitions ({_span(targets)}): {reason}")
+            else:
+                for target in targets:
+                    log(f"rebuild {target}: {reason}")
+    embedded = [key for key, assets in plan.by_task.items() if EMBEDDINGS in assets]
+    for line in embedding_cost(settings, embedded, sample_rebuilt=SAMPLE in plan.before):
+        log(f"cost {line}")
 
 
 def _build(
@@ -120,7 +144,7 @@ def _build(
     wait_for_live_runs(instance, log)
     changed = record_instruction_versions(instance, settings)
     plan = stale_plan(defs, instance, instruction_versions(settings))
-    _describe(plan, changed, log)
+    _describe(plan, changed, settings, log)
     report = BuildReport(plan=plan, changed_instructions=changed)
     if plan.empty:
         return report
@@ -171,6 +195,10 @@ def _build(
         wait_for_live_runs(instance, log)
         plan = stale_plan(defs, instance, instruction_versions(settings))
     return report
+
+
+def _span(names: list[str]) -> str:
+    return f"{names[0]} ... {names[-1]}"
 
 
 def _first_target(run: PlannedRun) -> str:

@@ -1,6 +1,6 @@
-"""Each task's prompt version, as the stale rule and the UI see it.
+"""Each map's prompt version, as the stale rule and the UI see it.
 
-A task's embeddings record the prompt version they were built with (see ``stale``); the
+A map's embeddings record the prompt version they were built with (see ``stale``); the
 settings give the current one. Recording a changed version as an observation of the
 ``task_instructions`` source lets the UI's lineage show which partition an edit made stale.
 """
@@ -10,34 +10,38 @@ from __future__ import annotations
 from dagster import AssetKey, AssetObservation, AssetRecordsFilter, DagsterInstance
 
 from qwen_assets.build.stale import DATA_VERSION_TAG, Target
+from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.settings import Settings
 
 INSTRUCTIONS = AssetKey("task_instructions")
 
 
 def instruction_versions(settings: Settings) -> dict[Target, str]:
-    """The current version of each task's prompt: what its embeddings must have been built with."""
-    return {(INSTRUCTIONS, task): settings.task_version(task) for task in settings.task_names}
+    """The current version of each map's prompt: what its embeddings must have been built with."""
+    grid = MapGrid(settings)
+    return {(INSTRUCTIONS, key): grid.prompt_version(key) for key in grid.keys}
 
 
 def changed_instruction_observations(
     instance: DagsterInstance, settings: Settings
 ) -> list[AssetObservation]:
-    """Observations for the tasks whose prompt differs from the last one recorded, so the UI's
-    lineage shows which task's embeddings an edit made stale."""
+    """Observations for the maps whose prompt differs from the last one recorded, so the UI's
+    lineage shows which map's embeddings an edit made stale."""
+    grid = MapGrid(settings)
     observations = []
-    for task in settings.task_names:
+    for key in grid.keys:
         records = instance.fetch_observations(
-            AssetRecordsFilter(asset_key=INSTRUCTIONS, asset_partitions=[task]), limit=1
+            AssetRecordsFilter(asset_key=INSTRUCTIONS, asset_partitions=[key]), limit=1
         ).records
         observation = records[0].asset_observation if records else None
         recorded = (observation.tags or {}).get(DATA_VERSION_TAG) if observation else None
-        if recorded != settings.task_version(task):
+        if recorded != grid.prompt_version(key):
+            task = grid.split(key)[1]
             observations.append(
                 AssetObservation(
                     INSTRUCTIONS,
-                    partition=task,
-                    tags={DATA_VERSION_TAG: settings.task_version(task)},
+                    partition=key,
+                    tags={DATA_VERSION_TAG: grid.prompt_version(key)},
                     metadata={"instruction": settings.tasks[task].instruction or "(none)"},
                 )
             )
@@ -45,8 +49,9 @@ def changed_instruction_observations(
 
 
 def record_instruction_versions(instance: DagsterInstance, settings: Settings) -> list[str]:
-    """Record changed prompts now; returns the tasks whose prompt changed."""
+    """Record changed prompts now; returns the labels of the maps whose prompt changed."""
+    grid = MapGrid(settings)
     observations = changed_instruction_observations(instance, settings)
     for observation in observations:
         instance.report_runless_asset_event(observation)
-    return [str(observation.partition) for observation in observations]
+    return [grid.label(str(observation.partition)) for observation in observations]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import graphlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from dagster import (
     AssetKey,
@@ -33,6 +34,8 @@ from dagster import (
     DagsterInstance,
     Definitions,
     EventLogRecord,
+    PartitionKeyRange,
+    PartitionsDefinition,
 )
 
 # Tags Dagster writes on every materialization of a versioned asset (see Dagster's guide to
@@ -48,6 +51,7 @@ PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 Target = tuple[AssetKey, str | None]
+SHOWN_CAUSES = 3  # inputs named in one reason; the rest are counted
 
 
 def label(target: Target) -> str:
@@ -57,8 +61,9 @@ def label(target: Target) -> str:
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run: some assets, for no partition, one task, or a range of consecutive tasks
-    (a single-run backfill, so the sample is read once and DuckDB is opened by one run)."""
+    """One run: some assets, for no partition, one partition, or a range of partitions (a
+    single-run backfill, so the sample is read once and DuckDB is opened by one run). With
+    variants a range is a box of the grid: some tasks of some variants."""
 
     keys: list[AssetKey]
     tasks: tuple[str, ...] = ()
@@ -83,31 +88,56 @@ class PlannedRun:
 
 @dataclass
 class StalePlan:
-    """What to rebuild, in order: assets feeding the task partitions, each task's
-    partitions, then assets fed by them (the site)."""
+    """What to rebuild, in order: assets feeding the partitions, each partition's assets,
+    then assets fed by them (the site)."""
 
     before: list[AssetKey] = field(default_factory=list)
     by_task: dict[str, list[AssetKey]] = field(default_factory=dict)
     after: list[AssetKey] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
+    partitions_def: PartitionsDefinition | None = None
 
     @property
     def empty(self) -> bool:
         return not (self.before or self.by_task or self.after)
 
     def runs(self) -> list[PlannedRun]:
-        """The plan as runs, in order; consecutive tasks needing the same assets share one."""
+        """The plan as runs, in order. Partitions needing the same assets share one run when
+        together they are exactly a range of partitions (a box of the grid, with variants)."""
         runs = [PlannedRun(self.before)] if self.before else []
-        groups: list[tuple[list[AssetKey], list[str]]] = []
-        for task, keys in self.by_task.items():
-            if groups and groups[-1][0] == keys:
-                groups[-1][1].append(task)
-            else:
-                groups.append((keys, [task]))
-        runs += [PlannedRun(keys, tuple(tasks)) for keys, tasks in groups]
+        groups = [(keys, [partition]) for partition, keys in self.by_task.items()]
+        merged = True
+        while merged:  # a column merges into a box, then boxes side by side into one
+            merged = False
+            joined: list[tuple[list[AssetKey], list[str]]] = []
+            for keys, partitions in groups:
+                if joined and joined[-1][0] == keys and self._is_range(joined[-1][1] + partitions):
+                    joined[-1] = (keys, self._ordered(joined[-1][1] + partitions))
+                    merged = True
+                else:
+                    joined.append((keys, partitions))
+            groups = joined
+        runs += [PlannedRun(keys, tuple(partitions)) for keys, partitions in groups]
         if self.after:
             runs.append(PlannedRun(self.after))
         return runs
+
+    def _ordered(self, partitions: list[str]) -> list[str]:
+        order = list(self.by_task) if self.partitions_def is None else self._all
+        return sorted(partitions, key=order.index)
+
+    @cached_property
+    def _all(self) -> list[str]:
+        return [str(key) for key in self.partitions_def.get_partition_keys()]  # type: ignore[union-attr]
+
+    def _is_range(self, partitions: list[str]) -> bool:
+        if self.partitions_def is None:
+            return True
+        ordered = self._ordered(partitions)
+        spanned = self.partitions_def.get_partition_keys_in_range(
+            PartitionKeyRange(ordered[0], ordered[-1])
+        )
+        return {str(key) for key in spanned} == set(partitions)
 
 
 @dataclass(frozen=True)
@@ -155,7 +185,9 @@ class _Graph:
 
     def partitions_of(self, key: AssetKey) -> list[str | None]:
         partitions_def = self.specs[key].partitions_def
-        return list(partitions_def.get_partition_keys()) if partitions_def else [None]
+        return (
+            [str(key) for key in partitions_def.get_partition_keys()] if partitions_def else [None]
+        )
 
     def inputs(self, node: _Node, partition: str | None) -> list[Target]:
         found: list[Target] = []
@@ -165,7 +197,7 @@ class _Graph:
             if upstream is None:
                 found.append((dep.asset_key, None))
             elif downstream is None or partition is None:
-                found += [(dep.asset_key, key) for key in upstream.get_partition_keys()]
+                found += [(dep.asset_key, str(key)) for key in upstream.get_partition_keys()]
             elif dep.partition_mapping is None:
                 found.append((dep.asset_key, partition))
             else:
@@ -173,7 +205,7 @@ class _Graph:
                     downstream.subset_with_partition_keys([partition]), downstream, upstream
                 )
                 found += [
-                    (dep.asset_key, key)
+                    (dep.asset_key, str(key))
                     for key in sorted(mapped.partitions_subset.get_partition_keys())
                 ]
         return found
@@ -241,6 +273,8 @@ def _why_stale(
             records.latest(target, before=built.storage_id)
         ):
             causes.append(f"{label(target)} changed")
+    if len(causes) > SHOWN_CAUSES:  # a new variant's whole row is missing: say how much
+        causes = [*causes[:SHOWN_CAUSES], f"and {len(causes) - SHOWN_CAUSES} more"]
     return "; ".join(causes) or None
 
 
@@ -301,6 +335,8 @@ def stale_plan(
     plan = StalePlan(reasons={label(target): why for target, why in reasons.items()})
     partitioned = [node for node in graph.nodes if node.partitions != [None]]
     first_partitioned = graph.nodes.index(partitioned[0]) if partitioned else len(graph.nodes)
+    if partitioned:
+        plan.partitions_def = partitioned[0].spec.partitions_def
     tasks: list[str] = []
     for position, node in enumerate(graph.nodes):
         if node.partitions == [None]:

@@ -1,4 +1,4 @@
-"""task_instructions (observed) -> task_embeddings, one partition per task."""
+"""task_instructions (observed) -> task_embeddings, one partition per map (see partitions)."""
 
 from collections.abc import Iterator
 
@@ -12,7 +12,6 @@ from dagster import (
     DataVersionsByPartition,
     MaterializeResult,
     SourceAsset,
-    StaticPartitionsDefinition,
     asset,
     observable_source_asset,
 )
@@ -20,23 +19,29 @@ from dagster import (
 from qwen_assets.build.stale import SOURCE_VERSION_METADATA
 from qwen_assets.checks import embedding_problems
 from qwen_assets.defs.metadata import check_result, failed_check_metadata
+from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.defs.resources import Embedder, Warehouse
 from qwen_assets.defs.tables import table_metadata
 from qwen_assets.embedding import EmbeddingResponseError
-from qwen_assets.settings import Settings, fingerprint
+from qwen_assets.settings import BASE_VARIANT, Settings, fingerprint
 
-EMBEDDINGS_CODE_VERSION = fingerprint({"embeddings": 1})
+EMBEDDINGS_CODE_VERSION = fingerprint({"embeddings": 2})
 POOL = "duckdb"
 
 
-def embedding_columns(dimension: int) -> dict[str, str]:
-    return {"task": "VARCHAR", "doc_id": "VARCHAR", "embedding": f"FLOAT[{dimension}]"}
+def embedding_columns(dimension: int | None) -> dict[str, str]:
+    """The table's schema; ``dimension`` None when variants may differ in size (a list)."""
+    vector = f"FLOAT[{dimension}]" if dimension else "FLOAT[]"
+    return {"variant": "VARCHAR", "task": "VARCHAR", "doc_id": "VARCHAR", "embedding": vector}
 
 
-def vectors_table(task: str, doc_ids: list[str], vectors: np.ndarray) -> pa.Table:
+def vectors_table(
+    task: str, doc_ids: list[str], vectors: np.ndarray, variant: str = BASE_VARIANT
+) -> pa.Table:
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
     return pa.table(
         {
+            "variant": [variant] * len(doc_ids),
             "task": [task] * len(doc_ids),
             "doc_id": doc_ids,
             "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
@@ -45,22 +50,20 @@ def vectors_table(task: str, doc_ids: list[str], vectors: np.ndarray) -> pa.Tabl
 
 
 def embedding_assets(
-    settings: Settings, tasks: StaticPartitionsDefinition, sample: AssetsDefinition
+    settings: Settings, grid: MapGrid, sample: AssetsDefinition
 ) -> list[AssetsDefinition | SourceAsset]:
     @observable_source_asset(
-        partitions_def=tasks,
+        partitions_def=grid.partitions_def,
         group_name="embeddings",
-        description="Each task's prompt (template + instruction) with the model and size. Its "
-        "data version changes exactly when that task's vectors would, which makes just that "
+        description="Each map's prompt (template + instruction) with the model and size. Its "
+        "data version changes exactly when that map's vectors would, which makes just that "
         "task_embeddings partition stale.",
     )
     def task_instructions() -> DataVersionsByPartition:
-        return DataVersionsByPartition(
-            {task: settings.task_version(task) for task in settings.task_names}
-        )
+        return DataVersionsByPartition({key: grid.prompt_version(key) for key in grid.keys})
 
     @asset(
-        partitions_def=tasks,
+        partitions_def=grid.partitions_def,
         group_name="embeddings",
         deps=[sample, task_instructions],
         code_version=EMBEDDINGS_CODE_VERSION,
@@ -76,51 +79,68 @@ def embedding_assets(
                 description="One finite unit-length vector of the configured size per document.",
             )
         ],
-        description="The sample embedded with each task's instruction: table task_embeddings "
-        "(task, doc_id, embedding FLOAT[dim]). Only prompts missing from the cache are paid for.",
+        description="The sample embedded with each task's instruction (as each variant embeds): "
+        "table task_embeddings (variant, task, doc_id, embedding FLOAT[dim]). Only prompts "
+        "missing from the cache are paid for.",
     )
     def task_embeddings(
         context: AssetExecutionContext, warehouse: Warehouse, embedder: Embedder
     ) -> Iterator[MaterializeResult]:
         sample = warehouse.query("SELECT doc_id, text FROM newsgroups_sample ORDER BY position")
         doc_ids, texts = sample["doc_id"].tolist(), sample["text"].tolist()
-        context.log.info("embedding backend: %s (%s)", embedder.backend, embedder.backend_reason)
         problems: dict[str, list[str]] = {}
         tables: dict[str, pa.Table] = {}
-        dimensions = set()
-        for task in context.partition_keys:
+        dimensions: dict[str, set[int]] = {}
+        for key in context.partition_keys:
+            variant, task = grid.split(key)
+            embedding = settings.embedding_of(variant)
+            context.log.info(
+                "%s: embedding backend %s (%s)",
+                grid.label(key),
+                embedder.backends[variant],
+                embedder.backend_reasons.get(variant, ""),
+            )
             vectors, stats = embedder.embed(
-                texts, settings.prompt_prefix(task), settings.embedding, context.log, task
+                texts,
+                settings.prompt_prefix(task, variant),
+                variant,
+                embedding,
+                context.log,
+                grid.label(key),
             )
-            dimensions.add(vectors.shape[1])
-            tables[task] = vectors_table(task, doc_ids, vectors)
-            problems[task] = embedding_problems(
-                vectors, len(doc_ids), settings.embedding.dimensions
-            )
+            dimensions.setdefault(variant, set()).add(vectors.shape[1])
+            tables[grid.label(key)] = vectors_table(task, doc_ids, vectors, variant)
+            problems[key] = embedding_problems(vectors, len(doc_ids), embedding.dimensions)
             context.add_asset_metadata(
                 {
                     "table": "task_embeddings",
                     "dagster/row_count": len(doc_ids),
                     "dimension": vectors.shape[1],
                     "instruction": settings.tasks[task].instruction or "(none)",
-                    SOURCE_VERSION_METADATA: settings.task_version(task),
+                    **({"variant": variant, "model": embedding.model} if grid.gridded else {}),
+                    SOURCE_VERSION_METADATA: grid.prompt_version(key),
                     **stats.as_metadata(),
-                    **failed_check_metadata(problems[task]),
+                    **failed_check_metadata(problems[key]),
                 },
-                partition_key=task,
+                partition_key=key,
             )
-        if len(dimensions) > 1:
+        mixed = {variant: sorted(sizes) for variant, sizes in dimensions.items() if len(sizes) > 1}
+        if mixed:
+            variant, sizes = next(iter(mixed.items()))
             raise EmbeddingResponseError(
-                f"the backend returned vectors of sizes {sorted(dimensions)} within one run; "
-                "set embedding.dimensions to fix one size"
+                f"the backend returned vectors of sizes {sizes} within one run"
+                + (f" of variant {variant!r}" if grid.gridded else "")
+                + "; set embedding.dimensions to fix one size"
             )
+        # Variants may differ in size, so with variants the column is a list (FLOAT[]).
+        size = None if grid.gridded else next(iter(dimensions.values())).pop()
         # Every partition of the run in one transaction: the table never runs ahead of Dagster.
         removed = warehouse.replace_partitions(
-            "task_embeddings", embedding_columns(dimensions.pop()), tables, settings.task_names
+            "task_embeddings", embedding_columns(size), tables, grid
         )
         if removed:
             context.log.info(
-                "removed rows of tasks no longer configured: %s (their vectors stay cached)",
+                "removed rows of maps no longer configured: %s (their vectors stay cached)",
                 ", ".join(removed),
             )
         yield MaterializeResult(

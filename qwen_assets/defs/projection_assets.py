@@ -1,4 +1,4 @@
-"""task_embeddings -> umap_coordinates, one partition per task, aligned onto the reference task."""
+"""task_embeddings -> umap_coordinates, one partition per map, aligned onto the reference map."""
 
 import time
 from collections.abc import Iterator
@@ -12,19 +12,19 @@ from dagster import (
     AssetsDefinition,
     BackfillPolicy,
     MaterializeResult,
-    StaticPartitionMapping,
-    StaticPartitionsDefinition,
     asset,
 )
 
 from qwen_assets.checks import coordinate_problems
 from qwen_assets.defs.metadata import check_result, failed_check_metadata
+from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.defs.resources import Warehouse
 from qwen_assets.defs.tables import table_metadata
 from qwen_assets.projection import align, umap_layout
 from qwen_assets.settings import Settings, fingerprint
 
 COORDINATE_COLUMNS = {
+    "variant": "VARCHAR",
     "task": "VARCHAR",
     "doc_id": "VARCHAR",
     "x": "DOUBLE",
@@ -34,29 +34,22 @@ COORDINATE_COLUMNS = {
 }
 
 
-def load_embeddings(warehouse: Warehouse, task: str) -> tuple[list[str], np.ndarray]:
-    """One task's vectors in sample order (a clear error when the partition is not built)."""
-    frame = warehouse.read_partition("task_embeddings", task, "t.embedding")
+def load_embeddings(warehouse: Warehouse, grid: MapGrid, key: str) -> tuple[list[str], np.ndarray]:
+    """One map's vectors in sample order (a clear error when the partition is not built)."""
+    frame = warehouse.read_partition("task_embeddings", grid, key, "t.embedding")
     return frame["doc_id"].tolist(), np.stack(frame["embedding"].to_numpy()).astype(np.float32)
 
 
 def projection_assets(
-    settings: Settings, tasks: StaticPartitionsDefinition, embeddings: AssetsDefinition
+    settings: Settings, grid: MapGrid, embeddings: AssetsDefinition
 ) -> list[AssetsDefinition]:
-    reference = settings.umap.align_to
-    # Each task's map depends on its own vectors and, for the alignment, on the reference's.
-    mapping = StaticPartitionMapping(
-        {
-            task: (settings.task_names if task == reference else [task])
-            for task in settings.task_names
-        }
-    )
+    reference = grid.key(*grid.reference)
 
     @asset(
-        partitions_def=tasks,
+        partitions_def=grid.partitions_def,
         group_name="projection",
-        deps=[AssetDep(embeddings, partition_mapping=mapping)],
-        code_version=fingerprint({"projection": 2, "umap": settings.umap.model_dump()}),
+        deps=[AssetDep(embeddings, partition_mapping=grid.projection_mapping())],
+        code_version=fingerprint({"projection": 3, "umap": settings.umap.model_dump()}),
         metadata=table_metadata("umap_coordinates"),
         pool="duckdb",
         backfill_policy=BackfillPolicy.single_run(),
@@ -69,34 +62,36 @@ def projection_assets(
                 description="One finite 2-D point per sample document.",
             )
         ],
-        description=f"2-D UMAP of each task's vectors (x, y) and the same layout rotated, scaled "
-        f"and shifted onto the {reference!r} task's layout (x_aligned, y_aligned).",
+        description=f"2-D UMAP of each map's vectors (x, y) and the same layout rotated, scaled "
+        f"and shifted onto the {grid.label(reference)!r} map's layout (x_aligned, y_aligned).",
     )
     def umap_coordinates(
         context: AssetExecutionContext, warehouse: Warehouse
     ) -> Iterator[MaterializeResult]:
         layouts: dict[str, tuple[list[str], np.ndarray, float]] = {}
 
-        def layout_of(task: str) -> tuple[list[str], np.ndarray, float]:
-            """Each task is read and projected once per run, however often it is needed."""
-            if task not in layouts:
+        def layout_of(key: str) -> tuple[list[str], np.ndarray, float]:
+            """Each map is read and projected once per run, however often it is needed."""
+            if key not in layouts:
                 started = time.monotonic()
-                doc_ids, vectors = load_embeddings(warehouse, task)
-                layouts[task] = (
+                doc_ids, vectors = load_embeddings(warehouse, grid, key)
+                layouts[key] = (
                     doc_ids,
                     umap_layout(vectors, settings.umap),
                     time.monotonic() - started,
                 )
-            return layouts[task]
+            return layouts[key]
 
         problems: dict[str, list[str]] = {}
         frames: dict[str, pd.DataFrame] = {}
-        for task in sorted(context.partition_keys, key=lambda name: name != reference):
-            doc_ids, layout, seconds = layout_of(task)
+        for key in sorted(context.partition_keys, key=lambda name: name != reference):
+            variant, task = grid.split(key)
+            doc_ids, layout, seconds = layout_of(key)
             _, reference_layout, _ = layout_of(reference)
             alignment = align(layout, reference_layout)
             frame = pd.DataFrame(
                 {
+                    "variant": variant,
                     "task": task,
                     "doc_id": doc_ids,
                     "x": layout[:, 0],
@@ -105,24 +100,22 @@ def projection_assets(
                     "y_aligned": alignment.coordinates[:, 1],
                 }
             )
-            frames[task] = frame
-            problems[task] = coordinate_problems(np.c_[layout, alignment.coordinates], len(doc_ids))
+            frames[grid.label(key)] = frame
+            problems[key] = coordinate_problems(np.c_[layout, alignment.coordinates], len(doc_ids))
             context.add_asset_metadata(
                 {
                     "table": "umap_coordinates",
                     "dagster/row_count": len(frame),
-                    "aligned_to": reference,
+                    "aligned_to": grid.label(reference),
                     "procrustes_disparity": round(alignment.disparity, 4),
                     "umap_seconds": round(seconds, 2),
-                    **{f"umap_{key}": value for key, value in settings.umap.model_dump().items()},
-                    **failed_check_metadata(problems[task]),
+                    **{f"umap_{name}": value for name, value in settings.umap.model_dump().items()},
+                    **failed_check_metadata(problems[key]),
                 },
-                partition_key=task,
+                partition_key=key,
             )
         # Every partition of the run in one transaction: the table never runs ahead of Dagster.
-        warehouse.replace_partitions(
-            "umap_coordinates", COORDINATE_COLUMNS, frames, settings.task_names
-        )
+        warehouse.replace_partitions("umap_coordinates", COORDINATE_COLUMNS, frames, grid)
         yield MaterializeResult(
             check_results=[check_result("finite_point_for_every_document", problems)]
         )

@@ -5,6 +5,7 @@ the API key); the experiment itself (tasks, model, UMAP) comes from the settings
 """
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pydantic import Field
 
 from qwen_assets import storage
 from qwen_assets.build.runs import RunWorker
+from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.embedding import EmbeddingStats, build_backend, embed_texts
 from qwen_assets.query import create_views
 from qwen_assets.settings import EmbeddingSettings
@@ -82,20 +84,25 @@ class Warehouse(ConfigurableResource):
         table: str,
         columns: dict[str, str],
         frames: Mapping[str, pd.DataFrame | pa.Table],
-        configured_tasks: Sequence[str],
+        grid: MapGrid,
     ) -> list[str]:
+        """Replace the rows of the maps in ``frames`` (keyed by their labels, see MapGrid)."""
         return storage.replace_partitions(
             self.database,
             table,
             columns,
             frames,
-            configured_tasks,
+            [grid.label(key) for key in grid.keys],
+            partition_columns=("variant", "task") if grid.gridded else ("task",),
             wait_seconds=self.lock_wait_seconds,
         )
 
-    def read_partition(self, table: str, task: str, columns: str) -> pd.DataFrame:
-        """One task's rows of a task-partitioned table, in sample order, or one clear error
+    def read_partition(
+        self, table: str, grid: MapGrid, partition_key: str, columns: str
+    ) -> pd.DataFrame:
+        """One map's rows of a partitioned table, in sample order, or one clear error
         naming the partition to build when they do not cover the sample."""
+        variant, task = grid.split(partition_key)
         with storage.connect(
             self.database, read_only=True, wait_seconds=self.lock_wait_seconds
         ) as connection:
@@ -104,35 +111,42 @@ class Warehouse(ConfigurableResource):
                 connection.execute(
                     f"""SELECT t.doc_id, {columns} FROM "{table}" t
                         JOIN newsgroups_sample s USING (doc_id)
-                        WHERE t.task = ? ORDER BY s.position""",
-                    [task],
+                        WHERE t.variant = ? AND t.task = ? ORDER BY s.position""",
+                    [variant, task],
                 ).df()
-                if storage.table_exists(connection, table)
+                if "variant" in storage.column_names(connection, table)
                 else pd.DataFrame()
             )
         if len(frame) != expected:
             raise storage.PartitionMissingError(
-                f"{table}[{task}] has {len(frame)} rows for the {expected} sample documents: "
-                f"materialize {table}[{task}] first (or run `qwen-assets build`)"
+                f"{table}[{partition_key}] has {len(frame)} rows for the {expected} sample "
+                f"documents: materialize {table}[{partition_key}] first (or run "
+                "`qwen-assets build`)"
             )
         return frame
 
 
 class Embedder(ConfigurableResource):
-    """Turns texts into vectors through the chosen backend and the persistent cache."""
+    """Turns texts into vectors through each variant's backend and the persistent cache. An
+    API key is read from the variable the variant names (``http.api_key_env``) when it
+    embeds, and goes nowhere else."""
 
-    backend: str = Field(description='"http" or "local"')
-    backend_reason: str = Field(default="", description="Why this backend was chosen")
+    backends: dict[str, str] = Field(description='Per variant: "http" or "local"')
+    backend_reasons: dict[str, str] = Field(
+        default_factory=dict, description="Per variant: why this backend was chosen"
+    )
     cache_database: str = Field(description="DuckDB path or connection string of the cache")
-    api_key: str | None = Field(default=None, description="Set from an EnvVar; never logged")
 
     def embed(
         self,
         texts: Sequence[str],
         prefix: str,
+        variant: str,
         settings: EmbeddingSettings,
         log: logging.Logger,
         label: str = "",
     ) -> tuple[np.ndarray, EmbeddingStats]:
-        backend = build_backend(self.backend, settings, self.api_key, log)
+        name = self.backends[variant]
+        api_key = os.environ.get(settings.http.api_key_env) if name == "http" else None
+        backend = build_backend(name, settings, api_key, log)
         return embed_texts(texts, prefix, settings, backend, self.cache_database, log, label)

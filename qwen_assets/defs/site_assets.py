@@ -19,6 +19,7 @@ from dagster import (
 
 from qwen_assets.build.runs import RECORDS_ITS_WORKER
 from qwen_assets.defs.metadata import counts_markdown
+from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.defs.projection_assets import load_embeddings
 from qwen_assets.defs.resources import Warehouse
 from qwen_assets.defs.tables import table_metadata
@@ -27,6 +28,7 @@ from qwen_assets.settings import PROPERTIES, SCORE_PROPERTIES, Settings, fingerp
 from qwen_assets.site import (
     TaskMap,
     build_payload,
+    compared_with_reference_variant,
     publish_pages,
     read_payload,
     sources_dir,
@@ -38,6 +40,7 @@ from qwen_assets.site import (
 
 CLUSTER_SCHEMA = pa.schema(
     [
+        ("variant", pa.string()),
         ("task", pa.string()),
         ("cluster", pa.int32()),
         ("label", pa.string()),
@@ -54,6 +57,7 @@ SITE_BUILD_COLUMNS = {
     "payload_bytes": "BIGINT",
     "documents": "INTEGER",
     "tasks": "VARCHAR[]",
+    "variants": "VARCHAR[]",
     "task_versions": "MAP(VARCHAR, VARCHAR)",
     "settings_fingerprint": "VARCHAR",
     "output_dir": "VARCHAR",
@@ -61,13 +65,12 @@ SITE_BUILD_COLUMNS = {
 
 
 def quality_markdown(quality: dict[str, dict]) -> str:
+    """One row per map (``task`` or ``variant/task``)."""
+    first = next(iter(quality.values()), {})
     names = ["knn_accuracy", "silhouette", "trustworthiness", "overlap_with_reference"]
-    names += [
-        f"predicts_{name}"
-        for name in PROPERTIES
-        if f"predicts_{name}" in next(iter(quality.values()), {})
-    ]
-    lines = ["| task | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    names += [name for name in ("overlap_with_reference_variant",) if name in first]
+    names += [f"predicts_{name}" for name in PROPERTIES if f"predicts_{name}" in first]
+    lines = ["| map | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for task, figures in quality.items():
         lines.append(f"| {task} | " + " | ".join(f"{figures[name]:.3f}" for name in names) + " |")
     return "\n".join(lines)
@@ -77,6 +80,7 @@ def cluster_rows(maps: list[TaskMap], doc_ids: list[str]) -> pd.DataFrame:
     """One row per labelled cluster of each task's map, with the posts in it."""
     rows = [
         {
+            "variant": task_map.variant,
             "task": task_map.name,
             "cluster": cluster.number,
             "label": cluster.label,
@@ -96,14 +100,30 @@ def cluster_rows(maps: list[TaskMap], doc_ids: list[str]) -> pd.DataFrame:
 
 
 def clusters_markdown(clusters: pd.DataFrame) -> str:
-    lines = ["| task | posts | label |", "|---|---|---|"]
-    for row in clusters.sort_values(["task", "size"], ascending=[True, False]).itertuples():
-        lines.append(f"| {row.task} | {row.size} | {row.label} |")
+    lines = ["| variant | task | posts | label |", "|---|---|---|---|"]
+    ordered = clusters.sort_values(["variant", "task", "size"], ascending=[True, True, False])
+    for row in ordered.itertuples():
+        lines.append(f"| {row.variant} | {row.task} | {row.size} | {row.label} |")
     return "\n".join(lines)
+
+
+def variant_rows(settings: Settings) -> list[dict[str, object]]:
+    """What each variant changes, for the payload: its name and how it embeds."""
+    return [
+        {
+            "name": variant,
+            "description": settings.variants[variant].description if settings.variants else "",
+            "model": settings.embedding_of(variant).model,
+            "prompt_template": settings.embedding_of(variant).prompt_template,
+            "dimensions": settings.embedding_of(variant).dimensions,
+        }
+        for variant in settings.variant_names
+    ]
 
 
 def site_assets(
     settings: Settings,
+    grid: MapGrid,
     embeddings: AssetsDefinition,
     coordinates: AssetsDefinition,
     properties: AssetsDefinition,
@@ -114,8 +134,9 @@ def site_assets(
 
     payload_version = fingerprint(
         {
-            "site_data": 6,  # the payload, its files and its tables, as this code writes them
+            "site_data": 7,  # the payload, its files and its tables, as this code writes them
             "site": site.model_dump(),
+            "variants": {name: v.description for name, v in settings.variants.items()},
             # descriptions and targets shape the payload and the figures, not the vectors
             "tasks": {name: task.model_dump() for name, task in settings.tasks.items()},
         }
@@ -174,19 +195,26 @@ def site_assets(
             f"""SELECT {", ".join(SCORE_PROPERTIES)} FROM document_properties
                 JOIN newsgroups_sample USING (doc_id) ORDER BY position"""
         )
-        maps = task_maps(
-            settings,
-            documents["category"].tolist(),
-            vectors={task: load_embeddings(warehouse, task)[1] for task in settings.task_names},
-            layouts={
-                task: warehouse.read_partition(
-                    "umap_coordinates", task, "t.x_aligned, t.y_aligned"
-                )[["x_aligned", "y_aligned"]].to_numpy()
-                for task in settings.task_names
-            },
-            scores={name: scores[name].to_numpy() for name in SCORE_PROPERTIES},
-            texts=documents["text"].tolist(),
-        )
+        maps: list[TaskMap] = []
+        for variant in settings.variant_names:
+            keys = {task: grid.key(variant, task) for task in settings.task_names}
+            maps += task_maps(
+                settings,
+                documents["category"].tolist(),
+                vectors={
+                    task: load_embeddings(warehouse, grid, key)[1] for task, key in keys.items()
+                },
+                layouts={
+                    task: warehouse.read_partition(
+                        "umap_coordinates", grid, key, "t.x_aligned, t.y_aligned"
+                    )[["x_aligned", "y_aligned"]].to_numpy()
+                    for task, key in keys.items()
+                },
+                scores={name: scores[name].to_numpy() for name in SCORE_PROPERTIES},
+                texts=documents["text"].tolist(),
+                variant=variant,
+            )
+        maps = compared_with_reference_variant(maps, settings.reference_variant)
         payload = build_payload(
             doc_ids=documents["doc_id"].tolist(),
             categories=documents["category"].tolist(),
@@ -201,23 +229,29 @@ def site_assets(
             preview_chars=settings.corpus.preview_chars,
             inline_texts=len(documents) <= site.inline_texts_up_to,
             properties={name: scores[name].to_numpy() for name in SCORE_PROPERTIES},
+            variants=variant_rows(settings),
+            reference_variant=settings.reference_variant,
         )
         written = write_payload(payload, output_dir, documents["text"].tolist())
-        quality = {task_map.name: dict(task_map.quality) for task_map in maps}
-        headlines = {m.name: m.headline for m in maps if m.headline is not None}
+
+        def label(m: TaskMap) -> str:
+            return grid.label(grid.key(m.variant, m.name))
+
+        quality = {label(m): dict(m.quality) for m in maps}
+        headlines = {label(m): m.headline for m in maps if m.headline is not None}
         warehouse.replace_table(
             "task_quality",
             pd.DataFrame(
                 [
                     {
-                        "task": task_map.name,
-                        **task_map.quality,
-                        "target": task_map.target,
-                        "headline": headlines[task_map.name].sentence()
-                        if task_map.name in headlines
-                        else None,
+                        "variant": m.variant,
+                        "task": m.name,
+                        **m.quality,
+                        "target": m.target,
+                        "predicts_target": m.quality.get(f"predicts_{m.target}"),
+                        "headline": m.headline.sentence() if m.headline else None,
                     }
-                    for task_map in maps
+                    for m in maps
                 ]
             ),
         )
@@ -237,8 +271,9 @@ def site_assets(
                         "payload_bytes": written.bytes,
                         "documents": len(documents),
                         "tasks": settings.task_names,
+                        "variants": settings.variant_names,
                         "task_versions": {
-                            task: settings.task_version(task) for task in settings.task_names
+                            grid.label(key): grid.prompt_version(key) for key in grid.keys
                         },
                         "settings_fingerprint": fingerprint(settings.model_dump(mode="json")),
                         "output_dir": str(output_dir.resolve()),
@@ -255,6 +290,7 @@ def site_assets(
                 "payload_sha256": written.sha256,
                 "documents": len(documents),
                 "tasks": ", ".join(settings.task_names),
+                **({"variants": ", ".join(settings.variant_names)} if grid.gridded else {}),
                 "categories": counts_markdown(documents["category"].value_counts(), "category"),
                 "quality": MetadataValue.md(quality_markdown(quality)),
                 **{
@@ -272,7 +308,7 @@ def site_assets(
                 "table": "task_quality",
                 "dagster/row_count": len(quality),
                 "quality": MetadataValue.md(quality_markdown(quality)),
-                **{f"{task}/headline": line.sentence() for task, line in headlines.items()},
+                **{f"{label}/headline": line.sentence() for label, line in headlines.items()},
             },
         )
         yield MaterializeResult(

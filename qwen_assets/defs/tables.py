@@ -11,10 +11,15 @@ from dagster import TableColumn, TableSchema
 
 from qwen_assets.settings import PROPERTIES
 
-TASK = ("task", "VARCHAR", "the task (the partition)")
+VARIANT = ("variant", "VARCHAR", "the variant (how the task was embedded; see [variants])")
+TASK = ("task", "VARCHAR", "the task (the partition, with the variant)")
 DOC_ID = ("doc_id", "VARCHAR", "the post's place in the archive, e.g. train/sci.med/59207")
 CATEGORY = ("category", "VARCHAR", "the newsgroup")
-EMBEDDING = ("embedding", "FLOAT[dim]", "the unit-length vector (dim: the model's size)")
+EMBEDDING = (
+    "embedding",
+    "FLOAT[dim]",
+    "the unit-length vector (dim: the model's size; FLOAT[] with variants, which may differ)",
+)
 
 COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "raw_newsgroups": [
@@ -38,8 +43,9 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("hostility", "DOUBLE", "probability that the post is offensive, 0 to 1"),
         ("length", "DOUBLE", "characters"),
     ],
-    "task_embeddings": [TASK, DOC_ID, EMBEDDING],
+    "task_embeddings": [VARIANT, TASK, DOC_ID, EMBEDDING],
     "umap_coordinates": [
+        VARIANT,
         TASK,
         DOC_ID,
         ("x", "DOUBLE", "the task's UMAP layout"),
@@ -48,6 +54,7 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("y_aligned", "DOUBLE", "the layout rotated, scaled and shifted onto umap.align_to's"),
     ],
     "task_quality": [
+        VARIANT,
         TASK,
         (
             "knn_accuracy",
@@ -63,10 +70,17 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
             for where, kind in (("", ", full dimension"), ("_map", ", on the 2-D map"))
             for name in PROPERTIES
         ],
+        (
+            "overlap_with_reference_variant",
+            "DOUBLE",
+            "mean neighbourhood overlap with the same task in the reference variant",
+        ),
         ("target", "VARCHAR", "the property the task's instruction aims at, if any"),
+        ("predicts_target", "DOUBLE", "predicts_<target>: the figure on what it aims at"),
         ("headline", "VARCHAR", "the target's figure against the default task's, in words"),
     ],
     "map_clusters": [
+        VARIANT,
         TASK,
         ("cluster", "INTEGER", "the cluster's number in the task's map"),
         ("label", "VARCHAR", "its most distinctive words, joined"),
@@ -82,11 +96,17 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("payload_bytes", "BIGINT", "data.json's size"),
         ("documents", "INTEGER", "posts in it"),
         ("tasks", "VARCHAR[]", "its tasks"),
-        ("task_versions", "MAP(VARCHAR, VARCHAR)", "each task's prompt version"),
+        ("variants", "VARCHAR[]", "its variants"),
+        (
+            "task_versions",
+            "MAP(VARCHAR, VARCHAR)",
+            "each map's prompt version (task or variant/task)",
+        ),
         ("settings_fingerprint", "VARCHAR", "a hash of the settings it was built with"),
         ("output_dir", "VARCHAR", "where the site was written"),
     ],
     "task_documents": [
+        VARIANT,
         TASK,
         DOC_ID,
         CATEGORY,
@@ -99,6 +119,7 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("y_raw", "DOUBLE", "the task's own UMAP layout"),
     ],
     "category_centroids": [
+        VARIANT,
         TASK,
         CATEGORY,
         ("documents", "BIGINT", "posts of the group"),

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from qwen_assets.storage import connect, table_exists
+from qwen_assets.storage import DatabaseMissingError, connect, table_exists
 
 TABLE = "embedding_cache"
 SCHEMA = f"""
@@ -55,6 +55,23 @@ class EmbeddingCache:
             return {}
         vectors = _to_matrix(found.column("embedding"))
         return dict(zip(found.column("prompt_sha256").to_pylist(), vectors, strict=True))
+
+    def count_missing(self, keys: Sequence[str], *, wait_seconds: float = 2.0) -> int:
+        """How many distinct ``keys`` the cache lacks; it only reads (a build may hold it)."""
+        wanted = set(keys)
+        try:
+            with connect(self.database, read_only=True, wait_seconds=wait_seconds) as connection:
+                if not table_exists(connection, TABLE):
+                    return len(wanted)
+                connection.register("wanted", pa.table({"prompt_sha256": sorted(wanted)}))
+                found = connection.execute(
+                    f"""SELECT count(*) FROM {TABLE} c JOIN wanted USING (prompt_sha256)
+                        WHERE c.model = ? AND c.dimensions = ?""",
+                    [self.model, self.dimensions],
+                ).fetchone()[0]
+        except DatabaseMissingError:
+            return len(wanted)
+        return len(wanted) - int(found)
 
     def store(self, keys: Sequence[str], vectors: np.ndarray) -> None:
         """Insert validated vectors; a key already present keeps its first vector."""

@@ -159,6 +159,9 @@ class EmbeddingServer:
             await asyncio.sleep(self.latency())
         vectors = await asyncio.to_thread(self.vectorise, texts)
         vectors = np.asarray(vectors, dtype=np.float32)
+        if payload.get("dimensions"):  # Matryoshka, as Qwen3-Embedding's APIs do it: the
+            vectors = vectors[:, : payload["dimensions"]]  # first dimensions, unit length
+            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
         with self.lock:
             if generation == self._generation:
                 self.received.append(texts)
