@@ -5,7 +5,7 @@
   "use strict";
 
   const data = window.QWEN_SITE_DATA;
-  if (!data || data.schema !== "qwen-assets/site-data" || data.version !== 1) {
+  if (!data || data.schema !== "qwen-assets/site-data" || data.version !== 2) {
     document.body.textContent =
       "The site data (data.js) is missing or of another version: build the site_data asset.";
     throw new Error("qwen-assets: no usable site data");
@@ -69,7 +69,7 @@
         script.src = "details.js";
         script.onload = () => {
           const details = window.QWEN_SITE_DETAILS || { tasks: {}, documents: {} };
-          for (const task of data.tasks) Object.assign(task, details.tasks[task.name]);
+          for (const task of data.tasks) Object.assign(task, details.tasks[mapKey(task)]);
           Object.assign(documents, details.documents);
           // Inline texts: previews are their first characters (as the pipeline cuts them).
           if (!documents.preview) {
@@ -90,7 +90,25 @@
     }
     return detailsLoad;
   }
-  const tasksByName = new Map(data.tasks.map((task) => [task.name, task]));
+  /* A map is a task as one variant embeds it; without [variants] there is one variant. */
+  function mapKey(task) {
+    return task.variant + "/" + task.name;
+  }
+  const maps = new Map(data.tasks.map((task) => [mapKey(task), task]));
+  function mapOf(variant, name) {
+    return maps.get(variant + "/" + name);
+  }
+  const variantNames = data.variants.map((variant) => variant.name);
+  const taskNames = [...new Set(data.tasks.map((task) => task.name))];
+  const gridded = variantNames.length > 1;
+  /* How a map is named on the page: its task, with its variant when there are several. */
+  function mapTitle(task) {
+    return gridded ? task.variant + " · " + task.name : task.name;
+  }
+  /* The maps of the reference variant, by task name. */
+  const tasksByName = new Map(
+    data.tasks.filter((task) => task.variant === data.reference_variant).map((task) => [task.name, task])
+  );
   const docIndex = new Map(documents.id.map((id, index) => [id, index]));
   const byCategory = data.categories.map(() => []);
   documents.category.forEach((category, index) => byCategory[category].push(index));
@@ -281,7 +299,7 @@
    * neighbours kept (Jaccard), then furthest moved on the aligned maps. */
   function mostMoved(task, limit) {
     const change = neighbourhoodChange(task);
-    const reference = tasksByName.get(data.reference_task);
+    const reference = mapOf(task.variant, data.reference_task);
     const shift = (index) =>
       Math.hypot(task.x[index] - reference.x[index], task.y[index] - reference.y[index]);
     const order = change.map((_, index) => index);
@@ -318,22 +336,22 @@
 
   /* How many of a document's reference-task neighbours it keeps in this task. */
   function keptNeighbours(task, index) {
-    const theirs = new Set(tasksByName.get(data.reference_task).neighbours[index]);
+    const theirs = new Set(mapOf(task.variant, data.reference_task).neighbours[index]);
     return task.neighbours[index].filter((other) => theirs.has(other)).length;
   }
 
   /* Per document: the Jaccard index of its neighbours here and in the reference task. */
   const changeCache = new Map();
   function neighbourhoodChange(task) {
-    if (!changeCache.has(task.name)) {
-      const reference = tasksByName.get(data.reference_task);
+    if (!changeCache.has(mapKey(task))) {
+      const reference = mapOf(task.variant, data.reference_task);
       const values = task.neighbours.map((mine, index) => {
         const shared = keptNeighbours(task, index);
         return shared / (mine.length + reference.neighbours[index].length - shared);
       });
-      changeCache.set(task.name, values);
+      changeCache.set(mapKey(task), values);
     }
-    return changeCache.get(task.name);
+    return changeCache.get(mapKey(task));
   }
 
   function taskPageName(name) {
@@ -342,11 +360,11 @@
 
   function fillTaskPageLinks(container, current) {
     if (!container) return;
-    for (const task of data.tasks) {
+    for (const name of taskNames) {
       const link = document.createElement("a");
-      link.href = taskPageName(task.name);
-      link.textContent = task.name;
-      if (task.name === current) link.setAttribute("aria-current", "page");
+      link.href = taskPageName(name);
+      link.textContent = name;
+      if (name === current) link.setAttribute("aria-current", "page");
       container.append(link);
     }
   }
@@ -356,7 +374,7 @@
   }
 
   window.QwenSite = {
-    data, documents, count, tasksByName, docIndex, byCategory, colourOf, prefersDark,
+    data, documents, count, tasksByName, mapOf, mapKey, mapTitle, variantNames, taskNames, gridded, docIndex, byCategory, colourOf, prefersDark,
     baseLayout, plotConfig, traceType, categoryTraces, neighbourhoodChange, keptNeighbours,
     hoverText, fillTaskPageLinks, formatFigure, textOf, allTexts, escapeMarkup, detailsReady, DOCUMENTS,
     DIMMED, SHOWN, MARKER_SIZE, labelTrace, onLabelHover, clusterMembers, dimmedUnlessIn, restyleOpacity, mostMoved, followBox,

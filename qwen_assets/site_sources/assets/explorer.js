@@ -1,4 +1,4 @@
-/* The explorer: switch tasks (animated), colour modes, search, cluster labels, box and lasso
+/* The explorer: switch tasks and variants (animated), colour modes, search, cluster labels, box and lasso
  * selection (followed across tasks, exported as CSV or JSON), a document panel, the posts
  * that moved most, and a view kept in the URL hash. Every text is inserted with textContent. */
 (function () {
@@ -6,6 +6,7 @@
 
   const site = window.QwenSite;
   const { data, documents, count, tasksByName, docIndex } = site;
+  const VARIANT_FIGURE = "the figure on what the task aims at (k-NN accuracy for a task without a target)";
   const plot = document.getElementById("plot");
   const TRANSITION_MS = 600;
   const SEARCH_DELAY_MS = 150;
@@ -23,6 +24,7 @@
 
   const state = {
     task: data.tasks[0].name,
+    variant: data.reference_variant,
     colour: "category",
     doc: null,
     query: "",
@@ -41,6 +43,8 @@
     const params = new URLSearchParams(window.location.hash.slice(1));
     const task = params.get("task");
     state.task = tasksByName.has(task) ? task : data.tasks[0].name;
+    const variant = params.get("variant");
+    state.variant = site.variantNames.includes(variant) ? variant : data.reference_variant;
     const colour = params.get("colour");
     state.colour = colour === "change" || PROPERTIES.has(colour) ? colour : "category";
     const doc = params.get("doc");
@@ -57,6 +61,7 @@
   function writeHash() {
     const params = new URLSearchParams();
     params.set("task", state.task);
+    if (site.gridded) params.set("variant", state.variant);
     if (state.colour !== "category") params.set("colour", state.colour);
     if (state.doc !== null) params.set("doc", documents.id[state.doc]);
     if (state.query) params.set("q", state.query);
@@ -68,11 +73,16 @@
     if (window.location.hash !== hash) window.history.replaceState(null, "", hash);
   }
 
+  /* The map shown: the task, as the chosen variant embeds it. */
+  function current() {
+    return site.mapOf(state.variant, state.task);
+  }
+
   /* Per document: full or dimmed. A hovered label shows its cluster alone; otherwise the
    * search and the selection (both, when both are set) stay bright. */
   function opacities() {
     if (hoveredCluster !== null) {
-      return site.dimmedUnlessIn(site.clusterMembers(tasksByName.get(state.task), hoveredCluster));
+      return site.dimmedUnlessIn(site.clusterMembers(current(), hoveredCluster));
     }
     return site.dimmedUnlessIn(matches, state.selection && new Set(state.selection));
   }
@@ -162,7 +172,7 @@
   }
 
   function draw(animate) {
-    const task = tasksByName.get(state.task);
+    const task = current();
     const traces =
       state.colour === "change"
         ? [changeTrace(task)]
@@ -179,7 +189,7 @@
     // Keeps zoom and legend choices across redraws of the same mode.
     layout.uirevision = state.colour;
     layout.showlegend = state.colour === "category";
-    const config = site.plotConfig("qwen-embedding-" + state.task);
+    const config = site.plotConfig("qwen-embedding-" + (site.gridded ? state.variant + "-" : "") + state.task);
     const smooth =
       animate &&
       drawnColour === state.colour &&
@@ -211,8 +221,20 @@
   }
 
   function showTaskText() {
-    const task = tasksByName.get(state.task);
-    document.getElementById("task-name").textContent = task.name + ":";
+    const task = current();
+    document.getElementById("task-name").textContent = site.mapTitle(task) + ":";
+    const variant = data.variants.find((candidate) => candidate.name === state.variant);
+    const variantText = document.getElementById("variant-text");
+    variantText.hidden = !site.gridded;
+    variantText.textContent = site.gridded
+      ? "Variant " + variant.name + ": " + variant.model +
+        (variant.dimensions ? " at " + variant.dimensions + " dimensions" : "") +
+        ", prompt “" + variant.prompt_template.replace(/\n/g, "⏎") + "”" +
+        (variant.description ? ". " + variant.description : "")
+      : "";
+    for (const button of document.querySelectorAll("#variant-buttons button")) {
+      button.setAttribute("aria-pressed", String(button.dataset.variant === state.variant));
+    }
     document.getElementById("instruction").textContent = task.instruction
       ? "“" + task.instruction + "”"
       : "no instruction";
@@ -229,7 +251,17 @@
       button.setAttribute("aria-pressed", String(button.dataset.drag === dragmode));
     }
     for (const row of document.querySelectorAll("#quality-rows tr")) {
+      row.hidden = row.dataset.variant !== state.variant;
       row.classList.toggle("current", row.dataset.task === state.task);
+    }
+    for (const line of document.querySelectorAll("#headlines li")) {
+      line.hidden = line.dataset.variant !== state.variant;
+    }
+    for (const cell of document.querySelectorAll("#variant-rows td")) {
+      cell.classList.toggle(
+        "current",
+        cell.dataset.variant === state.variant && cell.dataset.task === state.task
+      );
     }
   }
 
@@ -239,7 +271,7 @@
       panel.hidden = true;
       return;
     }
-    const task = tasksByName.get(state.task);
+    const task = current();
     const index = state.doc;
     panel.hidden = false;
     document.getElementById("doc-category").textContent =
@@ -250,7 +282,7 @@
     site.textOf(index).then((text) => {
       if (state.doc === index) textBox.textContent = text;
     });
-    document.getElementById("neighbours-task").textContent = task.name;
+    document.getElementById("neighbours-task").textContent = site.mapTitle(task);
     const k = task.neighbours[index].length;
     document.getElementById("doc-kept").textContent =
       task.name === data.reference_task
@@ -334,13 +366,13 @@
   }
 
   function showMoved() {
-    const task = tasksByName.get(state.task);
+    const task = current();
     const list = document.getElementById("moved");
     list.replaceChildren();
     const isReference = task.name === data.reference_task;
     document.getElementById("moved-title").textContent = isReference
       ? "What moved most"
-      : "What moved most in " + task.name + ", against " + data.reference_task;
+      : "What moved most in " + site.mapTitle(task) + ", against " + data.reference_task;
     document.getElementById("moved-note").textContent = isReference
       ? "Pick another task: its posts whose nearest neighbours changed most against this " +
         "reference task are listed here."
@@ -376,18 +408,19 @@
 
   /* The selection with its texts and its place on the current task's map. */
   function exportSelection(format) {
-    const task = tasksByName.get(state.task);
+    const task = current();
     const picked = state.selection || [];
     return Promise.all(picked.map((index) => site.textOf(index))).then((texts) => {
       const rows = picked.map((index, position) => ({
         doc_id: documents.id[index],
         newsgroup: data.categories[documents.category[index]],
+        variant: task.variant,
         task: task.name,
         x: task.x[index],
         y: task.y[index],
         text: texts[position],
       }));
-      const name = "qwen-selection-" + task.name + "." + format;
+      const name = "qwen-selection-" + (site.gridded ? task.variant + "-" : "") + task.name + "." + format;
       if (format === "json") {
         download(name, JSON.stringify(rows, null, 2), "application/json");
         return;
@@ -447,6 +480,12 @@
     update({ animate: true });
   }
 
+  function switchVariant(name) {
+    if (!site.variantNames.includes(name) || name === state.variant) return;
+    state.variant = name;
+    update({ animate: true });
+  }
+
   function select(index) {
     state.doc = index;
     update();
@@ -454,7 +493,7 @@
 
   function buildControls() {
     const buttons = document.getElementById("task-buttons");
-    data.tasks.forEach((task, position) => {
+    [...tasksByName.values()].forEach((task, position) => {
       const button = document.createElement("button");
       button.type = "button";
       button.dataset.task = task.name;
@@ -463,6 +502,17 @@
       button.addEventListener("click", () => switchTask(task.name));
       buttons.append(button);
     });
+    const variants = document.getElementById("variant-buttons");
+    variants.hidden = !site.gridded;
+    for (const variant of data.variants) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.dataset.variant = variant.name;
+      button.textContent = variant.name;
+      button.title = variant.model + ", prompt " + JSON.stringify(variant.prompt_template);
+      button.addEventListener("click", () => switchVariant(variant.name));
+      variants.append(button);
+    }
     const colours = document.getElementById("colour-buttons");
     for (const name of PROPERTIES.keys()) {
       const button = document.createElement("button");
@@ -494,6 +544,7 @@
     for (const task of data.tasks) {
       const row = document.createElement("tr");
       row.dataset.task = task.name;
+      row.dataset.variant = task.variant;
       const figures = [
         task.quality.knn_accuracy,
         task.quality.silhouette,
@@ -511,10 +562,12 @@
     for (const task of data.tasks.filter((task) => task.headline)) {
       const line = document.createElement("li");
       line.dataset.task = task.name;
+      line.dataset.variant = task.variant;
       line.textContent = task.headline;
       headlines.append(line);
     }
     document.getElementById("headlines-block").hidden = headlines.children.length === 0;
+    buildVariantTable();
     const search = document.getElementById("search");
     search.value = state.query;
     let timer = null;
@@ -536,20 +589,78 @@
       if (event.key === "Escape" && state.doc !== null) select(null);
       else if (event.key === "Escape" && state.selection) setSelection(null);
       const position = Number(event.key);
-      if (Number.isInteger(position) && position >= 1 && position <= data.tasks.length) {
-        switchTask(data.tasks[position - 1].name);
+      if (Number.isInteger(position) && position >= 1 && position <= site.taskNames.length) {
+        switchTask(site.taskNames[position - 1]);
       }
     });
     window.addEventListener("hashchange", () => {
-      const previous = state.task;
+      const previous = state.variant + "/" + state.task;
       readHash();
       document.getElementById("search").value = state.query;
-      runSearch().then(() => update({ animate: previous !== state.task }));
+      runSearch().then(() => update({ animate: previous !== state.variant + "/" + state.task }));
     });
     if (window.matchMedia) {
       window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => draw());
     }
     site.fillTaskPageLinks(document.getElementById("task-pages"), null);
+  }
+
+  /* Variant x task: each map's figure on what its task aims at, so one sees which variant
+   * follows which instruction best. A cell switches the map. */
+  function buildVariantTable() {
+    const block = document.getElementById("variants-block");
+    block.hidden = !site.gridded;
+    if (!site.gridded) return;
+    document.getElementById("variants-note").textContent =
+      "Each cell: " + VARIANT_FIGURE + "; the best variant of each task is in bold. " +
+      "Maps of every variant are aligned onto " + data.reference_variant + " · " +
+      data.reference_task + ".";
+    const head = document.getElementById("variant-head");
+    head.replaceChildren();
+    for (const name of ["Variant", ...site.taskNames]) {
+      const cell = document.createElement("th");
+      cell.scope = "col";
+      const task = site.mapOf(data.reference_variant, name);
+      cell.textContent = task && task.target ? name + " (" + task.target + ")" : name;
+      head.append(cell);
+    }
+    const figureOf = (task) =>
+      task.target ? task.quality["predicts_" + task.target] : task.quality.knn_accuracy;
+    const best = new Map(
+      site.taskNames.map((name) => [
+        name,
+        Math.max(...site.variantNames.map((variant) => figureOf(site.mapOf(variant, name)))),
+      ])
+    );
+    const rows = document.getElementById("variant-rows");
+    rows.replaceChildren();
+    for (const variant of site.variantNames) {
+      const row = document.createElement("tr");
+      const name = document.createElement("th");
+      name.scope = "row";
+      name.textContent = variant + (variant === data.reference_variant ? " (reference)" : "");
+      row.append(name);
+      for (const taskName of site.taskNames) {
+        const task = site.mapOf(variant, taskName);
+        const cell = document.createElement("td");
+        cell.dataset.variant = variant;
+        cell.dataset.task = taskName;
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "link";
+        button.textContent = site.formatFigure(figureOf(task));
+        if (figureOf(task) === best.get(taskName)) button.classList.add("best");
+        button.title = "Show " + site.mapTitle(task);
+        button.addEventListener("click", () => {
+          state.variant = variant;
+          state.task = taskName;
+          update({ animate: true });
+        });
+        cell.append(button);
+        row.append(cell);
+      }
+      rows.append(row);
+    }
   }
 
   readHash();

@@ -1,5 +1,5 @@
-/* The comparison page (every task side by side) and the standalone page of one task.
- * The maps are linked: hovering a post rings it in every map, selecting posts (box or
+/* The comparison page (every task of one variant side by side, or one task across the
+ * variants) and the standalone page of one task (in every variant). The maps are linked: hovering a post rings it in every map, selecting posts (box or
  * lasso) in one map lights the same posts in all of them, and hovering a cluster label
  * lights that cluster's posts everywhere, so one sees where a group goes under another
  * instruction. */
@@ -10,11 +10,43 @@
   const { data } = site;
   const only = document.body.dataset.task;
   const container = document.getElementById("maps");
-  const tasks = only ? data.tasks.filter((task) => task.name === only) : data.tasks;
+  const picker = document.getElementById("compare-view");
 
-  if (only && tasks.length === 0) {
+  if (only && !site.taskNames.includes(only)) {
     container.textContent = "The task " + only + " is not in this site's data.";
     return;
+  }
+
+  /* What the comparison page shows, from its address: #variant=NAME (every task of it, the
+   * reference variant's by default) or #task=NAME (that task in every variant). */
+  function viewFromHash() {
+    const params = new URLSearchParams(window.location.hash.slice(1));
+    const task = params.get("task");
+    if (site.gridded && site.taskNames.includes(task)) return "task=" + task;
+    const variant = params.get("variant");
+    return "variant=" + (site.variantNames.includes(variant) ? variant : data.reference_variant);
+  }
+
+  function mapsOf(view) {
+    if (only) return site.variantNames.map((variant) => site.mapOf(variant, only));
+    const [kind, name] = view.split("=");
+    return kind === "task"
+      ? site.variantNames.map((variant) => site.mapOf(variant, name))
+      : site.taskNames.map((task) => site.mapOf(name, task));
+  }
+
+  if (picker) {
+    picker.closest("label").hidden = !site.gridded;
+    const options = [
+      ...site.variantNames.map((name) => ["variant=" + name, "every task · " + name]),
+      ...site.taskNames.map((name) => ["task=" + name, name + " · every variant"]),
+    ];
+    for (const [value, text] of options) {
+      const option = document.createElement("option");
+      option.value = value;
+      option.textContent = text;
+      picker.append(option);
+    }
   }
 
   site.fillTaskPageLinks(document.getElementById("task-pages"), only || null);
@@ -31,14 +63,13 @@
     });
   }
 
-  // Every card goes into the grid before any plot is drawn: a plot drawn while its card is
-  // the grid's only one takes the full width and overflows its panel once the others arrive.
-  const cards = tasks.map((task) => {
+  function makeCard(task) {
     const card = document.createElement("section");
     card.className = "map-card";
     card.dataset.task = task.name;
+    card.dataset.variant = task.variant;
     const title = document.createElement("h2");
-    title.textContent = task.name;
+    title.textContent = site.mapTitle(task);
     const instruction = document.createElement("p");
     instruction.className = "instruction";
     instruction.textContent = task.instruction ? "“" + task.instruction + "”" : "no instruction";
@@ -49,7 +80,11 @@
       " · silhouette " + site.formatFigure(task.quality.silhouette) +
       " · trustworthiness " + site.formatFigure(task.quality.trustworthiness) +
       " · overlap with " + data.reference_task + " " +
-      site.formatFigure(task.quality.overlap_with_reference);
+      site.formatFigure(task.quality.overlap_with_reference) +
+      (site.gridded && task.variant !== data.reference_variant
+        ? " · with " + data.reference_variant + " " +
+          site.formatFigure(task.quality.overlap_with_reference_variant)
+        : "");
     const plot = document.createElement("div");
     plot.className = "plot";
     card.append(title, instruction, figures);
@@ -61,7 +96,8 @@
     card.append(plot);
     container.append(card);
     return { task, plot };
-  });
+  }
+  let cards = [];
 
 
   const labelsToggle = document.getElementById("labels-toggle");
@@ -155,7 +191,7 @@
         clearing = true;
         window.Plotly.update(plot, { selectedpoints: [null] }, { selections: [] }).then(() => {
           clearing = false;
-          setSelection(picked, task.name);
+          setSelection(picked, site.mapTitle(task));
         });
       });
     });
@@ -164,19 +200,38 @@
     });
   }
 
-  const drawn = cards.map(({ task, plot }) => {
-    site.followBox(plot); // a plot follows its panel's size, not only the window's
-    const layout = site.baseLayout();
-    layout.showlegend = Boolean(only);
-    return window.Plotly.newPlot(
-      plot,
-      tracesOf(task),
-      layout,
-      site.plotConfig("qwen-embedding-" + task.name)
-    ).then(() => {
-      link(task, plot);
+  /* Draw the maps of a view; the selection, if any, stays lit in them. */
+  function render(view) {
+    for (const { plot } of cards) window.Plotly.purge(plot);
+    container.replaceChildren();
+    // Every card goes into the grid before any plot is drawn: a plot drawn while its card is
+    // the grid's only one takes the full width and overflows its panel once the others arrive.
+    cards = mapsOf(view).map(makeCard);
+    if (picker) picker.value = view;
+    const drawn = cards.map(({ task, plot }) => {
+      site.followBox(plot); // a plot follows its panel's size, not only the window's
+      const layout = site.baseLayout();
+      layout.showlegend = Boolean(only);
+      return window.Plotly.newPlot(
+        plot,
+        tracesOf(task),
+        layout,
+        site.plotConfig("qwen-embedding-" + (site.gridded ? task.variant + "-" : "") + task.name)
+      ).then(() => {
+        link(task, plot);
+      });
     });
-  });
+    return Promise.all(drawn).then(() => light(site.dimmedUnlessIn(selection)));
+  }
+
+  const drawn = [render(viewFromHash())];
+  if (picker) {
+    picker.addEventListener("change", () => {
+      window.history.replaceState(null, "", "#" + picker.value);
+      render(picker.value);
+    });
+    window.addEventListener("hashchange", () => render(viewFromHash()));
+  }
 
   if (labelsToggle) {
     labelsToggle.setAttribute("aria-pressed", "true");
