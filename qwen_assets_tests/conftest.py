@@ -99,6 +99,7 @@ class Project:
     root: Path
     raw: dict
     instance: DagsterInstance
+    cold_requests: int | None = None  # requests its first build sent, where a fixture counts
 
     @property
     def settings_path(self) -> Path:
@@ -180,6 +181,29 @@ def small_built(tmp_path_factory: pytest.TempPathFactory, server: EmbeddingServe
         yield build_project(root, raw, stack)
 
 
+# Two ways of embedding compared side by side: the model at its full size, and at 128
+# dimensions (Matryoshka, which the loopback server answers as Qwen3-Embedding's APIs do).
+VARIANTS = {
+    "official": {"description": "The model at its full size."},
+    "small": {"dimensions": 128, "description": "The first 128 dimensions, made unit length."},
+}
+
+
+@pytest.fixture(scope="session")
+def variants_built(tmp_path_factory: pytest.TempPathFactory, server: EmbeddingServer, archive: str):
+    """The small corpus built from nothing with two variants (VARIANTS) x the four tasks;
+    ``cold_requests``: how many requests that build sent the API."""
+    root = tmp_path_factory.mktemp("variants_project")
+    raw = project_settings(root, server, archive)
+    raw["corpus"].update(SMALL_CORPUS)
+    raw["variants"] = VARIANTS
+    server.reset()
+    with ExitStack() as stack:
+        project = build_project(root, raw, stack)
+        project.cold_requests = len(server.received)
+        yield project
+
+
 @pytest.fixture
 def project_copy(small_built: Project, tmp_path: Path):
     """A copy of a built project (the small one unless ``of`` says otherwise), its databases,
@@ -201,6 +225,24 @@ def project_copy(small_built: Project, tmp_path: Path):
             return Project(root, raw, instance)
 
         yield make
+
+
+def cli_on(project: Project, monkeypatch, capsys) -> Callable[..., str]:
+    """``qwen-assets ...`` run in process on ``project``'s settings: returns stdout, keeps
+    stderr in ``.err``, and holds the exit code to ``expect``."""
+    from qwen_assets.cli import main
+
+    monkeypatch.setenv("QWEN_ASSETS_SETTINGS", str(project.settings_path))
+
+    def invoke(*arguments: str, expect: int = 0) -> str:
+        capsys.readouterr()
+        code = main(list(arguments))
+        captured = capsys.readouterr()
+        assert code == expect, captured.err
+        invoke.err = captured.err
+        return captured.out
+
+    return invoke
 
 
 def failure_message(result) -> str:

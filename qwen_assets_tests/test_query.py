@@ -16,7 +16,7 @@ import pytest
 from qwen_assets.cli import USER_ERROR, main
 from qwen_assets.site import read_payload
 from qwen_assets.testing import project_settings, write_settings
-from qwen_assets_tests.conftest import REPO, Writer
+from qwen_assets_tests.conftest import REPO, Writer, cli_on
 
 DOC = "train/sci.space/61178"  # a sci.space post of the demo's sample, used in the README
 TASKS = ["default", "topic", "sentiment", "toxicity"]
@@ -39,7 +39,7 @@ def run(connection, sql: str):
 
 
 def test_the_readme_documents_the_queries_the_tests_run():
-    assert len(readme_queries()) == 7
+    assert len(readme_queries()) == 9
 
 
 def numpy_neighbours(connection, task: str, doc_id: str, k: int) -> tuple[list[str], np.ndarray]:
@@ -121,17 +121,7 @@ def test_readme_headline_query_names_each_targeted_task_and_its_target(database)
 @pytest.fixture
 def cli(built, monkeypatch, capsys):
     """Run ``qwen-assets ...`` in process on the built project; returns stdout."""
-    monkeypatch.setenv("QWEN_ASSETS_SETTINGS", str(built.settings_path))
-
-    def invoke(*arguments: str, expect: int = 0) -> str:
-        capsys.readouterr()
-        code = main(list(arguments))
-        captured = capsys.readouterr()
-        assert code == expect, captured.err
-        invoke.err = captured.err
-        return captured.out
-
-    return invoke
+    return cli_on(built, monkeypatch, capsys)
 
 
 def test_neighbours_are_the_posts_numpy_finds_nearest(cli, database):
@@ -193,7 +183,7 @@ def test_export_round_trips_through_duckdb(cli, tmp_path: Path):
     ).fetchall()[0]
     assert rows == (3200, 384, 384, 4, 3200)
     columns = [row[0] for row in duckdb.sql(f"DESCRIBE SELECT * FROM '{everything}'").fetchall()]
-    assert columns == ["task", "doc_id", "category", "text", "x", "y", "embedding"]
+    assert columns == ["variant", "task", "doc_id", "category", "text", "x", "y", "embedding"]
     one = tmp_path / "topic.csv"
     cli("export", str(one), "--task", "topic", "--format", "csv")
     assert duckdb.sql(f"SELECT count(*), count(DISTINCT task) FROM '{one}'").fetchall() == [

@@ -14,6 +14,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+import numpy as np
 import pytest
 
 from qwen_assets.site import (
@@ -789,3 +790,119 @@ def test_a_small_site_gets_the_basic_plotly_bundle_of_the_same_version(site_dir,
         "the vendored basic bundle and the plotly package's bundle are one plotly.js version: "
         "update site_sources/vendor/ with the plotly package"
     )
+
+
+@pytest.fixture(scope="session")
+def variants_site(variants_built) -> Path:
+    return variants_built.root / "site"
+
+
+def test_the_explorer_switches_variants_as_it_switches_tasks(browser, variants_site):
+    payload = read_payload(variants_site)
+    variants = [variant["name"] for variant in payload["variants"]]
+    page = Page(browser, variants_site.as_uri() + "/", viewport={"width": 1400, "height": 900})
+    try:
+        page.open()
+        assert page.page.locator("#variant-buttons button").all_inner_texts() == variants
+        tasks = page.page.locator("#task-buttons button").all_inner_texts()
+        assert tasks == list(dict.fromkeys(task["name"] for task in payload["tasks"]))
+        drawn = page.all_positions()
+        page.page.click(f"#variant-buttons [data-variant='{variants[1]}']")
+        page.page.wait_for_timeout(TRANSITION_SETTLE_MS)
+        assert f"variant={variants[1]}" in page.page.url
+        moved = page.all_positions()
+        assert moved != drawn, "the other variant's map is drawn"
+        # The maps are aligned onto one reference: a post stays near where it was.
+        shift = np.median(np.linalg.norm(np.subtract(moved, drawn), axis=1))
+        spread = np.linalg.norm(np.std(drawn, axis=0))
+        assert shift < spread, "aligned maps: the variant moves posts less than the map is wide"
+        assert "Variant " + variants[1] in page.page.inner_text("#variant-text")
+        rows = page.page.locator("#quality-rows tr:not([hidden])")
+        assert rows.count() == len(tasks), "the quality table shows the variant's tasks"
+        cells = page.page.locator("#variant-rows td")
+        assert cells.count() == len(variants) * len(tasks)
+        best = page.page.locator("#variant-rows button.best")
+        assert best.count() >= len(tasks), "each task's best variant is marked"
+        # A cell switches the map, and the link restores it.
+        page.page.click(f"#variant-rows td[data-variant='{variants[0]}'][data-task='topic'] button")
+        page.page.wait_for_timeout(TRANSITION_SETTLE_MS)
+        assert page.page.url.endswith(f"task=topic&variant={variants[0]}")
+        page.open(f"index.html#task=topic&variant={variants[1]}")
+        assert page.page.inner_text("#task-name") == f"{variants[1]} · topic:"
+        assert page.errors == []
+    finally:
+        page.close()
+
+
+@pytest.mark.parametrize("size", ["laptop", "phone"])
+def test_the_variant_pages_fit_and_the_comparison_shows_a_row_or_a_column(
+    browser, variants_site, size
+):
+    payload = read_payload(variants_site)
+    variants = [variant["name"] for variant in payload["variants"]]
+    tasks = list(dict.fromkeys(task["name"] for task in payload["tasks"]))
+    width, height = SIZES[size]
+    ARTIFACTS.mkdir(exist_ok=True)
+    views = {
+        "index.html": None,
+        "compare.html": [f"{variants[0]} · {task}" for task in tasks],
+        "compare.html#task=topic": [f"{variant} · topic" for variant in variants],
+        f"compare.html#variant={variants[1]}": [f"{variants[1]} · {task}" for task in tasks],
+        task_page_name("sentiment"): [f"{variant} · sentiment" for variant in variants],
+    }
+    for path, titles in views.items():
+        opened = Page(
+            browser, variants_site.as_uri() + "/", viewport={"width": width, "height": height}
+        )
+        try:
+            opened.open(path)
+            if titles is not None:
+                assert opened.page.locator(".map-card h2").all_inner_texts() == titles, path
+            overflow = opened.page.evaluate(
+                """() => [...document.querySelectorAll('.main-svg')].filter((svg) => {
+                  const box = svg.closest('.map-card, .stage, main').getBoundingClientRect();
+                  const plot = svg.getBoundingClientRect();
+                  return plot.left < box.left - 1 || plot.right > box.right + 1;
+                }).length"""
+            )
+            assert overflow == 0, f"{path} at {size}: a plot is wider than its panel"
+            name = re.sub(r"[^a-z0-9]+", "-", path.removesuffix(".html").replace(".html", ""))
+            opened.page.screenshot(
+                path=str(ARTIFACTS / f"variants-{name}-{size}.png"), full_page=True
+            )
+            assert opened.errors == [], path
+        finally:
+            opened.close()
+
+
+def test_the_comparison_picker_switches_views_and_keeps_the_selection_lit(browser, variants_site):
+    page = Page(browser, variants_site.as_uri() + "/", viewport={"width": 1400, "height": 900})
+    try:
+        page.open("compare.html")
+        plot = ".map-card:nth-child(1) .plot"
+        first = page.all_positions(plot)
+        xs, ys = zip(*first, strict=True)
+        middle = (np.median(xs), np.median(ys))
+        page.page.evaluate(
+            "(plot) => Plotly.relayout(document.querySelector(plot), {dragmode: 'select'})", plot
+        )
+        page.drag((middle[0] - 60, middle[1] - 60), (middle[0] + 60, middle[1] + 60))
+        page.page.wait_for_function(
+            "() => document.getElementById('linked-status').textContent.includes('selected')"
+        )
+        lit = {doc for doc, value in page.opacities(plot).items() if value > 0.5}
+        assert 0 < len(lit) < len(first)
+        page.page.select_option("#compare-view", "task=topic")
+        page.page.wait_for_function("() => document.querySelectorAll('.map-card').length === 2")
+        page.page.wait_for_timeout(300)
+        for card in (1, 2):
+            now = {
+                doc
+                for doc, value in page.opacities(f".map-card:nth-child({card}) .plot").items()
+                if value > 0.5
+            }
+            assert now == lit, "the selection stays lit in the new view's maps"
+        assert page.page.url.endswith("#task=topic")
+        assert page.errors == []
+    finally:
+        page.close()
