@@ -159,12 +159,15 @@ def append_rows(
     *,
     wait_seconds: float = WAIT_FOR_LOCK_SECONDS,
 ) -> None:
-    """Add rows to a log-like table, creating it on first use."""
+    """Add rows to a log-like table, creating it on first use. A column added since the
+    table was created (by an older release) is added to it, empty in the older rows."""
     schema, names = _column_sql(columns)
     with connect(database, wait_seconds=wait_seconds) as connection:
         connection.register("incoming", frame)
         connection.execute("BEGIN")
         connection.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({schema})')
+        for name, kind in columns.items():
+            connection.execute(f'ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS "{name}" {kind}')
         connection.execute(f'INSERT INTO "{table}" ({names}) SELECT {names} FROM incoming')
         connection.execute("COMMIT")
 

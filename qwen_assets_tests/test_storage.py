@@ -18,6 +18,7 @@ from qwen_assets.storage import (
     DatabaseBusyError,
     PartitionShapeError,
     StorageError,
+    append_rows,
     connect,
     publish_database,
     read_table,
@@ -250,3 +251,20 @@ def test_a_motherduck_token_never_reaches_a_message():
     ).storage
     assert storage.build_database == "md:maps_build?motherduck_token=tok-SECRET"
     assert shown(storage.database) == "md:maps" and "SECRET" not in shown(storage.build_database)
+
+
+def test_a_log_table_of_an_older_release_gains_the_new_columns(tmp_path: Path):
+    """site_builds from before variants: the next build's row still lands, and the old rows
+    stay, with the new column empty."""
+    database = str(tmp_path / "warehouse.duckdb")
+    old = {"built_at": "TIMESTAMP", "tasks": "VARCHAR[]"}
+    append_rows(
+        database, "log", old, pd.DataFrame({"built_at": [pd.Timestamp(0)], "tasks": [["a"]]})
+    )
+    new = {**old, "variants": "VARCHAR[]"}
+    row = pd.DataFrame({"built_at": [pd.Timestamp(1)], "tasks": [["a"]], "variants": [["v"]]})
+    append_rows(database, "log", new, row)
+    rows = read_table(database, "SELECT tasks, variants FROM log ORDER BY built_at")
+    assert rows["variants"].isna().tolist() == [True, False]
+    assert list(rows["variants"].tolist()[1]) == ["v"]
+    assert len(rows) == 2
