@@ -20,7 +20,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SETTINGS_ENV = "QWEN_ASSETS_SETTINGS"
 
@@ -203,9 +211,7 @@ class LocalSettings(_Section):
         return resolve_runtime("auto", device).name
 
 
-def _template(value: str | None) -> str | None:
-    if value is None:
-        return value
+def _check_template(value: str) -> str:
     if "{instruction}" not in value or not value.endswith("{text}"):
         raise ValueError(
             "must contain {instruction} and end with {text}, "
@@ -216,16 +222,18 @@ def _template(value: str | None) -> str | None:
     return value
 
 
+# Where each text goes in a prompt, and the instruction before it.
+PromptTemplate = Annotated[str, AfterValidator(_check_template)]
+
+
 class EmbeddingSettings(_Section):
     model: str = "Qwen/Qwen3-Embedding-0.6B"
     dimensions: Annotated[int, Field(ge=32, le=8192)] | None = None
-    prompt_template: str = "Instruct: {instruction}\nQuery:{text}"
+    prompt_template: PromptTemplate = "Instruct: {instruction}\nQuery:{text}"
     backend: Literal["auto", "http", "local"] = "auto"
     batch_size: PositiveInt = 32  # texts per request to an API
     http: HttpSettings = HttpSettings()
     local: LocalSettings = LocalSettings()
-
-    _template = field_validator("prompt_template")(classmethod(lambda cls, value: _template(value)))
 
     def vector_runtime(self) -> str | None:
         """The local runtime when it gives other numbers than the model's own weights (None
@@ -258,13 +266,11 @@ class VariantSettings(_Section):
 
     description: str = ""
     model: str | None = None
-    prompt_template: str | None = None
+    prompt_template: PromptTemplate | None = None
     dimensions: Annotated[int, Field(ge=32, le=8192)] | None = None
     backend: Literal["auto", "http", "local"] | None = None
     http: VariantHttpSettings = VariantHttpSettings()
     local: VariantLocalSettings = VariantLocalSettings()
-
-    _template = field_validator("prompt_template")(classmethod(lambda cls, value: _template(value)))
 
     def applied_to(self, embedding: EmbeddingSettings) -> EmbeddingSettings:
         """``embedding`` with this variant's keys in place of its own, validated as a whole."""

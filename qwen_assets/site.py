@@ -172,16 +172,14 @@ def compared_with_reference_variant(maps: Sequence[TaskMap], reference: str) -> 
     """Each map with ``overlap_with_reference_variant``: the mean Jaccard overlap of its
     neighbourhoods with those of the same task in the ``reference`` variant (1 for itself)."""
     theirs = {m.name: m.neighbours for m in maps if m.variant == reference}
+
+    def overlap(m: TaskMap) -> float:
+        if m.variant == reference:
+            return 1.0
+        return round(float(neighbourhood_overlap(m.neighbours, theirs[m.name]).mean()), 4)
+
     return [
-        replace(
-            m,
-            quality={
-                **m.quality,
-                "overlap_with_reference_variant": round(
-                    float(neighbourhood_overlap(m.neighbours, theirs[m.name]).mean()), 4
-                ),
-            },
-        )
+        replace(m, quality={**m.quality, "overlap_with_reference_variant": overlap(m)})
         for m in maps
     ]
 
@@ -207,20 +205,18 @@ def build_payload(
     texts: Sequence[str],
     previews: Sequence[str],
     tasks: Sequence[TaskMap],
-    model: str,
-    prompt_template: str,
+    variants: Sequence[Mapping[str, object]],
     reference_task: str,
     coordinate_decimals: int,
     webgl_above: int,
     preview_chars: int,
     inline_texts: bool,
     properties: Mapping[str, Sequence[float]] | None = None,
-    variants: Sequence[Mapping[str, object]] = (),
-    reference_variant: str = BASE_VARIANT,
 ) -> dict:
-    """The payload. With ``inline_texts`` every text is in it (and previews are cut from
-    them in the page); otherwise it carries previews, and ``text_chunks`` the texts
-    (``write_payload`` writes them)."""
+    """The payload. ``variants``: each variant's name, description, model, prompt_template
+    and dimensions, the reference first. With ``inline_texts`` every text is in it (and
+    previews are cut from them in the page); otherwise it carries previews, and
+    ``text_chunks`` the texts (``write_payload`` writes them)."""
     legend = sorted(set(categories))
     index = {name: position for position, name in enumerate(legend)}
     documents: dict[str, list] = {
@@ -238,20 +234,11 @@ def build_payload(
     return {
         "schema": SCHEMA,
         "version": SCHEMA_VERSION,
-        "model": model,
-        "prompt_template": prompt_template,
+        "model": variants[0]["model"],  # the reference variant's, as in schema 1
+        "prompt_template": variants[0]["prompt_template"],
         "reference_task": reference_task,
-        "variants": [dict(variant) for variant in variants]
-        or [
-            {
-                "name": BASE_VARIANT,
-                "description": "",
-                "model": model,
-                "prompt_template": prompt_template,
-                "dimensions": None,
-            }
-        ],
-        "reference_variant": reference_variant,
+        "variants": [dict(variant) for variant in variants],
+        "reference_variant": variants[0]["name"],
         "neighbours": int(tasks[0].neighbours.shape[1]) if tasks else 0,
         "render": {"webgl_above": webgl_above},
         "categories": legend,

@@ -190,9 +190,8 @@ def replace_partitions(
     transaction: readers, and Dagster, see every partition of the run or none.
 
     A row's partition is its ``partition_columns`` joined by "/" (its task, or
-    ``variant/task``). Only
-    those partitions' rows change, and rows of partitions that are no longer ``configured``
-    are removed. ``columns`` is the table's schema (name -> DuckDB type). When it differs
+    ``variant/task``). Only those partitions' rows change, and rows of partitions that are no
+    longer ``configured`` are removed. ``columns`` is the table's schema (name -> DuckDB type). When it differs
     from the stored one (another embedding size, a new column) and other configured
     partitions have rows, nothing is written: :class:`PartitionShapeError` names them, since
     such a change makes every partition stale and they must be rebuilt together. Returns the
@@ -200,7 +199,7 @@ def replace_partitions(
     """
     schema, names = _column_sql(columns)
     casts = ", ".join(f'CAST("{name}" AS {kind})' for name, kind in columns.items())
-    partition_sql = " || '/' || ".join(f'"{name}"' for name in partition_columns)
+    partition_sql = _partition_sql(partition_columns)
     with connect(database, wait_seconds=wait_seconds) as connection:
         connection.execute("BEGIN")
         stored = _stored_partitions(connection, table, partition_columns)
@@ -235,6 +234,11 @@ def replace_partitions(
     return removed
 
 
+def _partition_sql(columns: Sequence[str]) -> str:
+    """A row's partition in SQL: its columns joined by "/" (``task``, or ``variant/task``)."""
+    return " || '/' || ".join(f'"{name}"' for name in columns)
+
+
 def _stored_partitions(
     connection: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str]
 ) -> list[str] | None:
@@ -244,8 +248,9 @@ def _stored_partitions(
         return []
     if not set(columns) <= set(_schema(connection, table)):
         return None
-    partition_sql = " || '/' || ".join(f'"{name}"' for name in columns)
-    rows = connection.execute(f'SELECT DISTINCT {partition_sql} FROM "{table}"').fetchall()
+    rows = connection.execute(
+        f'SELECT DISTINCT {_partition_sql(columns)} FROM "{table}"'
+    ).fetchall()
     return [row[0] for row in rows]
 
 

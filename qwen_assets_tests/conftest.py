@@ -170,15 +170,31 @@ def built(tmp_path_factory: pytest.TempPathFactory, server: EmbeddingServer, arc
         yield build_project(root, project_settings(root, server, archive), stack)
 
 
+def small_project(
+    tmp_path_factory: pytest.TempPathFactory,
+    server: EmbeddingServer,
+    archive: str,
+    name: str,
+    variants: dict | None = None,
+) -> Iterator[Project]:
+    """The small corpus built from nothing (with ``variants`` when given); its
+    ``cold_requests``: how many requests that build sent the API."""
+    root = tmp_path_factory.mktemp(name)
+    raw = project_settings(root, server, archive)
+    raw["corpus"].update(SMALL_CORPUS)
+    if variants:
+        raw["variants"] = variants
+    server.reset()
+    with ExitStack() as stack:
+        project = build_project(root, raw, stack)
+        project.cold_requests = len(server.received)
+        yield project
+
+
 @pytest.fixture(scope="session")
 def small_built(tmp_path_factory: pytest.TempPathFactory, server: EmbeddingServer, archive: str):
     """The same pipeline on a small corpus (SMALL_CORPUS), for tests about mechanics."""
-    root = tmp_path_factory.mktemp("small_project")
-    raw = project_settings(root, server, archive)
-    raw["corpus"].update(SMALL_CORPUS)
-    server.reset()
-    with ExitStack() as stack:
-        yield build_project(root, raw, stack)
+    yield from small_project(tmp_path_factory, server, archive, "small_project")
 
 
 # Two ways of embedding compared side by side: the model at its full size, and at 128
@@ -193,15 +209,7 @@ VARIANTS = {
 def variants_built(tmp_path_factory: pytest.TempPathFactory, server: EmbeddingServer, archive: str):
     """The small corpus built from nothing with two variants (VARIANTS) x the four tasks;
     ``cold_requests``: how many requests that build sent the API."""
-    root = tmp_path_factory.mktemp("variants_project")
-    raw = project_settings(root, server, archive)
-    raw["corpus"].update(SMALL_CORPUS)
-    raw["variants"] = VARIANTS
-    server.reset()
-    with ExitStack() as stack:
-        project = build_project(root, raw, stack)
-        project.cold_requests = len(server.received)
-        yield project
+    yield from small_project(tmp_path_factory, server, archive, "variants_project", VARIANTS)
 
 
 @pytest.fixture

@@ -26,6 +26,8 @@ def embedding_cost(
 ) -> list[str]:
     """One line per map of ``partition_keys``: how many texts it will embed, with what. The
     count is for the sample as built now, unless ``sample_rebuilt`` (it is rebuilt first)."""
+    if not partition_keys:
+        return []
     grid = MapGrid(settings)
     texts: list[str] | None = None
     if not sample_rebuilt:
@@ -52,7 +54,11 @@ def embedding_cost(
             settings.storage.embedding_cache, embedding.cache_model(backend), embedding.dimensions
         )
         prompts = {prompt_key(prefix + text) for text in texts}
-        missing = cache.count_missing(list(prompts))
+        try:
+            missing = cache.count_missing(list(prompts))
+        except StorageError as error:  # the cache is busy: the build goes on without the count
+            lines.append(f"{grid.label(key)}: unknown ({error}), {with_what}")
+            continue
         requests = f", {-(-missing // embedding.batch_size)} requests" if backend == "http" else ""
         lines.append(
             f"{grid.label(key)}: {missing} texts to embed {with_what}{requests}, "

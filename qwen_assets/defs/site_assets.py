@@ -221,16 +221,13 @@ def site_assets(
             texts=documents["text"].tolist(),
             previews=documents["preview"].tolist(),
             tasks=maps,
-            model=settings.embedding.model,
-            prompt_template=settings.embedding.prompt_template,
+            variants=variant_rows(settings),
             reference_task=reference,
             coordinate_decimals=site.coordinate_decimals,
             webgl_above=site.webgl_above,
             preview_chars=settings.corpus.preview_chars,
             inline_texts=len(documents) <= site.inline_texts_up_to,
             properties={name: scores[name].to_numpy() for name in SCORE_PROPERTIES},
-            variants=variant_rows(settings),
-            reference_variant=settings.reference_variant,
         )
         written = write_payload(payload, output_dir, documents["text"].tolist())
 

@@ -96,7 +96,7 @@
   }
   const maps = new Map(data.tasks.map((task) => [mapKey(task), task]));
   function mapOf(variant, name) {
-    return maps.get(variant + "/" + name);
+    return maps.get(mapKey({ variant, name }));
   }
   const variantNames = data.variants.map((variant) => variant.name);
   const taskNames = [...new Set(data.tasks.map((task) => task.name))];
