@@ -4,8 +4,6 @@ for every site the other benchmarks built (800 documents and the whole corpus)."
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import statistics
 
 from benchmarks.growth import SIZES as GROWTH_SIZES
@@ -13,16 +11,10 @@ from benchmarks.incremental import PROJECT as INCREMENTAL_PROJECT
 from benchmarks.render_scale import PROJECT as RENDER_SCALE_PROJECT
 from benchmarks.results import table, write_section
 from benchmarks.workspace import work_dir
+from qwen_assets.testing import CHROMIUM_ARGS, CHROMIUM_ENV, chromium_path
 
 PUBLISHED_DEMO_BYTES = 1_234_932  # the published demo's data.json, 800 documents x 4 tasks
 RUNS = 3
-
-
-def chromium() -> str:
-    found = os.environ.get("QWEN_ASSETS_CHROMIUM") or shutil.which("chromium")
-    if not found:
-        raise SystemExit("no chromium: apt-get install chromium, or set QWEN_ASSETS_CHROMIUM")
-    return found
 
 
 BENCHMARK_PROJECTS = {
@@ -88,7 +80,10 @@ def run() -> str:
         raise SystemExit("no built site: run the incremental and growth benchmarks first")
     rows = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        executable = chromium_path()
+        if not executable:
+            raise SystemExit(f"no chromium: apt-get install chromium, or set {CHROMIUM_ENV}")
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         for site in sites:
             figures = measure(browser, site)
             rows.append(

@@ -24,21 +24,16 @@ from qwen_assets.site import (
     task_page_name,
     write_payload,
 )
+from qwen_assets.testing import CHROMIUM_ARGS, CHROMIUM_ENV, chromium_path
 from qwen_assets_tests.conftest import REPO
 
-CHROMIUM_ENV = "QWEN_ASSETS_CHROMIUM"
+# Runs every page's scripts this many times slower (Chromium's CPU throttling), as on a
+# loaded CI machine: races between a gesture and a redraw show up here first.
+SLOWDOWN_ENV = "QWEN_ASSETS_BROWSER_SLOWDOWN"
 ARTIFACTS = REPO / "test-artifacts"
 HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script> & "quotes"'
 FORMULA = '=HYPERLINK("http://127.0.0.1:9/x","click me")'  # a post a spreadsheet would run
 TRANSITION_SETTLE_MS = 900
-
-
-def chromium_path() -> str:
-    configured = os.environ.get(CHROMIUM_ENV)
-    found = configured or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        pytest.skip(f"needs a browser: apt-get install chromium, or set {CHROMIUM_ENV}")
-    return found
 
 
 @pytest.fixture(scope="session")
@@ -77,10 +72,11 @@ def http_root(site_dir: Path) -> Iterator[str]:
 def browser():
     from playwright.sync_api import sync_playwright
 
+    executable = chromium_path()
+    if not executable:
+        pytest.skip(f"needs a browser: apt-get install chromium, or set {CHROMIUM_ENV}")
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"]
-        )
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
 
@@ -106,6 +102,11 @@ class Page:
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
         self.page.on("request", lambda request: self.requests.append(request.url))
+        slowdown = float(os.environ.get(SLOWDOWN_ENV, "1"))
+        if slowdown > 1:
+            self.context.new_cdp_session(self.page).send(
+                "Emulation.setCPUThrottlingRate", {"rate": slowdown}
+            )
 
     def _console(self, message) -> None:
         if message.type == "error":
@@ -121,16 +122,33 @@ class Page:
     def trace_x(self) -> list[float]:
         return self.page.evaluate("() => document.getElementById('plot').data[0].x.slice(0, 20)")
 
+    def drawn_at_its_size(self, plot: str = "#plot") -> None:
+        """Waits until the map is drawn at the size of its box: a panel that opens narrows
+        the box at once, and Plotly redraws into it a moment later. Positions read in
+        between point where the posts no longer are."""
+        self.page.wait_for_function(
+            """(selector) => {
+              const plot = document.querySelector(selector);
+              const layout = plot && plot._fullLayout;
+              // clientWidth is rounded; Plotly keeps the fraction.
+              return !!layout && Math.abs(layout.width - plot.clientWidth) < 1
+                && Math.abs(layout.height - plot.clientHeight) < 1;
+            }""",
+            arg=plot,
+        )
+
     def point_position(self, doc_index: int, plot: str = "#plot") -> tuple[float, float]:
         """Where a document's point is drawn on the page, from Plotly's own axes."""
-        return tuple(self.page.evaluate(PIXELS, plot)[doc_index])
+        return self.all_positions(plot)[doc_index]
 
     def label_position(self, label: int, plot: str = "#plot") -> tuple[float, float]:
         """The middle of a cluster label's text as drawn."""
+        self.drawn_at_its_size(plot)
         box = self.page.locator(f"{plot} .textpoint text").nth(label).bounding_box()
         return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
 
     def all_positions(self, plot: str = "#plot") -> list[tuple[float, float]]:
+        self.drawn_at_its_size(plot)
         return [tuple(at) for at in self.page.evaluate(PIXELS, plot)]
 
     def opacities(self, plot: str = "#plot") -> dict[int, float]:

