@@ -64,7 +64,9 @@ def fill_sklearn_cache(archive: Path, data_home: Path) -> None:
 
     with tempfile.TemporaryDirectory() as workdir:
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(workdir, filter="data")
+            # The safe "data" filter where tarfile has it (3.11.4 on; Debian 12's 3.11.2 lacks it).
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(workdir, **safe)
         cache = {
             split: load_files(Path(workdir, f"20news-bydate-{split}"), encoding="latin1")
             for split in ("train", "test")
