@@ -95,10 +95,15 @@ class BuildDisplay(logging.Handler):
         quarter = 4 * report.done // max(report.total, 1)
         if quarter > self.tasks[report.label]:
             self.tasks[report.label] = quarter
-            left = duration((report.total - report.done) / rate) if rate else "unknown time"
+            # The speed is known once a second batch is back; before that, no figure at all.
+            speed = (
+                f"{rate:.1f} texts/s, about {duration((report.total - report.done) / rate)} left"
+                if rate
+                else "measuring speed"
+            )
             self.line(
-                f"  embedding {report.label}: {report.done}/{report.total} texts, "
-                f"{rate:.1f} texts/s, about {left} left, {report.retries} retries"
+                f"  embedding {report.label}: {report.done}/{report.total} texts, {speed}, "
+                f"{report.retries} retries"
             )
 
     def _add_bar(self, report) -> int:

@@ -3,6 +3,9 @@ through the loopback server, then edited one row or one column at a time."""
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -168,6 +171,36 @@ def test_the_build_says_what_each_stale_map_will_embed_before_paying(variants_bu
             f": {documents} texts to embed with http (model another-model at 128 dimensions), "
             f"{requests} requests, 0 from the cache"
         )
+
+
+def test_a_dry_run_reads_the_same_in_every_process(variants_built, project_copy):
+    """Python orders sets differently in each process (hash seeds): the plan a build states
+    must not, so two dry runs can be compared line by line."""
+    project = project_copy(of=variants_built)
+    project.raw["variants"]["small"]["dimensions"] = 64
+    write_settings(project.settings_path, project.raw)
+    said = set()
+    for seed in ("1", "2", "4"):  # three seeds that ordered it three ways before
+        plan = subprocess.run(
+            [sys.executable, "-m", "qwen_assets.cli", "build", "--dry-run"],
+            env={
+                **os.environ,
+                "QWEN_ASSETS_SETTINGS": str(project.settings_path),
+                "DAGSTER_HOME": str(project.home),
+                "PYTHONHASHSEED": seed,
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert plan.returncode == 0, plan.stderr
+        said.add(plan.stdout)
+    assert len(said) == 1, "the plan reads differently in another process"
+    plan = said.pop()
+    for task in project.settings().tasks:
+        row = f"task_embeddings[{task}|small]: task_instructions[{task}|small] changed"
+        assert f"rebuild {row}" in plan
+    assert "rebuild site_builds: computed together with" in plan
 
 
 def test_the_query_views_and_the_readmes_variant_query_hold_every_variant(variants_built):

@@ -129,7 +129,7 @@ def _describe(plan: StalePlan, changed: list[str], settings: Settings, log: Log)
             by_reason.setdefault(reason, []).append(target)
         for reason, targets in by_reason.items():
             if len(targets) > LISTED:  # a new variant's row, say: one line, not dozens
-                log(f"rebuild {len(targets)} partitions ({_span(targets)}): {reason}")
+                log(f"rebuild {len(targets)} assets and partitions ({_span(targets)}): {reason}")
             else:
                 for target in targets:
                     log(f"rebuild {target}: {reason}")

@@ -23,6 +23,7 @@ one-shot build from a terminal cannot use.
 from __future__ import annotations
 
 import graphlib
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -163,8 +164,9 @@ class _Graph:
             if not assets_def.can_subset:
                 self.together[key] = set(assets_def.keys) - {key}
         self.specs = specs
+        # Sorted in, so the order out (and every plan said from it) is the same each time.
         order = graphlib.TopologicalSorter(
-            {key: [dep.asset_key for dep in spec.deps] for key, spec in specs.items()}
+            {key: sorted(dep.asset_key for dep in specs[key].deps) for key in sorted(specs)}
         ).static_order()
         self.nodes = [
             _Node(specs[key], self.partitions_of(key))
@@ -294,14 +296,16 @@ def _stale_targets(
             why = _why_stale(graph, records, node, partition, source_versions)
             if why is not None:
                 reasons[target] = why
-    frontier = list(reasons)
+    # Breadth first, in the graph's order: what follows many stale inputs is said to follow
+    # the first of them, and the same plan reads the same every time.
+    frontier = deque(reasons)
     while frontier:
-        parent = frontier.pop()
+        parent = frontier.popleft()
         for child in dependents.get(parent, []):
             if child not in reasons:
                 reasons[child] = f"its input {label(parent)} is rebuilt first"
                 frontier.append(child)
-        for sibling in graph.together.get(parent[0], ()):
+        for sibling in sorted(graph.together.get(parent[0], ())):
             if (sibling, parent[1]) not in reasons:
                 reasons[(sibling, parent[1])] = f"computed together with {label(parent)}"
                 frontier.append((sibling, parent[1]))
