@@ -524,12 +524,23 @@ def test_switching_tasks_moves_the_points_smoothly(page, payload):
     page.open()
     point = "() => document.querySelector('.scatterlayer .trace .point').getAttribute('transform')"
     before = page.page.evaluate(point)
+    # Every place that point is drawn at, frame by frame, until it rests (a point redrawn
+    # without a transition is a new element: its old one then records nothing).
+    drawn = page.page.evaluate_handle(
+        """() => {
+          const point = document.querySelector('.scatterlayer .trace .point');
+          const seen = [];
+          new MutationObserver(() => seen.push(point.getAttribute('transform')))
+            .observe(point, { attributes: true, attributeFilter: ['transform'] });
+          return seen;
+        }"""
+    )
     page.page.click(f"#task-buttons [data-task='{payload['tasks'][1]['name']}']")
-    during = page.page.evaluate(point)
     page.page.wait_for_timeout(TRANSITION_SETTLE_MS)
     after = page.page.evaluate(point)
     assert before != after
-    assert during != after, "the point was still on its way right after the click"
+    on_its_way = set(drawn.json_value()) - {before, after}
+    assert on_its_way, "the point jumped: nothing was drawn between its two places"
 
 
 def jaccard(mine: list[int], theirs: list[int]) -> float:
