@@ -252,10 +252,10 @@ def export(
     every_variant = variant == "all"
     variant = None if every_variant else _variant(settings, variant)
     with _reader(settings) as connection:
-        if task == "all" or every_variant:
+        if task == "all":
             _check_built(connection)
-        else:
-            _check_task(connection, task, str(variant))
+        else:  # every variant embeds the same tasks: the reference's name them
+            _check_task(connection, task, variant or settings.reference_variant)
         output.parent.mkdir(parents=True, exist_ok=True)
         parameters = {
             **({} if task == "all" else {"task": task}),

@@ -267,6 +267,10 @@ def test_exporting_every_variant_writes_a_row_per_variant_task_and_post(
     assert set(
         duckdb.sql(f"SELECT DISTINCT variant || '/' || task AS m FROM '{one}'").df()["m"]
     ) == {"small/topic"}
+    unknown = tmp_path / "unknown.parquet"
+    variants_cli("export", str(unknown), "--variant", "all", "--task", "topics", expect=2)
+    assert variants_cli.err.strip().startswith("qwen-assets: unknown task 'topics'; built tasks:")
+    assert not unknown.exists(), "nothing is written for a task that is not built"
 
 
 def test_the_rebuild_sensor_asks_for_an_edited_column_in_one_run(variants_built, project_copy):
