@@ -1,8 +1,8 @@
 """The single entry point: ``defs``, built from the settings file.
 
-Partitions (one per task, or per variant x task: see ``defs/partitions.py``) and code versions (from the sample and UMAP settings) are derived
-from the settings, so editing the file and reloading the code location shows exactly what
-went stale.
+Partitions (one per task, or per variant x task: see ``defs/partitions.py``) and code
+versions (from the sample and UMAP settings) are derived from the settings, so editing the
+file and reloading the code location shows exactly what went stale.
 """
 
 from __future__ import annotations

@@ -66,6 +66,7 @@ NEWSGROUPS: tuple[str, ...] = (
 )
 
 TASK_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")  # tasks and variants
+SLUG_RULE = "lowercase letter first, then lowercase letters, digits, '-' or '_'; 40 at most"
 # The one variant of a project without a [variants] section: [embedding] as it is.
 BASE_VARIANT = "base"
 UMAP_METRICS = ("euclidean", "cosine", "manhattan", "chebyshev", "correlation")
@@ -435,10 +436,7 @@ class Settings(_Section):
         problems = []
         for name, task in tasks.items():
             if not TASK_NAME.match(name):
-                problems.append(
-                    f"task name {name!r} is not a slug "
-                    "(lowercase letter first, then lowercase letters, digits, '-' or '_'; 40 at most)"
-                )
+                problems.append(f"task name {name!r} is not a slug ({SLUG_RULE})")
             elif name != DEFAULT_TASK and not task.instruction:
                 problems.append(
                     f"task {name!r} has an empty instruction; only the {DEFAULT_TASK!r} task "
@@ -453,10 +451,7 @@ class Settings(_Section):
     def _variants(cls, variants: dict[str, VariantSettings]) -> dict[str, VariantSettings]:
         bad = [name for name in variants if not TASK_NAME.match(name)]
         if bad:
-            raise ValueError(
-                f"variant name {bad[0]!r} is not a slug (lowercase letter first, then "
-                "lowercase letters, digits, '-' or '_'; 40 at most)"
-            )
+            raise ValueError(f"variant name {bad[0]!r} is not a slug ({SLUG_RULE})")
         return variants
 
     @model_validator(mode="after")

@@ -112,11 +112,12 @@ def task_maps(
     texts: Sequence[str] | None = None,
     variant: str = BASE_VARIANT,
 ) -> list[TaskMap]:
-    """Each task's share of the payload, as ``variant`` embeds it: its aligned layout, its top-k neighbours by
-    full-dimension cosine, and its quality figures: how its neighbourhoods, in full dimension
-    and on the map, agree on each property (``scores``: per-document values by property
-    name), and for a task with a target, that figure against the default task's. With
-    ``texts``, the map's labelled clusters too. Rows are documents, in one order."""
+    """Each task's share of the payload, as ``variant`` embeds it: its aligned layout, its
+    top-k neighbours by full-dimension cosine, and its quality figures: how its
+    neighbourhoods, in full dimension and on the map, agree on each property (``scores``:
+    per-document values by property name), and for a task with a target, that figure against
+    the default task's. With ``texts``, the map's labelled clusters too. Rows are documents,
+    in one order."""
     site = settings.site
     label_size = min_cluster_size(len(categories), site.label_min_share)
     labels = np.unique(np.asarray(categories), return_inverse=True)[1]

@@ -191,11 +191,11 @@ def replace_partitions(
 
     A row's partition is its ``partition_columns`` joined by "/" (its task, or
     ``variant/task``). Only those partitions' rows change, and rows of partitions that are no
-    longer ``configured`` are removed. ``columns`` is the table's schema (name -> DuckDB type). When it differs
-    from the stored one (another embedding size, a new column) and other configured
-    partitions have rows, nothing is written: :class:`PartitionShapeError` names them, since
-    such a change makes every partition stale and they must be rebuilt together. Returns the
-    removed partitions.
+    longer ``configured`` are removed. ``columns`` is the table's schema (name -> DuckDB
+    type). When it differs from the stored one (another embedding size, a new column) and
+    other configured partitions have rows, nothing is written: :class:`PartitionShapeError`
+    names them, since such a change makes every partition stale and they must be rebuilt
+    together. Returns the removed partitions.
     """
     schema, names = _column_sql(columns)
     casts = ", ".join(f'CAST("{name}" AS {kind})' for name, kind in columns.items())

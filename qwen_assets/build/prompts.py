@@ -35,13 +35,14 @@ def changed_instruction_observations(
         ).records
         observation = records[0].asset_observation if records else None
         recorded = (observation.tags or {}).get(DATA_VERSION_TAG) if observation else None
-        if recorded != grid.prompt_version(key):
+        version = grid.prompt_version(key)
+        if recorded != version:
             task = grid.split(key)[1]
             observations.append(
                 AssetObservation(
                     INSTRUCTIONS,
                     partition=key,
-                    tags={DATA_VERSION_TAG: grid.prompt_version(key)},
+                    tags={DATA_VERSION_TAG: version},
                     metadata={"instruction": settings.tasks[task].instruction or "(none)"},
                 )
             )

@@ -113,11 +113,12 @@ def variant_rows(settings: Settings) -> list[dict[str, object]]:
         {
             "name": variant,
             "description": settings.variants[variant].description if settings.variants else "",
-            "model": settings.embedding_of(variant).model,
-            "prompt_template": settings.embedding_of(variant).prompt_template,
-            "dimensions": settings.embedding_of(variant).dimensions,
+            "model": embedding.model,
+            "prompt_template": embedding.prompt_template,
+            "dimensions": embedding.dimensions,
         }
         for variant in settings.variant_names
+        for embedding in [settings.embedding_of(variant)]
     ]
 
 
@@ -195,12 +196,14 @@ def site_assets(
             f"""SELECT {", ".join(SCORE_PROPERTIES)} FROM document_properties
                 JOIN newsgroups_sample USING (doc_id) ORDER BY position"""
         )
+        categories, texts = documents["category"].tolist(), documents["text"].tolist()
+        per_document = {name: scores[name].to_numpy() for name in SCORE_PROPERTIES}
         maps: list[TaskMap] = []
         for variant in settings.variant_names:
             keys = {task: grid.key(variant, task) for task in settings.task_names}
             maps += task_maps(
                 settings,
-                documents["category"].tolist(),
+                categories,
                 vectors={
                     task: load_embeddings(warehouse, grid, key)[1] for task, key in keys.items()
                 },
@@ -210,15 +213,15 @@ def site_assets(
                     )[["x_aligned", "y_aligned"]].to_numpy()
                     for task, key in keys.items()
                 },
-                scores={name: scores[name].to_numpy() for name in SCORE_PROPERTIES},
-                texts=documents["text"].tolist(),
+                scores=per_document,
+                texts=texts,
                 variant=variant,
             )
         maps = compared_with_reference_variant(maps, settings.reference_variant)
         payload = build_payload(
             doc_ids=documents["doc_id"].tolist(),
-            categories=documents["category"].tolist(),
-            texts=documents["text"].tolist(),
+            categories=categories,
+            texts=texts,
             previews=documents["preview"].tolist(),
             tasks=maps,
             variants=variant_rows(settings),
@@ -227,9 +230,9 @@ def site_assets(
             webgl_above=site.webgl_above,
             preview_chars=settings.corpus.preview_chars,
             inline_texts=len(documents) <= site.inline_texts_up_to,
-            properties={name: scores[name].to_numpy() for name in SCORE_PROPERTIES},
+            properties=per_document,
         )
-        written = write_payload(payload, output_dir, documents["text"].tolist())
+        written = write_payload(payload, output_dir, texts)
 
         def label(m: TaskMap) -> str:
             return grid.label(grid.key(m.variant, m.name))

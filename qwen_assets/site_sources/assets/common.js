@@ -105,6 +105,10 @@
   function mapTitle(task) {
     return gridded ? task.variant + " · " + task.name : task.name;
   }
+  /* How a map is named in a file name (a saved image, an export). */
+  function mapFileName(task) {
+    return gridded ? task.variant + "-" + task.name : task.name;
+  }
   /* The maps of the reference variant, by task name. */
   const tasksByName = new Map(
     data.tasks.filter((task) => task.variant === data.reference_variant).map((task) => [task.name, task])
@@ -175,12 +179,13 @@
     };
   }
 
-  function plotConfig(filename) {
+  /* A map's plot options; its camera button saves it under the map's name. */
+  function plotConfig(task) {
     return {
       responsive: true,
       displaylogo: false,
       scrollZoom: true,
-      toImageButtonOptions: { format: "png", filename: filename, scale: 2 },
+      toImageButtonOptions: { format: "png", filename: "qwen-embedding-" + mapFileName(task), scale: 2 },
     };
   }
 
@@ -374,7 +379,7 @@
   }
 
   window.QwenSite = {
-    data, documents, count, tasksByName, mapOf, mapKey, mapTitle, variantNames, taskNames, gridded, docIndex, byCategory, colourOf, prefersDark,
+    data, documents, count, tasksByName, mapOf, mapKey, mapTitle, mapFileName, variantNames, taskNames, gridded, docIndex, byCategory, colourOf, prefersDark,
     baseLayout, plotConfig, traceType, categoryTraces, neighbourhoodChange, keptNeighbours,
     hoverText, fillTaskPageLinks, formatFigure, textOf, allTexts, escapeMarkup, detailsReady, DOCUMENTS,
     DIMMED, SHOWN, MARKER_SIZE, labelTrace, onLabelHover, clusterMembers, dimmedUnlessIn, restyleOpacity, mostMoved, followBox,

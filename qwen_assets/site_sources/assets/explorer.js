@@ -1,6 +1,7 @@
-/* The explorer: switch tasks and variants (animated), colour modes, search, cluster labels, box and lasso
- * selection (followed across tasks, exported as CSV or JSON), a document panel, the posts
- * that moved most, and a view kept in the URL hash. Every text is inserted with textContent. */
+/* The explorer: switch tasks and variants (animated), colour modes, search, cluster labels,
+ * box and lasso selection (followed across tasks, exported as CSV or JSON), a document panel,
+ * the posts that moved most, and a view kept in the URL hash. Every text is inserted with
+ * textContent. */
 (function () {
   "use strict";
 
@@ -189,7 +190,7 @@
     // Keeps zoom and legend choices across redraws of the same mode.
     layout.uirevision = state.colour;
     layout.showlegend = state.colour === "category";
-    const config = site.plotConfig("qwen-embedding-" + (site.gridded ? state.variant + "-" : "") + state.task);
+    const config = site.plotConfig(task);
     const smooth =
       animate &&
       drawnColour === state.colour &&
@@ -420,7 +421,7 @@
         y: task.y[index],
         text: texts[position],
       }));
-      const name = "qwen-selection-" + (site.gridded ? task.variant + "-" : "") + task.name + "." + format;
+      const name = "qwen-selection-" + site.mapFileName(task) + "." + format;
       if (format === "json") {
         download(name, JSON.stringify(rows, null, 2), "application/json");
         return;
@@ -594,10 +595,10 @@
       }
     });
     window.addEventListener("hashchange", () => {
-      const previous = state.variant + "/" + state.task;
+      const previous = current();
       readHash();
       document.getElementById("search").value = state.query;
-      runSearch().then(() => update({ animate: previous !== state.variant + "/" + state.task }));
+      runSearch().then(() => update({ animate: previous !== current() }));
     });
     if (window.matchMedia) {
       window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => draw());

@@ -1,8 +1,8 @@
 /* The comparison page (every task of one variant side by side, or one task across the
- * variants) and the standalone page of one task (in every variant). The maps are linked: hovering a post rings it in every map, selecting posts (box or
- * lasso) in one map lights the same posts in all of them, and hovering a cluster label
- * lights that cluster's posts everywhere, so one sees where a group goes under another
- * instruction. */
+ * variants) and the standalone page of one task (in every variant). The maps are linked:
+ * hovering a post rings it in every map, selecting posts (box or lasso) in one map lights
+ * the same posts in all of them, and hovering a cluster label lights that cluster's posts
+ * everywhere, so one sees where a group goes under another instruction. */
 (function () {
   "use strict";
 
@@ -216,7 +216,7 @@
         plot,
         tracesOf(task),
         layout,
-        site.plotConfig("qwen-embedding-" + (site.gridded ? task.variant + "-" : "") + task.name)
+        site.plotConfig(task)
       ).then(() => {
         link(task, plot);
       });
