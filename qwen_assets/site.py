@@ -41,14 +41,15 @@ Schema, version 2 (1 had no variants)::
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import html
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -309,18 +310,56 @@ def text_chunk_name(number: int) -> str:
     return f"texts/{number:04d}"
 
 
+STAGED_MARK = ".qwen-staged-"  # a new file beside the one it replaces, until swapped in
+
+
+def staged_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}{STAGED_MARK}{uuid.uuid4().hex[:8]}")
+
+
 def write_atomically(path: Path, content: bytes) -> None:
     """Readers (and a static host mid-upload) see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(content)
-        os.chmod(temporary, PUBLISHED_MODE)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    staged = StagedFiles(path.parent)
+    staged.write(path, content)
+    staged.swap()
+
+
+@dataclass
+class StagedFiles:
+    """New files written beside the ones they replace and swapped in together (``swap``), or
+    removed (``discard``), so a folder's files change together with the tables that describe
+    them. Files a build killed half way left staged are cleared by the next one."""
+
+    folder: Path
+    pending: dict[Path, Path] = field(default_factory=dict)  # final name -> staged file
+    obsolete: set[Path] = field(default_factory=set)  # removed by the swap
+
+    def write(self, path: Path, content: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in path.parent.glob(f".{glob.escape(path.name)}{STAGED_MARK}*"):
+            if leftover not in self.pending.values():
+                leftover.unlink(missing_ok=True)
+        staged = staged_name(path)
+        try:
+            with staged.open("wb") as file:
+                file.write(content)
+            staged.chmod(PUBLISHED_MODE)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        self.pending[path] = staged
+
+    def swap(self) -> None:
+        for path, staged in self.pending.items():
+            os.replace(staged, path)
+        for path in self.obsolete - set(self.pending):
+            path.unlink(missing_ok=True)
+        self.pending.clear()
+
+    def discard(self) -> None:
+        for staged in self.pending.values():
+            staged.unlink(missing_ok=True)
+        self.pending.clear()
 
 
 @dataclass(frozen=True)
@@ -330,35 +369,52 @@ class WrittenPayload:
     bytes: int
 
 
+def stage_payload(
+    payload: dict, output_dir: Path, texts: Sequence[str] | None = None
+) -> tuple[StagedFiles, WrittenPayload]:
+    """The payload's files (and the texts in chunks when the payload does not carry them),
+    written beside the current ones; swapping them in removes chunks of an earlier, larger
+    build."""
+    encoded = encode_payload(payload)
+    staged = StagedFiles(output_dir)
+    try:
+        if payload["texts"] is not None:
+            if texts is None:
+                raise ValueError("the payload's texts are chunked: pass them to stage_payload")
+            for number, chunk in enumerate(text_chunks(texts, payload["texts"]["chunk_size"])):
+                name = output_dir / text_chunk_name(number)
+                chunk_encoded = encode_payload(chunk)
+                staged.write(name.with_suffix(".json"), chunk_encoded)
+                staged.write(
+                    name.with_suffix(".js"),
+                    script_form(chunk_encoded, f"{TEXTS_GLOBAL}[{number}]"),
+                )
+        chunks = output_dir / "texts"
+        if chunks.is_dir():
+            staged.obsolete |= {
+                path for path in chunks.glob("*.js*") if STAGED_MARK not in path.name
+            }
+        json_path, script_path = output_dir / "data.json", output_dir / "data.js"
+        drawing, details = split_details(payload)
+        staged.write(
+            output_dir / DETAILS_FILE,
+            script_form(encode_payload(details), f"window.{DETAILS_GLOBAL}"),
+        )
+        staged.write(json_path, encoded)
+        staged.write(script_path, script_form(encode_payload(drawing)))
+    except BaseException:
+        staged.discard()
+        raise
+    return staged, WrittenPayload(json_path, hashlib.sha256(encoded).hexdigest(), len(encoded))
+
+
 def write_payload(
     payload: dict, output_dir: Path, texts: Sequence[str] | None = None
 ) -> WrittenPayload:
-    """Write the payload, and the texts in chunks when the payload does not carry them.
-    Chunks of an earlier, larger build are removed."""
-    encoded = encode_payload(payload)
-    chunk_files: set[Path] = set()
-    if payload["texts"] is not None:
-        if texts is None:
-            raise ValueError("the payload's texts are chunked: pass them to write_payload")
-        for number, chunk in enumerate(text_chunks(texts, payload["texts"]["chunk_size"])):
-            name = output_dir / text_chunk_name(number)
-            chunk_encoded = encode_payload(chunk)
-            write_atomically(name.with_suffix(".json"), chunk_encoded)
-            write_atomically(
-                name.with_suffix(".js"), script_form(chunk_encoded, f"{TEXTS_GLOBAL}[{number}]")
-            )
-            chunk_files |= {name.with_suffix(".json"), name.with_suffix(".js")}
-    for stale in (output_dir / "texts").glob("*.js*") if (output_dir / "texts").is_dir() else []:
-        if stale not in chunk_files:
-            stale.unlink()
-    json_path, script_path = output_dir / "data.json", output_dir / "data.js"
-    drawing, details = split_details(payload)
-    write_atomically(
-        output_dir / DETAILS_FILE, script_form(encode_payload(details), f"window.{DETAILS_GLOBAL}")
-    )
-    write_atomically(json_path, encoded)
-    write_atomically(script_path, script_form(encode_payload(drawing)))
-    return WrittenPayload(json_path, hashlib.sha256(encoded).hexdigest(), len(encoded))
+    """The payload's files, written and swapped in at once (see ``stage_payload``)."""
+    staged, written = stage_payload(payload, output_dir, texts)
+    staged.swap()
+    return written
 
 
 def split_details(payload: dict) -> tuple[dict, dict]:

@@ -26,6 +26,8 @@ import pyarrow as pa
 from filelock import FileLock
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
+from qwen_assets.pause import pause_point
+
 WAIT_FOR_LOCK_SECONDS = 30.0
 
 
@@ -138,11 +140,7 @@ def replace_table(
     database: str, table: str, frame: pd.DataFrame, *, wait_seconds: float = WAIT_FOR_LOCK_SECONDS
 ) -> None:
     """Swap in a whole table in one transaction: readers see the old or the new, never half."""
-    with connect(database, wait_seconds=wait_seconds) as connection:
-        connection.register("incoming", frame)
-        connection.execute("BEGIN")
-        connection.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM incoming')
-        connection.execute("COMMIT")
+    write_tables(database, replace={table: frame}, wait_seconds=wait_seconds)
 
 
 def _column_sql(columns: dict[str, str]) -> tuple[str, str]:
@@ -159,16 +157,42 @@ def append_rows(
     *,
     wait_seconds: float = WAIT_FOR_LOCK_SECONDS,
 ) -> None:
-    """Add rows to a log-like table, creating it on first use. A column added since the
-    table was created (by an older release) is added to it, empty in the older rows."""
-    schema, names = _column_sql(columns)
+    """Add rows to a log-like table (see ``write_tables``)."""
+    write_tables(database, append={table: (columns, frame)}, wait_seconds=wait_seconds)
+
+
+Frame = pd.DataFrame | pa.Table
+
+
+def write_tables(
+    database: str,
+    *,
+    replace: Mapping[str, Frame] | None = None,
+    append: Mapping[str, tuple[dict[str, str], Frame]] | None = None,
+    wait_seconds: float = WAIT_FOR_LOCK_SECONDS,
+) -> None:
+    """Replace whole tables and add rows to log-like ones, all in one transaction: readers,
+    and a step that fails half way, see every table changed or none. A log-like table is
+    created on first use; a column added since (by an older release) is added to it, empty
+    in the older rows."""
     with connect(database, wait_seconds=wait_seconds) as connection:
-        connection.register("incoming", frame)
         connection.execute("BEGIN")
-        connection.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({schema})')
-        for name, kind in columns.items():
-            connection.execute(f'ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS "{name}" {kind}')
-        connection.execute(f'INSERT INTO "{table}" ({names}) SELECT {names} FROM incoming')
+        for number, (table, frame) in enumerate((replace or {}).items()):
+            connection.register(f"replacing_{number}", frame)
+            connection.execute(
+                f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM replacing_{number}'
+            )
+        for number, (table, (columns, frame)) in enumerate((append or {}).items()):
+            schema, names = _column_sql(columns)
+            connection.register(f"appending_{number}", frame)
+            connection.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({schema})')
+            for name, kind in columns.items():
+                connection.execute(
+                    f'ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS "{name}" {kind}'
+                )
+            connection.execute(
+                f'INSERT INTO "{table}" ({names}) SELECT {names} FROM appending_{number}'
+            )
         connection.execute("COMMIT")
 
 
@@ -318,6 +342,7 @@ def publish_database(
                 connection.execute(f'COPY FROM DATABASE "{name}" TO qwen_assets_published')
                 connection.execute("DETACH qwen_assets_published")
                 _fold_in_a_leftover_log(path)
+                pause_point("publish_database:copied")
                 with staging.open("rb") as written:
                     os.fsync(written.fileno())
                 os.replace(staging, path)

@@ -4,9 +4,13 @@ An asset partition is stale when
 - it was never materialized;
 - its code version changed (each asset's code version is derived from the settings that
   shape it, so editing a UMAP setting changes the maps' code version); or
-- one of its input partitions was rebuilt into different data since it was built (each
-  input partition's data version now, against its data version just before this partition
-  was built: a rebuild that produced the same data leaves its dependents fresh); or
+- one of its input partitions was rebuilt into different data since it was built, in any
+  run (each input partition's data version now, against its data version just before this
+  partition was built: a rebuild that produced the same data leaves its dependents fresh).
+  A partition's data version is a hash of its rows where it records one
+  (``PARTITION_VERSION_METADATA``): Dagster gives every partition of a multi-partition run
+  the same data version, derived from the inputs, so it cannot tell a map rebuilt from a new
+  instruction from the old one; or
 - it was built from an observed source whose version has changed since: a task's embeddings
   record the prompt version they were built with, and the settings give the current one; or
 - its blocking check failed when it was built: the partition records what the check found,
@@ -43,6 +47,9 @@ from dagster import (
 # asset versioning and caching).
 CODE_VERSION_TAG = "dagster/code_version"
 DATA_VERSION_TAG = "dagster/data_version"
+# Metadata a partition of a multi-partition run records: a hash of its own rows, its data
+# version (Dagster's tag is one per run and step, not per partition).
+PARTITION_VERSION_METADATA = "partition_data_version"
 # Metadata an asset built from an observed source records: that source's version it used.
 SOURCE_VERSION_METADATA = "source_version"
 # Metadata a partition records when its blocking check failed: what the check found.
@@ -239,8 +246,12 @@ class _Records:
 
 
 def _data_version(record: EventLogRecord | None) -> str | None:
+    """The partition's own content hash where it records one, else Dagster's data version."""
     if record is None or record.asset_materialization is None:
         return None
+    own = record.asset_materialization.metadata.get(PARTITION_VERSION_METADATA)
+    if own is not None:
+        return str(own.value)
     return (record.asset_materialization.tags or {}).get(DATA_VERSION_TAG)
 
 

@@ -16,13 +16,19 @@ from dagster import (
     observable_source_asset,
 )
 
-from qwen_assets.build.stale import SOURCE_VERSION_METADATA
+from qwen_assets.build.stale import PARTITION_VERSION_METADATA, SOURCE_VERSION_METADATA
 from qwen_assets.checks import embedding_problems
-from qwen_assets.defs.metadata import check_result, failed_check_metadata
+from qwen_assets.defs.metadata import (
+    check_result,
+    failed_check_metadata,
+    rows_version,
+    run_data_version,
+)
 from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.defs.resources import Embedder, Warehouse
 from qwen_assets.defs.tables import table_metadata
 from qwen_assets.embedding import EmbeddingResponseError
+from qwen_assets.pause import pause_point
 from qwen_assets.settings import BASE_VARIANT, Settings, fingerprint
 
 EMBEDDINGS_CODE_VERSION = fingerprint({"embeddings": 2})
@@ -86,11 +92,13 @@ def embedding_assets(
     def task_embeddings(
         context: AssetExecutionContext, warehouse: Warehouse, embedder: Embedder
     ) -> Iterator[MaterializeResult]:
+        pause_point("asset:task_embeddings")
         sample = warehouse.query("SELECT doc_id, text FROM newsgroups_sample ORDER BY position")
         doc_ids, texts = sample["doc_id"].tolist(), sample["text"].tolist()
         problems: dict[str, list[str]] = {}
         tables: dict[str, pa.Table] = {}
         dimensions: dict[str, set[int]] = {}
+        versions: dict[str, str] = {}
         for key in context.partition_keys:
             variant, task = grid.split(key)
             embedding = settings.embedding_of(variant)
@@ -111,6 +119,7 @@ def embedding_assets(
             dimensions.setdefault(variant, set()).add(vectors.shape[1])
             tables[grid.label(key)] = vectors_table(task, doc_ids, vectors, variant)
             problems[key] = embedding_problems(vectors, len(doc_ids), embedding.dimensions)
+            versions[key] = rows_version(grid.prompt_version(key), doc_ids, vectors)
             context.add_asset_metadata(
                 {
                     "table": "task_embeddings",
@@ -119,6 +128,7 @@ def embedding_assets(
                     "instruction": settings.tasks[task].instruction or "(none)",
                     **({"variant": variant, "model": embedding.model} if grid.gridded else {}),
                     SOURCE_VERSION_METADATA: grid.prompt_version(key),
+                    PARTITION_VERSION_METADATA: versions[key],
                     **stats.as_metadata(),
                     **failed_check_metadata(problems[key]),
                 },
@@ -144,7 +154,8 @@ def embedding_assets(
                 ", ".join(removed),
             )
         yield MaterializeResult(
-            check_results=[check_result("unit_vectors_for_every_document", problems)]
+            check_results=[check_result("unit_vectors_for_every_document", problems)],
+            data_version=run_data_version(versions),
         )
 
     return [task_instructions, task_embeddings]

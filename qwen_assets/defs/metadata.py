@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pandas as pd
-from dagster import AssetCheckResult, MetadataValue
+from dagster import AssetCheckResult, DataVersion, MetadataValue
 
 from qwen_assets.build.stale import FAILED_CHECK_METADATA
+from qwen_assets.settings import fingerprint
 
 
 def preview_markdown(frame: pd.DataFrame, rows: int = 5, width: int = 80) -> MetadataValue:
@@ -27,6 +29,27 @@ def content_hash(frame: pd.DataFrame) -> str:
     """Changes exactly when the table's content does: a rebuilt identical table keeps its version."""
     hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
     return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
+
+
+def rows_version(*parts: object) -> str:
+    """A hash of a partition's rows (arrays hashed by their bytes, anything else by its text):
+    changes exactly when they do, so what was built from them goes stale."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            digest.update(str((part.dtype.str, part.shape)).encode())
+            digest.update(np.ascontiguousarray(part).tobytes())
+        else:
+            digest.update(repr(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def run_data_version(versions: dict[str, str]) -> DataVersion:
+    """The one data version Dagster gives every partition of a run: it changes when any
+    partition's rows do, so Dagster's own view never calls a changed map unchanged (the
+    stale rule reads each partition's own version)."""
+    return DataVersion(fingerprint(sorted(versions.items())))
 
 
 def failed_check_metadata(problems: list[str]) -> dict[str, str]:

@@ -15,11 +15,18 @@ from dagster import (
     asset,
 )
 
+from qwen_assets.build.stale import PARTITION_VERSION_METADATA
 from qwen_assets.checks import coordinate_problems
-from qwen_assets.defs.metadata import check_result, failed_check_metadata
+from qwen_assets.defs.metadata import (
+    check_result,
+    failed_check_metadata,
+    rows_version,
+    run_data_version,
+)
 from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.defs.resources import Warehouse
 from qwen_assets.defs.tables import table_metadata
+from qwen_assets.pause import pause_point
 from qwen_assets.projection import align, umap_layout
 from qwen_assets.settings import Settings, fingerprint
 
@@ -68,6 +75,7 @@ def projection_assets(
     def umap_coordinates(
         context: AssetExecutionContext, warehouse: Warehouse
     ) -> Iterator[MaterializeResult]:
+        pause_point("asset:umap_coordinates")
         layouts: dict[str, tuple[list[str], np.ndarray, float]] = {}
 
         def layout_of(key: str) -> tuple[list[str], np.ndarray, float]:
@@ -84,6 +92,7 @@ def projection_assets(
 
         problems: dict[str, list[str]] = {}
         frames: dict[str, pd.DataFrame] = {}
+        versions: dict[str, str] = {}
         for key in sorted(context.partition_keys, key=lambda name: name != reference):
             variant, task = grid.split(key)
             doc_ids, layout, seconds = layout_of(key)
@@ -101,7 +110,9 @@ def projection_assets(
                 }
             )
             frames[grid.label(key)] = frame
-            problems[key] = coordinate_problems(np.c_[layout, alignment.coordinates], len(doc_ids))
+            points = np.c_[layout, alignment.coordinates]
+            problems[key] = coordinate_problems(points, len(doc_ids))
+            versions[key] = rows_version(doc_ids, points)
             context.add_asset_metadata(
                 {
                     "table": "umap_coordinates",
@@ -110,6 +121,7 @@ def projection_assets(
                     "procrustes_disparity": round(alignment.disparity, 4),
                     "umap_seconds": round(seconds, 2),
                     **{f"umap_{name}": value for name, value in settings.umap.model_dump().items()},
+                    PARTITION_VERSION_METADATA: versions[key],
                     **failed_check_metadata(problems[key]),
                 },
                 partition_key=key,
@@ -117,7 +129,8 @@ def projection_assets(
         # Every partition of the run in one transaction: the table never runs ahead of Dagster.
         warehouse.replace_partitions("umap_coordinates", COORDINATE_COLUMNS, frames, grid)
         yield MaterializeResult(
-            check_results=[check_result("finite_point_for_every_document", problems)]
+            check_results=[check_result("finite_point_for_every_document", problems)],
+            data_version=run_data_version(versions),
         )
 
     return [umap_coordinates]

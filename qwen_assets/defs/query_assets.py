@@ -17,6 +17,7 @@ from dagster import (
 from qwen_assets.build.stale import stale_inputs
 from qwen_assets.defs.resources import Warehouse
 from qwen_assets.defs.tables import table_metadata
+from qwen_assets.pause import pause_point
 from qwen_assets.query import VIEWS
 from qwen_assets.settings import Settings, fingerprint
 from qwen_assets.storage import IncompleteStateError
@@ -50,6 +51,7 @@ def query_assets(
         ],
     )
     def query_views(warehouse: Warehouse):
+        pause_point("asset:query_views")
         warehouse.create_views()
         for name in VIEWS:
             yield MaterializeResult(asset_key=name, metadata={"view": name})
@@ -69,6 +71,7 @@ def query_assets(
         "reader holding it open never blocks a build, and keeps the state it opened.",
     )
     def query_database(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
+        pause_point("asset:query_database")
         stale = stale_inputs(defs_of(), context.instance, QUERY_DATABASE, source_versions())
         if stale:
             first, why = next(iter(stale.items()))

@@ -74,9 +74,14 @@ class Warehouse(ConfigurableResource):
         with storage.connect(self.database, wait_seconds=self.lock_wait_seconds) as connection:
             create_views(connection)
 
-    def append(self, table: str, columns: dict[str, str], frame: pd.DataFrame) -> None:
-        storage.append_rows(
-            self.database, table, columns, frame, wait_seconds=self.lock_wait_seconds
+    def write_tables(
+        self,
+        replace: Mapping[str, pd.DataFrame | pa.Table],
+        append: Mapping[str, tuple[dict[str, str], pd.DataFrame]],
+    ) -> None:
+        """Replace tables and add rows to log-like ones in one transaction."""
+        storage.write_tables(
+            self.database, replace=replace, append=append, wait_seconds=self.lock_wait_seconds
         )
 
     def replace_partitions(

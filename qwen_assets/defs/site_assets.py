@@ -23,6 +23,7 @@ from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.defs.projection_assets import load_embeddings
 from qwen_assets.defs.resources import Warehouse
 from qwen_assets.defs.tables import table_metadata
+from qwen_assets.pause import pause_point
 from qwen_assets.publish import publish_site, redact_credentials
 from qwen_assets.settings import PROPERTIES, SCORE_PROPERTIES, Settings, fingerprint
 from qwen_assets.site import (
@@ -33,9 +34,9 @@ from qwen_assets.site import (
     read_payload,
     sources_dir,
     sources_fingerprint,
+    stage_payload,
     task_maps,
     task_page_name,
-    write_payload,
 )
 
 CLUSTER_SCHEMA = pa.schema(
@@ -74,6 +75,23 @@ def quality_markdown(quality: dict[str, dict]) -> str:
     for task, figures in quality.items():
         lines.append(f"| {task} | " + " | ".join(f"{figures[name]:.3f}" for name in names) + " |")
     return "\n".join(lines)
+
+
+def quality_rows(maps: list[TaskMap]) -> pd.DataFrame:
+    """Table task_quality: one row per map, its figures and its headline."""
+    return pd.DataFrame(
+        [
+            {
+                "variant": m.variant,
+                "task": m.name,
+                **m.quality,
+                "target": m.target,
+                "predicts_target": m.quality.get(f"predicts_{m.target}"),
+                "headline": m.headline.sentence() if m.headline else None,
+            }
+            for m in maps
+        ]
+    )
 
 
 def cluster_rows(maps: list[TaskMap], doc_ids: list[str]) -> pd.DataFrame:
@@ -188,6 +206,7 @@ def site_assets(
         ],
     )
     def site_data(context: AssetExecutionContext, warehouse: Warehouse):
+        pause_point("asset:site_data")
         started = time.monotonic()
         documents = warehouse.query(
             "SELECT doc_id, category, text, preview FROM newsgroups_sample ORDER BY position"
@@ -232,55 +251,44 @@ def site_assets(
             inline_texts=len(documents) <= site.inline_texts_up_to,
             properties=per_document,
         )
-        written = write_payload(payload, output_dir, texts)
+        staged, written = stage_payload(payload, output_dir, texts)
 
         def label(m: TaskMap) -> str:
             return grid.label(grid.key(m.variant, m.name))
 
         quality = {label(m): dict(m.quality) for m in maps}
         headlines = {label(m): m.headline for m in maps if m.headline is not None}
-        warehouse.replace_table(
-            "task_quality",
-            pd.DataFrame(
-                [
-                    {
-                        "variant": m.variant,
-                        "task": m.name,
-                        **m.quality,
-                        "target": m.target,
-                        "predicts_target": m.quality.get(f"predicts_{m.target}"),
-                        "headline": m.headline.sentence() if m.headline else None,
-                    }
-                    for m in maps
-                ]
-            ),
-        )
         clusters = cluster_rows(maps, documents["doc_id"].tolist())
-        warehouse.replace_table(
-            "map_clusters",
-            pa.Table.from_pandas(clusters, schema=CLUSTER_SCHEMA, preserve_index=False),
-        )
-        warehouse.append(
-            "site_builds",
-            SITE_BUILD_COLUMNS,
-            pd.DataFrame(
-                [
-                    {
-                        "built_at": datetime.now(UTC).replace(tzinfo=None),
-                        "payload_sha256": written.sha256,
-                        "payload_bytes": written.bytes,
-                        "documents": len(documents),
-                        "tasks": settings.task_names,
-                        "variants": settings.variant_names,
-                        "task_versions": {
-                            grid.label(key): grid.prompt_version(key) for key in grid.keys
-                        },
-                        "settings_fingerprint": fingerprint(settings.model_dump(mode="json")),
-                        "output_dir": str(output_dir.resolve()),
-                    }
-                ]
-            ),
-        )
+        build_row = {
+            "built_at": datetime.now(UTC).replace(tzinfo=None),
+            "payload_sha256": written.sha256,
+            "payload_bytes": written.bytes,
+            "documents": len(documents),
+            "tasks": settings.task_names,
+            "variants": settings.variant_names,
+            "task_versions": {grid.label(key): grid.prompt_version(key) for key in grid.keys},
+            "settings_fingerprint": fingerprint(settings.model_dump(mode="json")),
+            "output_dir": str(output_dir.resolve()),
+        }
+        try:
+            pause_point("site_data:staged")
+            # The tables in one transaction, then the files: a step that fails or is killed
+            # before the swap leaves the old files and is not recorded, so the next build
+            # redoes it; the files never show a state that the tables do not hold.
+            warehouse.write_tables(
+                replace={
+                    "task_quality": quality_rows(maps),
+                    "map_clusters": pa.Table.from_pandas(
+                        clusters, schema=CLUSTER_SCHEMA, preserve_index=False
+                    ),
+                },
+                append={"site_builds": (SITE_BUILD_COLUMNS, pd.DataFrame([build_row]))},
+            )
+            pause_point("site_data:committed")
+        except BaseException:
+            staged.discard()
+            raise
+        staged.swap()
         yield MaterializeResult(
             asset_key="site_data",
             metadata={
@@ -342,6 +350,7 @@ def site_assets(
         "Works from disk and from any static host.",
     )
     def site_pages() -> MaterializeResult:
+        pause_point("asset:site_pages")
         payload = read_payload(output_dir)
         webgl = len(payload["documents"]["id"]) > payload["render"]["webgl_above"]
         written = publish_pages(output_dir, settings.task_names, webgl=webgl)
@@ -373,6 +382,7 @@ def site_assets(
         description=f"The built site, published to {where} whenever the site changed.",
     )
     def published_site() -> MaterializeResult:
+        pause_point("asset:published_site")
         published = publish_site(output_dir, publish)
         return MaterializeResult(
             metadata={
