@@ -6,11 +6,18 @@ write, a file in the way) on a copy of the small built project."""
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from qwen_assets.definitions import rebuild_stale
+from qwen_assets.pause import PAUSE_ENV
 from qwen_assets.storage import StorageError, read_table
 from qwen_assets.testing import write_settings
 
@@ -130,3 +137,99 @@ def test_a_site_step_that_fails_leaves_its_files_with_its_tables(
     assert after["data.json"] != before["data.json"]
     assert hashlib.sha256(after["data.json"]).hexdigest() == recorded_payload()
     assert not [name for name in after if "qwen-staged" in name]
+
+
+# Where an instruction edit's build can be killed: as each step starts (the ones before it
+# recorded), and inside the steps that write files or publish, between their writes.
+BOUNDARIES = [  # in the order a build reaches them
+    "asset:task_embeddings",
+    "asset:umap_coordinates",
+    "asset:query_views",
+    "asset:site_data",
+    "site_data:staged",
+    "site_data:committed",
+    "asset:query_database",
+    "publish_database:copied",
+    "asset:site_pages",
+]
+COMPARED_TABLES = {
+    "newsgroups_sample": "doc_id",
+    "document_properties": "doc_id",
+    "task_embeddings": "task, doc_id",
+    "umap_coordinates": "task, doc_id",
+    "task_quality": "variant, task",
+    "map_clusters": "variant, task, cluster",
+    "task_documents": "task, doc_id",
+}
+
+
+def tables(database: str) -> dict[str, list]:
+    return {
+        table: read_table(database, f"SELECT * FROM {table} ORDER BY {order}")
+        .astype(str)
+        .values.tolist()
+        for table, order in COMPARED_TABLES.items()
+    }
+
+
+def site_files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_build_killed_at_every_step_boundary_ends_as_a_clean_build(
+    project_copy, tmp_path, server
+):
+    """An instruction edit's build is SIGKILLed at each step boundary in turn (each build
+    stops itself at the next point not yet reached, then dies there). One more build then
+    leaves every table, the database people query and the site equal to a clean build's of
+    the same settings, and no prompt was paid for twice."""
+    project = project_copy(own_site(tmp_path))
+    assert build(project, []).succeeded
+    rewrite(project, new_topic)
+    environ = {
+        **os.environ,
+        "QWEN_ASSETS_SETTINGS": str(project.settings_path),
+        "DAGSTER_HOME": str(project.home),
+    }
+    server.reset()
+    for number, point in enumerate(BOUNDARIES):
+        log = tmp_path / f"build-{number}.log"
+        with log.open("w") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "qwen_assets.cli", "build"],
+                env={**environ, PAUSE_ENV: point},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        watched = psutil.Process(process.pid)
+        deadline = time.monotonic() + 240
+        while watched.status() != psutil.STATUS_STOPPED:
+            assert process.poll() is None, f"the build never reached {point}: {log.read_text()}"
+            assert time.monotonic() < deadline, f"timed out before {point}"
+            time.sleep(0.05)
+        process.kill()
+        process.wait()
+
+    final = subprocess.run(
+        [sys.executable, "-m", "qwen_assets.cli", "build"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert final.returncode == 0, final.stdout + final.stderr
+    lines = final.stdout.splitlines()
+    assert any("its process" in line and "is gone" in line for line in lines), lines
+
+    sent = Counter(text for text in server.texts_received if EDITED_TOPIC in text)
+    assert sent and max(sent.values()) == 1, "no prompt was paid for twice"
+
+    clean = project_copy(lambda raw: (own_site(tmp_path / "clean")(raw), new_topic(raw)))
+    assert build(clean, []).succeeded
+    for ours, theirs in [
+        (project.build_database, clean.build_database),
+        (project.database, clean.database),
+    ]:
+        assert tables(ours) == tables(theirs)
+    assert site_files(tmp_path / "own-site") == site_files(tmp_path / "clean" / "own-site")
+    assert build(project, []).plan.empty
