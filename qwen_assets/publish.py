@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qwen_assets.settings import PublishSettings
+from qwen_assets.site import OWNED_MARKER as MARKER
 
-MARKER = ".qwen-assets-site"  # marks a folder as one this project publishes into
+STAGING = ".qwen-staging-"  # beside the folder: .NAME.qwen-staging-XXXX, the copy being made
+RETIRED = ".qwen-retired"  # beside the folder: .NAME.qwen-retired, the copy being replaced
 AUTHOR = ("qwen-assets", "qwen-assets@users.noreply.github.com")
 GIT_TIMEOUT_SECONDS = 300
 CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
@@ -73,15 +75,16 @@ def publish_to_folder(site: Path, folder: Path) -> Published:
         if (folder / MARKER).exists() and site_fingerprint(folder)[0] == fingerprint:
             return Published(str(folder), False, fingerprint, files)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    # A publish killed half way leaves its staging or retired copy beside the folder.
-    for leftover in folder.parent.glob(f".{glob.escape(folder.name)}.*"):
+    # A publish killed half way leaves its staging or retired copy beside the folder: those
+    # exact names are this project's, and nothing else beside the folder is touched.
+    retired = folder.with_name(f".{folder.name}{RETIRED}")
+    for leftover in [*folder.parent.glob(f".{glob.escape(folder.name)}{STAGING}*"), retired]:
         shutil.rmtree(leftover, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}{STAGING}", dir=folder.parent))
     try:
         shutil.copytree(site, staging, dirs_exist_ok=True)
         (staging / MARKER).write_text("published by qwen-assets; replaced on every publish\n")
         staging.chmod(0o755)
-        retired = folder.with_name(f".{folder.name}.retired")
         if folder.exists():
             folder.rename(retired)
         staging.rename(folder)

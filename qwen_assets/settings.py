@@ -65,7 +65,7 @@ NEWSGROUPS: tuple[str, ...] = (
     "talk.religion.misc",
 )
 
-TASK_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")  # tasks and variants
+TASK_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")  # tasks and variants, matched whole
 SLUG_RULE = "lowercase letter first, then lowercase letters, digits, '-' or '_'; 40 at most"
 # The one variant of a project without a [variants] section: [embedding] as it is.
 BASE_VARIANT = "base"
@@ -435,7 +435,7 @@ class Settings(_Section):
             raise ValueError("define at least one task, e.g. [tasks.default]")
         problems = []
         for name, task in tasks.items():
-            if not TASK_NAME.match(name):
+            if not TASK_NAME.fullmatch(name):
                 problems.append(f"task name {name!r} is not a slug ({SLUG_RULE})")
             elif name != DEFAULT_TASK and not task.instruction:
                 problems.append(
@@ -449,7 +449,7 @@ class Settings(_Section):
     @field_validator("variants")
     @classmethod
     def _variants(cls, variants: dict[str, VariantSettings]) -> dict[str, VariantSettings]:
-        bad = [name for name in variants if not TASK_NAME.match(name)]
+        bad = [name for name in variants if not TASK_NAME.fullmatch(name)]
         if bad:
             raise ValueError(f"variant name {bad[0]!r} is not a slug ({SLUG_RULE})")
         return variants
@@ -468,6 +468,37 @@ class Settings(_Section):
                 ]
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _a_file_for_each(self) -> Settings:
+        """Two storage settings naming one file would lose paid work (publishing replaces the
+        database people query whole: a cache there is wiped), and a publish folder inside the
+        site would copy the site into itself on every publish."""
+        stores = {
+            "storage.database": self.storage.database,
+            "storage.build_database": self.storage.build_database,
+            "storage.embedding_cache": self.storage.embedding_cache,
+        }
+        seen: dict[str, str] = {}
+        for key, value in stores.items():
+            place = _place(value)
+            if place in seen:
+                raise ValueError(
+                    f"{key}: names the same file as {seen[place]} ({_shown_place(value)}); "
+                    "each of storage.database, storage.build_database and "
+                    "storage.embedding_cache needs a file of its own"
+                )
+            seen[place] = key
+        if self.publish.folder:
+            site, folder = Path(_place(self.site.output_dir)), Path(_place(self.publish.folder))
+            if folder == site or site in folder.parents or folder in site.parents:
+                raise ValueError(
+                    f"publish.folder: {self.publish.folder} and site.output_dir "
+                    f"{self.site.output_dir} overlap (one holds the other); a publish copies "
+                    "the site into the folder, so name a folder outside the site and not "
+                    "around it"
+                )
         return self
 
     @model_validator(mode="after")
@@ -533,6 +564,18 @@ class Settings(_Section):
         if runtime:  # absent for torch: older versions stand
             version["runtime"] = runtime
         return fingerprint(version)
+
+
+def _place(value: str) -> str:
+    """Where a path or connection string points: a file's absolute, resolved path (``data/./x``
+    and a link to it are ``data/x``), or a connection string without its options."""
+    if CONNECTION_SCHEME.match(value):
+        return value.split("?", 1)[0]
+    return str(Path(value).expanduser().resolve())
+
+
+def _shown_place(value: str) -> str:
+    return value.split("?", 1)[0] if CONNECTION_SCHEME.match(value) else _place(value)
 
 
 def default_settings_path() -> Path:

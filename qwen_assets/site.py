@@ -310,7 +310,37 @@ def text_chunk_name(number: int) -> str:
     return f"texts/{number:04d}"
 
 
+# Marks a folder as one this project writes into: the site's folder, a publish folder.
+OWNED_MARKER = ".qwen-assets-site"
 STAGED_MARK = ".qwen-staged-"  # a new file beside the one it replaces, until swapped in
+
+
+def claim_folder(folder: Path, setting: str) -> None:
+    """Write only into a folder this project made, an empty one, or a site an earlier release
+    built there (its data.json says so): anything else holds someone's files, which a build
+    would overwrite or delete, so it is refused. The folder is marked as this project's."""
+    if (folder / OWNED_MARKER).is_file():
+        return
+    if folder.exists() and not folder.is_dir():
+        raise SiteError(f"{setting} {folder} is a file; name a folder (new or empty)")
+    entries = sorted(path.name for path in folder.iterdir()) if folder.exists() else []
+    if entries and not _an_earlier_site(folder):
+        shown = ", ".join(entries[:3]) + (
+            f" and {len(entries) - 3} more" if len(entries) > 3 else ""
+        )
+        raise SiteError(
+            f"{setting} {folder} holds files this project did not write ({shown}); name a new "
+            "or empty folder: the site's files there are replaced on every build"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / OWNED_MARKER).write_text("written by qwen-assets; its files are replaced\n")
+
+
+def _an_earlier_site(folder: Path) -> bool:
+    try:
+        return read_payload(folder).get("schema") == SCHEMA
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def staged_name(path: Path) -> Path:
@@ -375,6 +405,7 @@ def stage_payload(
     """The payload's files (and the texts in chunks when the payload does not carry them),
     written beside the current ones; swapping them in removes chunks of an earlier, larger
     build."""
+    claim_folder(output_dir, "site.output_dir")
     encoded = encode_payload(payload)
     staged = StagedFiles(output_dir)
     try:
@@ -503,7 +534,7 @@ def publish_pages(
             f"the site sources {', '.join(missing)} are missing from {sources}; "
             "reinstall qwen_assets"
         )
-    output_dir.mkdir(parents=True, exist_ok=True)
+    claim_folder(output_dir, "site.output_dir")
     written: list[Path] = []
     same_folder = output_dir.resolve() == sources.resolve()
     for source in _source_paths(sources):

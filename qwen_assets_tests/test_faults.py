@@ -233,3 +233,25 @@ def test_a_build_killed_at_every_step_boundary_ends_as_a_clean_build(
         assert tables(ours) == tables(theirs)
     assert site_files(tmp_path / "own-site") == site_files(tmp_path / "clean" / "own-site")
     assert build(project, []).plan.empty
+
+
+def test_a_site_folder_holding_someone_elses_files_is_refused_untouched(project_copy, tmp_path):
+    """site.output_dir at a folder of the user's (a repository root, their own pages): the
+    build says so in one line and overwrites or deletes nothing there."""
+    theirs = tmp_path / "theirs"
+    for name, text in {
+        "index.html": "<h1>my home page</h1>",
+        "assets/style.css": "body { color: teal }",
+        "task-old.html": "an old page of mine",
+        "texts/app.js": "console.log('mine')",
+        "texts/notes.json": '{"mine": true}',
+    }.items():
+        (theirs / name).parent.mkdir(parents=True, exist_ok=True)
+        (theirs / name).write_text(text)
+    before = site_files(theirs)
+    project = project_copy(lambda raw: raw["site"].update(output_dir=str(theirs)))
+    report = build(project, [])
+    assert not report.succeeded
+    assert report.failure is not None and "\n" not in report.failure
+    assert f"site.output_dir {theirs} holds files this project did not write" in report.failure
+    assert site_files(theirs) == before, "nothing of theirs was overwritten or deleted"

@@ -87,6 +87,22 @@ def test_a_publish_killed_half_way_is_cleared_by_the_next(tmp_path):
     assert not list(tmp_path.glob(".docs.*")), "what the killed publish left is gone"
 
 
+def test_a_publish_touches_nothing_beside_the_folder_but_what_it_made(tmp_path):
+    """Siblings whose names start like the folder's (a user's ``.docs.backup``) survive a
+    publish and the clean-up after a killed one."""
+    site = make_site(tmp_path, "one")
+    docs = tmp_path / "docs"
+    backup = tmp_path / ".docs.backup"
+    backup.mkdir()
+    (backup / "index.html").write_text("last year's site")
+    (tmp_path / ".docs.notes").write_text("mine")
+    publish_to_folder(site, docs)
+    (site / "index.html").write_text("<h1>two</h1>")
+    assert publish_to_folder(site, docs).changed
+    assert files_of(backup) == {"index.html": "last year's site"}
+    assert (tmp_path / ".docs.notes").read_text() == "mine"
+
+
 def test_a_folder_holding_someone_elses_files_is_refused_untouched(tmp_path):
     site = make_site(tmp_path, "one")
     theirs = tmp_path / "theirs"

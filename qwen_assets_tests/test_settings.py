@@ -33,6 +33,19 @@ def test_defaults_reproduce_the_published_demo():
     ("overrides", "key", "says"),
     [
         ({"tasks": {"Topic!": {"instruction": "x"}}}, "tasks", "not a slug"),
+        ({"tasks": {"evil\n": {"instruction": "x"}}}, "tasks", "not a slug"),
+        (
+            {"storage": {"embedding_cache": "data/./qwen_assets.duckdb"}},
+            "storage.embedding_cache",
+            "names the same file as storage.database",
+        ),
+        (
+            {"storage": {"embedding_cache": "data/build/../build/qwen_assets.duckdb"}},
+            "storage.embedding_cache",
+            "names the same file as storage.build_database",
+        ),
+        ({"publish": {"folder": "site/published"}}, "publish.folder", "overlap"),
+        ({"publish": {"folder": "."}}, "publish.folder", "overlap"),
         ({"tasks": {"topic": {"instruction": "  "}}}, "tasks", "empty instruction"),
         (
             {"corpus": {"categories": ["sci.med", "sci.cooking"]}},
@@ -79,6 +92,22 @@ def test_bad_settings_name_the_key_and_what_is_allowed(overrides, key, says):
     assert message.startswith("settings file bad.toml is invalid:")
     assert f"{key}:" in message and says in message
     assert "Traceback" not in message and "pydantic" not in message
+
+
+def test_two_storage_settings_reaching_one_file_by_a_link_or_a_token_are_refused(tmp_path):
+    (tmp_path / "cache.duckdb").touch()
+    (tmp_path / "link.duckdb").symlink_to(tmp_path / "cache.duckdb")
+    storage = {
+        "database": str(tmp_path / "link.duckdb"),
+        "embedding_cache": str(tmp_path / "cache.duckdb"),
+    }
+    with pytest.raises(SettingsError, match=r"storage\.embedding_cache: names the same file"):
+        parse_settings(settings_dict(storage=storage))
+    token = "md:demo?motherduck_token=secret-token-123"
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(settings_dict(storage={"database": token, "embedding_cache": token}))
+    assert "names the same file as storage.database (md:demo)" in str(caught.value)
+    assert "secret-token-123" not in str(caught.value)
 
 
 def test_duplicate_task_names_are_refused_by_the_file_format(tmp_path: Path):
