@@ -118,18 +118,92 @@ def test_a_batch_too_large_is_split_in_half(fresh_server, cache):
     [
         (Fault(drop_vector=True), "got 7 vectors for 8 texts|indices"),
         (Fault(nan=True), "NaN"),
-        (Fault(wrong_dimension=True), "dimensions, expected"),
         (Fault(zero_vector=True), "1 all-zero vector"),
     ],
-    ids=["missing-vector", "nan", "wrong-dimension", "zero-vector"],
+    ids=["missing-vector", "nan", "zero-vector"],
 )
 def test_a_malformed_batch_is_refused_and_never_cached(fresh_server, cache, fault, says):
-    # The first batch is sent alone; the bad answer comes second, once the dimension is known.
     fresh_server.faults.extend([Fault(), fault])
     with pytest.raises(EmbeddingResponseError, match=says) as caught:
         run(fresh_server, cache, max_in_flight=1)
     assert "batch" in str(caught.value) and "cached" in str(caught.value)
     assert cached_rows(cache) == 8, "only the good first batch is kept"
+
+
+def cached_sizes(cache: str) -> list[int]:
+    with duckdb.connect(cache, read_only=True) as connection:
+        rows = connection.execute("SELECT DISTINCT len(embedding) FROM embedding_cache").fetchall()
+    return sorted(row[0] for row in rows)
+
+
+def test_a_wrong_size_first_answer_never_enters_the_cache(fresh_server, cache, minilm):
+    """The first batch comes back at half the size: the answers after it outvote it, it is
+    refused, every other answer is cached, and a rerun asks only for its texts."""
+    size = minilm.get_sentence_embedding_dimension()
+    fresh_server.faults.append(Fault(wrong_dimension=True))
+    with pytest.raises(EmbeddingResponseError) as caught:
+        run(fresh_server, cache)
+    said = str(caught.value)
+    assert (
+        f"batch 1: vectors have {size // 2} dimensions where the other answers have {size}" in said
+    )
+    assert "32 of 40 new texts were embedded and are cached; a rerun asks only for the rest" in said
+    assert cached_sizes(cache) == [size] and cached_rows(cache) == 32
+    first = fresh_server.received[0]
+    fresh_server.reset()
+    vectors, stats = run(fresh_server, cache)
+    assert fresh_server.received == [first], "the rerun asks only for the refused batch"
+    assert vectors.shape == (len(TEXTS), size) and stats.cache_hits == 32
+
+
+def test_two_answers_of_two_sizes_are_settled_by_asking_one_text_again(fresh_server, cache, minilm):
+    size = minilm.get_sentence_embedding_dimension()
+    fresh_server.faults.append(Fault(wrong_dimension=True))
+    with pytest.raises(EmbeddingResponseError, match=f"where the other answers have {size}"):
+        run(fresh_server, cache, texts=TEXTS[:16])
+    assert cached_sizes(cache) == [size] and cached_rows(cache) == 8
+    assert [len(batch) for batch in fresh_server.received[2:]] == [1, 1], "two one-text checks"
+
+
+def test_wrong_size_vectors_an_older_release_cached_are_asked_for_again(
+    fresh_server, cache, minilm
+):
+    from qwen_assets.embedding.cache import EmbeddingCache, prompt_key
+
+    size = minilm.get_sentence_embedding_dimension()
+    poisoned = EmbeddingCache(cache, "minilm", None)
+    poisoned.store([prompt_key(text) for text in TEXTS[:8]], np.ones((8, size // 2), np.float32))
+    vectors, _ = run(fresh_server, cache)
+    assert vectors.shape == (len(TEXTS), size)
+    assert cached_sizes(cache) == [size] and cached_rows(cache) == len(TEXTS)
+    assert sorted(fresh_server.texts_received) == sorted(TEXTS), "the 8 poisoned asked again"
+    fresh_server.reset()
+    run(fresh_server, cache)
+    assert fresh_server.received == []
+
+
+def test_a_bad_batch_does_not_throw_away_the_answers_in_flight_beside_it(fresh_server, cache):
+    """NaN in batch 2 while batch 3 is in flight: batch 3 was paid for, so it is cached."""
+    fresh_server.faults.extend([Fault(), Fault(nan=True), Fault()])
+    with pytest.raises(EmbeddingResponseError, match=r"NaN.*16 of 40 new texts"):
+        run(fresh_server, cache, max_in_flight=2)
+    assert cached_rows(cache) == 16
+
+
+def test_an_unreadable_cache_is_moved_aside_with_one_line(fresh_server, cache, caplog):
+    from pathlib import Path
+
+    run(fresh_server, cache)
+    path = Path(cache)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
+    fresh_server.reset()
+    caplog.set_level(logging.WARNING)
+    vectors, stats = run(fresh_server, cache)
+    assert vectors.shape[0] == len(TEXTS) and stats.computed == len(TEXTS)
+    (aside,) = path.parent.glob("cache.duckdb.unreadable-*")
+    said = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(said) == 1 and str(aside) in said[0]
+    assert cached_rows(cache) == len(TEXTS), "a new cache holds what this run was answered"
 
 
 def test_giving_up_says_the_status_and_what_was_kept(fresh_server, cache):
@@ -224,3 +298,97 @@ def test_a_hung_request_given_up_on_is_never_counted_later(fresh_server, cache):
     assert fresh_server.statuses == statuses, "the given-up request recorded nothing"
     assert len(fresh_server.headers_seen) == len(statuses) + 1, "it was seen, not answered"
     assert sorted(fresh_server.texts_received) == sorted(TEXTS), "each text counted once"
+
+
+def embed_in_background(server, cache, texts=TEXTS):
+    """Start a run that waits on the (held) server; returns its thread and what it ended with."""
+    import threading
+
+    ended: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            ended["result"] = run(server, cache, texts=texts)
+        except Exception as error:
+            ended["error"] = error
+
+    server.hold()
+    thread = threading.Thread(target=target)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.waiting:
+        assert time.monotonic() < deadline, "the run never asked"
+        time.sleep(0.02)
+    return thread, ended
+
+
+def test_answers_arriving_while_a_reader_holds_the_cache_are_cached_once_it_lets_go(
+    fresh_server, cache
+):
+    import subprocess
+    import sys
+
+    run(fresh_server, cache, texts=TEXTS[:8])
+    fresh_server.reset()
+    thread, ended = embed_in_background(fresh_server, cache)
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, duckdb; c = duckdb.connect(sys.argv[1], read_only=True); "
+            "print('open', flush=True); sys.stdin.readline()",
+            cache,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert reader.stdout.readline().strip() == "open"
+    fresh_server.release()
+    deadline = time.monotonic() + 60
+    while len(fresh_server.texts_received) < len(TEXTS) - 8:
+        assert time.monotonic() < deadline, "the answers never came"
+        time.sleep(0.05)
+    time.sleep(1.0)  # the run is answered and finds the cache held
+    reader.communicate("\n", timeout=30)
+    thread.join(timeout=60)
+    assert "error" not in ended, ended
+    assert cached_rows(cache) == len(TEXTS), "every answer was cached once the reader let go"
+
+
+def test_a_disk_that_fills_mid_run_loses_what_was_cached_and_says_so(fresh_server, tmp_path):
+    """A real full disk (a small tmpfs): the run ends with one line saying how many answers
+    could not be kept and why; what was cached before stays, and a rerun once there is room
+    asks only for the rest."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
+    try:
+        cache = str(disk / "cache.duckdb")
+        run(fresh_server, cache, texts=TEXTS[:8])
+        fresh_server.reset()
+        thread, ended = embed_in_background(fresh_server, cache)
+        filler = disk / "filler"
+        with filler.open("wb") as out, pytest.raises(OSError, match="No space left"):
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        fresh_server.release()
+        thread.join(timeout=120)
+        said = str(ended.get("error"))
+        assert "answered vectors could not be written to the embedding cache" in said, said
+        assert "No space left on device" in said and "\n" not in said
+        filler.unlink()
+        kept = cached_rows(cache)
+        assert kept >= 8, "what was cached before the disk filled is still there"
+        fresh_server.reset()
+        vectors, _ = run(fresh_server, cache)
+        assert vectors.shape[0] == len(TEXTS)
+        assert len(fresh_server.texts_received) == len(TEXTS) - kept, "only the rest is asked"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

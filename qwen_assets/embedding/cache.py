@@ -1,18 +1,34 @@
 """A persistent embedding cache in DuckDB, keyed by (model, dimensions, prompt hash).
 
 Paid vectors live here, in their own database file, so a run that fails later, a change of
-UMAP settings, or a rebuilt sample never pays for the same prompt twice.
+UMAP settings, or a rebuilt sample never pays for the same prompt twice. The cache also
+records each model's vector size once answers have confirmed it (``embedding_sizes``), so
+one wrong-size answer can never set the size that every later answer is held to.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
-from qwen_assets.storage import DatabaseMissingError, connect, table_exists
+from qwen_assets.storage import (
+    WAIT_FOR_LOCK_SECONDS,
+    DatabaseBusyError,
+    DatabaseMissingError,
+    StorageError,
+    connect,
+    is_local_file,
+    shown,
+    table_exists,
+)
 
 TABLE = "embedding_cache"
 SCHEMA = f"""
@@ -27,21 +43,43 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 """
 
 
+SIZES = "embedding_sizes"
+SIZES_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {SIZES} (
+    model VARCHAR NOT NULL,
+    dimensions INTEGER NOT NULL,
+    size INTEGER NOT NULL,                -- the confirmed length of every vector
+    PRIMARY KEY (model, dimensions)
+)
+"""
+
+
+class CacheUnreadableError(StorageError):
+    """The cache file exists but cannot be read (truncated, corrupt)."""
+
+
 def prompt_key(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
 
 class EmbeddingCache:
-    def __init__(self, database: str, model: str, dimensions: int | None) -> None:
+    def __init__(
+        self,
+        database: str,
+        model: str,
+        dimensions: int | None,
+        lock_wait_seconds: float = WAIT_FOR_LOCK_SECONDS,
+    ) -> None:
         self.database = database
         self.model = model
         self.dimensions = dimensions or 0
+        self.lock_wait_seconds = lock_wait_seconds
 
     def lookup(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        """The cached vectors among ``keys``."""
+        """The cached vectors among ``keys`` (of any size: the caller keeps the right one)."""
         if not keys:
             return {}
-        with connect(self.database) as connection:
+        with _reading(self.database) as connection:
             if not table_exists(connection, TABLE):
                 return {}
             connection.register("wanted", pa.table({"prompt_sha256": list(keys)}))
@@ -73,8 +111,40 @@ class EmbeddingCache:
             return len(wanted)
         return len(wanted) - int(found)
 
-    def store(self, keys: Sequence[str], vectors: np.ndarray) -> None:
-        """Insert validated vectors; a key already present keeps its first vector."""
+    def confirmed_size(self) -> int | None:
+        """The vector size answers confirmed for this model and dimensions, if any."""
+        with _reading(self.database) as connection:
+            if not table_exists(connection, SIZES):
+                return None
+            row = connection.execute(
+                f"SELECT size FROM {SIZES} WHERE model = ? AND dimensions = ?",
+                [self.model, self.dimensions],
+            ).fetchone()
+        return int(row[0]) if row else None
+
+    def confirm_size(self, size: int) -> None:
+        with connect(self.database) as connection:
+            connection.execute(SIZES_SCHEMA)
+            connection.execute(
+                f"INSERT INTO {SIZES} VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET size = excluded.size",
+                [self.model, self.dimensions, size],
+            )
+
+    def move_aside(self) -> Path:
+        """Keep an unreadable cache file for whoever wants to recover it, out of the way."""
+        path = Path(self.database).expanduser()
+        aside = path.with_name(f"{path.name}.unreadable-{datetime.now():%Y%m%d-%H%M%S}")
+        os.replace(path, aside)
+        wal = path.with_name(path.name + ".wal")
+        if wal.exists():
+            os.replace(wal, aside.with_name(aside.name + ".wal"))
+        return aside
+
+    def store(
+        self, keys: Sequence[str], vectors: np.ndarray, *, wait_seconds: float | None = None
+    ) -> None:
+        """Insert validated vectors. A key already present keeps its vector unless that one
+        has another size (left by a release that cached a wrong-size answer)."""
         flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
         batch = pa.table(
             {
@@ -82,15 +152,35 @@ class EmbeddingCache:
                 "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
             }
         )
-        with connect(self.database) as connection:
+        wait = self.lock_wait_seconds if wait_seconds is None else wait_seconds
+        with connect(self.database, wait_seconds=wait) as connection:
             connection.execute(SCHEMA)
             connection.register("batch", batch)
             connection.execute(
                 f"""INSERT INTO {TABLE} (model, dimensions, prompt_sha256, embedding)
                     SELECT ?, ?, prompt_sha256, embedding::FLOAT[] FROM batch
-                    ON CONFLICT DO NOTHING""",
+                    ON CONFLICT DO UPDATE SET embedding = excluded.embedding
+                    WHERE len(embedding) <> len(excluded.embedding)""",
                 [self.model, self.dimensions],
             )
+
+
+@contextmanager
+def _reading(database: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to the cache on which any error but a busy lock means the file cannot be
+    read (DuckDB opens a truncated file and fails on the first block it lacks)."""
+    try:
+        with connect(database) as connection:
+            yield connection
+    except DatabaseBusyError:
+        raise
+    except (StorageError, duckdb.IOException, duckdb.InternalException) as error:
+        if not is_local_file(database) or "lock" in str(error).lower():
+            raise
+        reason = str(error).strip().splitlines()[0][:160]
+        raise CacheUnreadableError(
+            f"the embedding cache {shown(database)} cannot be read ({reason})"
+        ) from None
 
 
 def _to_matrix(column: pa.ChunkedArray) -> list[np.ndarray]:

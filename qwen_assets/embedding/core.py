@@ -11,14 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Protocol
 
+import duckdb
 import numpy as np
 
-from qwen_assets.embedding.cache import EmbeddingCache, prompt_key
+from qwen_assets.embedding.cache import CacheUnreadableError, EmbeddingCache, prompt_key
+from qwen_assets.storage import StorageError, shown
 
 
 class EmbeddingError(RuntimeError):
@@ -210,17 +214,12 @@ def normalise(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
     return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
 
 
-def check_batch(batch: Batch, vectors: np.ndarray, expected_dimension: int | None) -> None:
-    """Refuse a batch that would poison the cache."""
+def check_batch(batch: Batch, vectors: np.ndarray) -> None:
+    """Refuse a batch that would poison the cache (its size is checked by ``_Answers``)."""
     if vectors.ndim != 2 or vectors.shape[0] != len(batch.texts):
         rows = vectors.shape[0] if vectors.ndim >= 1 else 0
         raise EmbeddingResponseError(
             f"{batch.label}: got {rows} vectors for {len(batch.texts)} texts; nothing of it was cached"
-        )
-    if expected_dimension is not None and vectors.shape[1] != expected_dimension:
-        raise EmbeddingResponseError(
-            f"{batch.label}: vectors have {vectors.shape[1]} dimensions, expected "
-            f"{expected_dimension}; nothing of it was cached"
         )
     if not np.isfinite(vectors).all():
         raise EmbeddingResponseError(
@@ -247,6 +246,114 @@ def make_batches(texts: Sequence[str], batch_size: int) -> list[Batch]:
     ]
 
 
+class _Answers:
+    """Where each answer goes: validated, held to one vector size, and cached the moment it
+    can be. The size is the one ``embedding.dimensions`` sets or the cache confirmed before;
+    failing both, two answers that agree confirm it (one answer alone cannot: a wrong-size
+    first batch must not become the size every later answer is held to). Answers wait in
+    memory until their size is confirmed. A vector that the cache cannot take (busy, full
+    disk) is kept in memory and tried again before the run ends."""
+
+    def __init__(
+        self,
+        cache: EmbeddingCache,
+        backend: Backend,
+        dimensions: int | None,
+        size: int | None,
+        keys: list[str],
+        found: dict[str, np.ndarray],
+        stats: EmbeddingStats,
+        progress: Progress,
+    ) -> None:
+        self.cache, self.backend, self.dimensions = cache, backend, dimensions
+        self.size, self.keys, self.found = size, keys, found
+        self.stats, self.progress = stats, progress
+        self.held: dict[int, list[tuple[Batch, np.ndarray, int]]] = {}
+        self.refused: list[EmbeddingError] = []
+        self.unstored: list[tuple[list[str], np.ndarray]] = []
+        self.store_error: Exception | None = None
+
+    def __call__(self, batch: Batch, raw: np.ndarray, tokens: int) -> None:
+        raw = np.asarray(raw, dtype=np.float32)
+        check_batch(batch, raw if self.dimensions is None else raw[:, : self.dimensions])
+        vectors = normalise(raw, self.dimensions)
+        width = vectors.shape[1]
+        if self.size is None:
+            self.held.setdefault(width, []).append((batch, vectors, tokens))
+            if len(self.held[width]) >= 2:
+                self.confirm(width, record=True)
+        elif width != self.size:
+            raise EmbeddingResponseError(
+                f"{batch.label}: vectors have {width} dimensions, expected {self.size} "
+                f"(the size {self.cache.model}'s answers have); nothing of it was cached"
+            )
+        else:
+            self.keep(batch, vectors, tokens)
+
+    def confirm(self, width: int, *, record: bool) -> None:
+        """Hold every answer to ``width`` from now on; ``record``: two answers agreed on it,
+        so the cache records it for every later run."""
+        self.size = width
+        for other, answers in sorted(self.held.items()):
+            for batch, vectors, tokens in answers:
+                if other == width:
+                    self.keep(batch, vectors, tokens)
+                else:
+                    self.refused.append(
+                        EmbeddingResponseError(
+                            f"{batch.label}: vectors have {other} dimensions where the other "
+                            f"answers have {width}; nothing of it was cached"
+                        )
+                    )
+        self.held.clear()
+        if record:
+            with suppress(StorageError, duckdb.Error):  # a later run records it otherwise
+                self.cache.confirm_size(width)
+
+    def keep(self, batch: Batch, vectors: np.ndarray, tokens: int) -> None:
+        batch_keys = [self.keys[index] for index in batch.indices]
+        self.found.update(zip(batch_keys, vectors, strict=True))
+        self.unstored.append((batch_keys, vectors))
+        self.flush(wait_seconds=0.5)
+        self.stats.computed += len(batch.texts)
+        self.stats.tokens += tokens
+        self.stats.requests, self.stats.retries = self.backend.requests, self.backend.retries
+        self.progress.update()
+
+    def flush(self, wait_seconds: float) -> None:
+        """Cache what waits to be cached; what cannot be yet stays for the next try."""
+        while self.unstored:
+            batch_keys, vectors = self.unstored[0]
+            try:
+                self.cache.store(batch_keys, vectors, wait_seconds=wait_seconds)
+            except (StorageError, duckdb.Error) as error:
+                self.store_error = error
+                return
+            self.unstored.pop(0)
+        self.store_error = None
+
+    def undecided(self) -> list[Batch]:
+        """Answers of different sizes, none confirmed by a second: the batches to probe."""
+        return [answers[0][0] for answers in self.held.values()] if len(self.held) > 1 else []
+
+    def settle(self) -> None:
+        """At the end: one size among the held answers is the size (nothing to compare it
+        with); answers still disagreeing are refused."""
+        if len(self.held) == 1:
+            self.confirm(next(iter(self.held)), record=False)
+        elif self.held:
+            sizes = " and ".join(
+                f"{width} ({answers[0][0].label})" for width, answers in sorted(self.held.items())
+            )
+            self.refused.append(
+                EmbeddingResponseError(
+                    f"answers disagree on the vector size: {sizes}, and no two agree; nothing "
+                    "of them was cached: set embedding.dimensions to the model's size"
+                )
+            )
+            self.held.clear()
+
+
 def embed_prompts(
     texts: Sequence[str],
     prefix: str,
@@ -263,15 +370,11 @@ def embed_prompts(
     started = time.monotonic()
     stats = EmbeddingStats(backend=backend.name, model=cache.model, total=len(texts))
     keys = [prompt_key(prefix + text) for text in texts]
-    found = cache.lookup(keys)
+    found, size = _cached(cache, keys, dimensions, log)
     stats.cache_hits = sum(key in found for key in keys)
-    missing: dict[str, str] = {}
-    for key, text in zip(keys, texts, strict=True):
-        if key not in found:
-            missing.setdefault(key, text)
-    missing_keys, missing_texts = list(missing), list(missing.values())
+    missing = _missing(keys, texts, found)
     # Planning may load a model (a local backend batches by its tokens): only when needed.
-    batches = backend.batches(missing_texts, prefix, batch_size) if missing_texts else []
+    batches = backend.batches(list(missing.values()), prefix, batch_size) if missing else []
     stats.runs_on = backend.summary
     log.info(
         "%s, model %s: %d texts, %d from the cache, %d to embed",
@@ -279,36 +382,51 @@ def embed_prompts(
         cache.model,
         len(texts),
         stats.cache_hits,
-        len(missing_texts),
+        len(missing),
     )
-    expected = dimensions or (len(next(iter(found.values()))) if found else None)
-    progress = Progress(stats, log, len(missing_texts), label)
+    progress = Progress(stats, log, len(missing), label)
     progress.report()
-
-    def deliver(batch: Batch, raw: np.ndarray, tokens: int) -> None:
-        nonlocal expected
-        raw = np.asarray(raw, dtype=np.float32)
-        check_batch(batch, raw if dimensions is None else raw[:, :dimensions], expected)
-        vectors = normalise(raw, dimensions)
-        expected = vectors.shape[1]
-        batch_keys = [missing_keys[index] for index in batch.indices]
-        cache.store(batch_keys, vectors)
-        found.update(zip(batch_keys, vectors, strict=True))
-        stats.computed += len(batch.texts)
-        stats.tokens += tokens
+    answers = _Answers(cache, backend, dimensions, size, list(missing), found, stats, progress)
+    failure: EmbeddingError | None = None
+    try:
+        if batches:
+            failure = _ask(backend, batches, prefix, answers)
+        for _ in range(2):  # answers of two sizes: one text again from each says which is right
+            probes = [batch.part(0, 1, " (size check)") for batch in answers.undecided()]
+            if not probes:
+                break
+            failure = _ask(backend, probes, prefix, _Votes(answers)) or failure
+        answers.settle()
+        wrong = [key for key in keys if key in found and len(found[key]) != answers.size]
+        if answers.size is not None and wrong:  # cached by a release that kept any size
+            log.info(
+                "%d cached vectors have another size than %d: asking again",
+                len(wrong),
+                answers.size,
+            )
+            for key in wrong:
+                del found[key]
+            again = _missing(keys, texts, found)
+            answers.keys = list(again)
+            progress.to_compute += len(again)
+            redo = backend.batches(list(again.values()), prefix, batch_size)
+            failure = _ask(backend, redo, prefix, answers) or failure
+    finally:
         stats.requests, stats.retries = backend.requests, backend.retries
-        progress.update()
-
-    if missing_texts:
-        try:
-            _run(backend.embed_batches(batches, prefix, deliver))
-        except EmbeddingError as error:
-            raise type(error)(
-                f"{error} ({stats.computed} of {len(missing_texts)} new texts were embedded "
-                "and are cached; a rerun asks only for the rest)"
-            ) from None
-        finally:
-            stats.requests, stats.retries = backend.requests, backend.retries
+        answers.flush(wait_seconds=cache.lock_wait_seconds)
+    problem = failure or (answers.refused[0] if answers.refused else None)
+    if answers.unstored:
+        kept = sum(len(batch_keys) for batch_keys, _ in answers.unstored)
+        raise EmbeddingError(
+            f"{kept} answered vectors could not be written to the embedding cache "
+            f"{shown(cache.database)} ({_first_line(answers.store_error)}); free space or close "
+            f"what holds it, then rerun: the {stats.computed - kept} cached are kept"
+        )
+    if problem is not None:
+        raise type(problem)(
+            f"{problem} ({stats.computed} of {len(missing)} new texts were embedded and are "
+            "cached; a rerun asks only for the rest)"
+        ) from None
     stats.seconds = time.monotonic() - started
     log.info(
         "done: %d texts (%d cached, %d embedded) in %.1fs, %d requests, %d retries, %d tokens",
@@ -321,6 +439,69 @@ def embed_prompts(
         stats.tokens,
     )
     return np.stack([found[key] for key in keys]) if keys else np.zeros((0, 0), np.float32), stats
+
+
+class _Votes:
+    """A probe's answer votes for its size, and is otherwise not kept."""
+
+    def __init__(self, answers: _Answers) -> None:
+        self.answers = answers
+
+    def __call__(self, batch: Batch, raw: np.ndarray, tokens: int) -> None:
+        vectors = normalise(np.asarray(raw, dtype=np.float32), self.answers.dimensions)
+        width = vectors.shape[1]
+        if width in self.answers.held:
+            self.answers.confirm(width, record=True)
+
+
+def _cached(
+    cache: EmbeddingCache, keys: list[str], dimensions: int | None, log: logging.Logger
+) -> tuple[dict[str, np.ndarray], int | None]:
+    """The cached vectors of ``keys`` and the size vectors must have (None: not known yet).
+    A cache that cannot be read is moved aside, and a new one started."""
+    try:
+        size = dimensions or cache.confirmed_size()
+        found = cache.lookup(keys)
+    except CacheUnreadableError as error:
+        aside = cache.move_aside()
+        log.warning("%s: moved it to %s and started a new one", error, aside)
+        announce(log, f"{error}: moved it to {aside}; its vectors are asked for again")
+        return {}, dimensions
+    if size is not None:
+        found = {key: vector for key, vector in found.items() if len(vector) == size}
+    elif len({len(vector) for vector in found.values()}) > 1:  # unconfirmed: the most kept
+        widths = Counter(len(vector) for vector in found.values())
+        size = widths.most_common(1)[0][0]
+        found = {key: vector for key, vector in found.items() if len(vector) == size}
+    return found, size
+
+
+def _missing(keys: list[str], texts: Sequence[str], found: dict[str, np.ndarray]) -> dict[str, str]:
+    """Each key the cache lacks, with its text (a text listed twice is embedded once)."""
+    missing: dict[str, str] = {}
+    for key, text in zip(keys, texts, strict=True):
+        if key not in found:
+            missing.setdefault(key, text)
+    return missing
+
+
+def _ask(
+    backend: Backend,
+    batches: Sequence[Batch],
+    prefix: str,
+    deliver: Deliver,
+) -> EmbeddingError | None:
+    """Run the backend over ``batches``; the error that stopped it, if one did."""
+    try:
+        _run(backend.embed_batches(batches, prefix, deliver))
+    except EmbeddingError as error:
+        return error
+    return None
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error or "").strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def _run(coroutine: Awaitable[None]) -> None:

@@ -141,13 +141,20 @@ class HttpBackend:
             for batch in queue:
                 pending.put_nowait(batch)
 
+            failed: list[EmbeddingError] = []
+
             async def slot() -> None:
-                while True:
+                # A failed batch stops new requests; the ones in flight are paid for, so
+                # their answers are still delivered (and cached) before the error is raised.
+                while not failed:
                     try:
                         batch = pending.get_nowait()
                     except asyncio.QueueEmpty:
                         return
-                    await self._send(client, batch, prefix, deliver)
+                    try:
+                        await self._send(client, batch, prefix, deliver)
+                    except EmbeddingError as error:
+                        failed.append(error)
 
             try:
                 async with asyncio.TaskGroup() as group:
@@ -155,6 +162,8 @@ class HttpBackend:
                         group.create_task(slot())
             except BaseExceptionGroup as errors:  # the first slot's error is the batch's error
                 raise errors.exceptions[0] from None
+            if failed:
+                raise failed[0]
 
     async def _send(
         self, client: httpx.AsyncClient, batch: Batch, prefix: str, deliver: Deliver
