@@ -244,3 +244,28 @@ def test_builds_killed_mid_embedding_and_mid_publish_never_block_the_next(projec
         timeout=120,
     )
     assert plan.returncode == 0 and "everything is fresh" in plan.stdout, plan.stdout
+
+
+def test_two_builds_from_two_dagster_homes_over_the_same_files_pay_once(project, server):
+    """Two folders, two Dagster instances, one set of databases and one cache: the second
+    build waits for the first (the lock is on the files, not the instance) and pays nothing."""
+    first = project.start("first")
+    hold_mid_embedding(server)
+    other_home = project.root / "other_home"
+    second = subprocess.Popen(
+        [sys.executable, "-m", "qwen_assets.cli", "build"],
+        env={**project.environ, "DAGSTER_HOME": str(other_home)},
+        stdout=(project.root / "second.out").open("w"),
+        stderr=(project.root / "second.err").open("w"),
+    )
+    wait_until(
+        lambda: "(from another Dagster home); waiting for it" in project.output("second"),
+        120,
+        "the second build says it waits for the first",
+    )
+    server.release()
+    assert first.wait(timeout=300) == 0, project.output("first")
+    assert second.wait(timeout=300) == 0, project.output("second")
+    sent = Counter(probe_texts(server))
+    distinct = read_table(project.database, "SELECT count(DISTINCT text) FROM newsgroups_sample")
+    assert len(sent) == distinct.iloc[0, 0] and max(sent.values()) == 1, "each prompt paid once"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +35,7 @@ from qwen_assets.build.runs import (
     IN_PROGRESS,
     TRIGGER_TAG,
     build_lock,
+    database_lock,
     dead_run,
     in_progress_runs,
     wait_for_live_runs,
@@ -77,16 +79,21 @@ def build_stale(
     """Rebuild what is stale in ``defs`` (built from ``settings``); see the module's docstring."""
     if dry_run:
         return _plan_only(instance, settings, defs, log)
-    lock = build_lock(instance)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log("another qwen-assets build is running on this Dagster instance; waiting for it")
-        lock.acquire()
-    try:
+    shared = database_lock(settings.storage.build_database)
+    with ExitStack() as held:
+        for lock, what in [
+            (build_lock(instance), "on this Dagster instance"),
+            (shared, f"on {settings.storage.build_database} (from another Dagster home)"),
+        ]:
+            if lock is None:
+                continue
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                log(f"another qwen-assets build is running {what}; waiting for it")
+                lock.acquire()
+            held.callback(lock.release)
         return _build(instance, settings, defs, verbose, log)
-    finally:
-        lock.release()
 
 
 def _plan_only(

@@ -21,6 +21,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 from dagster import (
@@ -34,6 +35,7 @@ from dagster import (
 from filelock import FileLock, Timeout
 
 from qwen_assets.build import dagster_internals
+from qwen_assets.storage import is_local_file
 
 # The one job every run of the project's assets goes through (the UI, the triggers, the CLI).
 BUILD_JOB = "build_assets"
@@ -123,6 +125,16 @@ def waiting_runs(instance: DagsterInstance) -> list[RunRecord]:
 
 def build_lock(instance: DagsterInstance) -> FileLock:
     return FileLock(str(dagster_internals.instance_folder(instance) / LOCK_FILE))
+
+
+def database_lock(database: str) -> FileLock | None:
+    """The lock a build holds on the builds' database itself: two Dagster homes (two folders,
+    two users) building over the same files take turns, as builds on one instance do."""
+    if not is_local_file(database):
+        return None
+    path = Path(database).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path.with_name(f".{path.name}.build.lock")))
 
 
 def build_running(instance: DagsterInstance) -> bool:

@@ -9,6 +9,7 @@ one wrong-size answer can never set the size that every later answer is held to.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+from filelock import FileLock, Timeout
 
 from qwen_assets.storage import (
     WAIT_FOR_LOCK_SECONDS,
@@ -129,6 +131,27 @@ class EmbeddingCache:
                 f"INSERT INTO {SIZES} VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET size = excluded.size",
                 [self.model, self.dimensions, size],
             )
+
+    @contextmanager
+    def exclusive(self, log: logging.Logger) -> Iterator[None]:
+        """One process at a time looks up and embeds into this cache: two builds over the
+        same cache (from two Dagster homes, say) would otherwise both find a prompt missing
+        and both pay for it. The second waits, then finds the first one's vectors."""
+        if not is_local_file(self.database):
+            yield
+            return
+        path = Path(self.database).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path.with_name(f".{path.name}.embedding.lock")))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("another process is embedding into %s; waiting for it", shown(self.database))
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def move_aside(self) -> Path:
         """Keep an unreadable cache file for whoever wants to recover it, out of the way."""

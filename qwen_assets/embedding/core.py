@@ -367,6 +367,20 @@ def embed_prompts(
 ) -> tuple[np.ndarray, EmbeddingStats]:
     """Vectors for ``prefix + text`` of every text, computing only what the cache lacks.
     ``label`` names the texts in progress reports (the task)."""
+    with cache.exclusive(log):
+        return _embed_missing(texts, prefix, backend, cache, batch_size, dimensions, log, label)
+
+
+def _embed_missing(
+    texts: Sequence[str],
+    prefix: str,
+    backend: Backend,
+    cache: EmbeddingCache,
+    batch_size: int,
+    dimensions: int | None,
+    log: logging.Logger,
+    label: str,
+) -> tuple[np.ndarray, EmbeddingStats]:
     started = time.monotonic()
     stats = EmbeddingStats(backend=backend.name, model=cache.model, total=len(texts))
     keys = [prompt_key(prefix + text) for text in texts]
