@@ -12,13 +12,13 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from qwen_assets.redaction import redact_credentials
 from qwen_assets.settings import PublishSettings
 from qwen_assets.site import OWNED_MARKER as MARKER
 
@@ -26,7 +26,6 @@ STAGING = ".qwen-staging-"  # beside the folder: .NAME.qwen-staging-XXXX, the co
 RETIRED = ".qwen-retired"  # beside the folder: .NAME.qwen-retired, the copy being replaced
 AUTHOR = ("qwen-assets", "qwen-assets@users.noreply.github.com")
 GIT_TIMEOUT_SECONDS = 300
-CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
 
 
 class PublishError(RuntimeError):
@@ -173,8 +172,3 @@ def _git(arguments: list[str], where: Path | None, target: str) -> str:
         reason = redact_credentials(said[-1]) if said else f"exit code {done.returncode}"
         raise PublishError(f"cannot publish to {target}: git {arguments[0]}: {reason}")
     return done.stdout
-
-
-def redact_credentials(text: str) -> str:
-    """A URL's user and password (a token in an https URL) never reach a message."""
-    return CREDENTIALS.sub(r"\1***@", text)

@@ -377,6 +377,16 @@ class StorageSettings(_Section):
             raise ValueError('must be a DuckDB release such as "v1.0.0" or "v1.4.0", or "latest"')
         return value
 
+    @field_validator("database", "build_database", "embedding_cache")
+    @classmethod
+    def _no_token(cls, value: str) -> str:
+        if CONNECTION_SCHEME.match(value) and re.search(r"(?i)token=", value):
+            raise ValueError(
+                "holds a token: set it in the motherduck_token environment variable instead "
+                "(DuckDB reads it there); a token written here would be stored with every run"
+            )
+        return value
+
     @field_validator("database", "build_database")
     @classmethod
     def _file_or_motherduck(cls, value: str) -> str:

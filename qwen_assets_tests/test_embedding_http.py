@@ -392,3 +392,43 @@ def test_a_disk_that_fills_mid_run_loses_what_was_cached_and_says_so(fresh_serve
         assert len(fresh_server.texts_received) == len(TEXTS) - kept, "only the rest is asked"
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_key_in_the_url_or_echoed_altered_by_the_server_is_redacted(fresh_server, cache, caplog):
+    """A key written into base_url, and a server that echoes a near-copy of the key in its
+    errors: neither reaches the error, the log or the cache."""
+    in_url = "sk-canary-in-url-7788990011"
+    near_copy = FAKE_KEY[:-4] + "WXYZ"
+    url = fresh_server.base_url.replace("http://", f"http://someone:{in_url}@")
+    fresh_server.faults.extend(
+        [
+            Fault(status=500, message=f"quota exceeded for {near_copy}"),
+            Fault(status=418, message=f"unknown key {near_copy}"),
+        ]
+    )
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(EmbeddingError) as caught:
+        run(fresh_server, cache, api_key=FAKE_KEY, base_url=url, max_in_flight=1)
+    said = str(caught.value)
+    assert "HTTP 418 from http://***@127.0.0.1" in said
+    for text in (said, caplog.text):
+        assert in_url not in text and near_copy not in text and FAKE_KEY not in text
+
+
+@pytest.mark.parametrize(
+    ("detail", "about_the_model"),
+    [
+        ("The model `qwen-x` does not exist", True),
+        ("model_not_found", True),
+        ("Unknown model: qwen-x", True),
+        ("input must be a list; see the model card for limits", False),
+    ],
+)
+def test_only_a_400_about_the_model_is_reported_as_a_missing_model(
+    fresh_server, cache, detail, about_the_model
+):
+    fresh_server.faults.append(Fault(status=400, message=detail))
+    with pytest.raises(EmbeddingError) as caught:
+        run(fresh_server, cache)
+    assert ("does not serve the model" in str(caught.value)) is about_the_model
+    assert detail in str(caught.value)

@@ -242,15 +242,22 @@ def test_a_storage_format_duckdb_does_not_know_is_one_line_and_publishes_nothing
     assert not list(tmp_path.glob(".query.duckdb.publishing-*"))
 
 
-def test_a_motherduck_token_never_reaches_a_message():
-    from qwen_assets.settings import parse_settings
+def test_a_motherduck_token_in_the_settings_is_refused_without_echoing_it():
+    """Dagster stores resource settings with every run: a token in a connection string would
+    land there, so it belongs in the motherduck_token variable, and the message says so."""
+    from qwen_assets.settings import SettingsError, parse_settings
     from qwen_assets.testing import settings_dict
 
+    for key in ("database", "embedding_cache"):
+        with pytest.raises(SettingsError) as raised:
+            parse_settings(settings_dict(storage={key: "md:maps?motherduck_token=tok-SECRET"}))
+        assert f"storage.{key}: holds a token: set it in the motherduck_token" in str(raised.value)
+        assert "SECRET" not in str(raised.value)
     storage = parse_settings(
-        settings_dict(storage={"database": "md:maps?motherduck_token=tok-SECRET"})
+        settings_dict(storage={"database": "md:maps?attach_mode=single"})
     ).storage
-    assert storage.build_database == "md:maps_build?motherduck_token=tok-SECRET"
-    assert shown(storage.database) == "md:maps" and "SECRET" not in shown(storage.build_database)
+    assert storage.build_database == "md:maps_build?attach_mode=single"
+    assert shown(storage.database) == "md:maps"
 
 
 def test_a_log_table_of_an_older_release_gains_the_new_columns(tmp_path: Path):

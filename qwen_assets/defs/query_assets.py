@@ -20,7 +20,7 @@ from qwen_assets.defs.tables import table_metadata
 from qwen_assets.pause import pause_point
 from qwen_assets.query import VIEWS
 from qwen_assets.settings import Settings, fingerprint
-from qwen_assets.storage import IncompleteStateError
+from qwen_assets.storage import IncompleteStateError, shown
 
 QUERY_DATABASE = AssetKey("query_database")
 
@@ -65,7 +65,7 @@ def query_assets(
         ),
         pool="duckdb",
         kinds={"duckdb"},
-        description=f"The database people query, {settings.storage.database}: every table and "
+        description=f"The database people query, {shown(settings.storage.database)}: every table and "
         "view of the builds' own database, copied whole once they form one complete state and "
         f"renamed into place (storage format of DuckDB {settings.storage.readable_by}). A "
         "reader holding it open never blocks a build, and keeps the state it opened.",

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import ipaddress
 import logging
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -39,6 +40,7 @@ from qwen_assets.embedding.core import (
     EmbeddingResponseError,
     make_batches,
 )
+from qwen_assets.redaction import redact_credentials, redact_secrets
 from qwen_assets.settings import HttpSettings
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
@@ -83,6 +85,13 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
+# What a 400 says when the model is the problem (any other 400 is reported as it is).
+UNKNOWN_MODEL = re.compile(
+    r"(?i)model[\s_-]*not[\s_-]*found|(unknown|invalid|unsupported|no such) model|"
+    r"model\b.{0,80}\b(does not exist|doesn't exist|not exist|not supported|not available)"
+)
+
+
 class HttpBackend:
     name = "http"
 
@@ -102,9 +111,10 @@ class HttpBackend:
         self.requests = 0
         self.retries = 0
         self.summary = f"http backend, {httpx.URL(settings.base_url).host}"
+        self.shown_url = redact_credentials(settings.base_url)
         if self._api_key is None and not is_loopback(settings.base_url):
             raise EmbeddingConfigError(
-                f"the HTTP backend needs an API key for {settings.base_url}: set the environment "
+                f"the HTTP backend needs an API key for {self.shown_url}: set the environment "
                 f"variable {settings.api_key_env} (embedding.http.api_key_env), "
                 'or use embedding.backend = "local"'
             )
@@ -119,7 +129,9 @@ class HttpBackend:
         return make_batches(texts, batch_size)
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        """What the server or the client library says, with no key in it (a server may echo
+        the key, or a near-copy of it, and a URL may carry one)."""
+        return redact_secrets(text, self._api_key)
 
     async def embed_batches(self, batches: Sequence[Batch], prefix: str, deliver: Deliver) -> None:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -127,8 +139,13 @@ class HttpBackend:
             max_connections=self.settings.max_in_flight,
             max_keepalive_connections=self.settings.max_in_flight,
         )
+        # A user and password written into the URL go as basic auth, not in the URL, so no
+        # log line of httpx's (which names each URL it requests) carries them.
+        url = httpx.URL(self.settings.base_url)
+        auth = httpx.BasicAuth(url.username, url.password) if url.userinfo else None
         async with httpx.AsyncClient(
-            base_url=self.settings.base_url,
+            base_url=url.copy_with(userinfo=b""),
+            auth=auth if not headers else None,
             headers=headers,
             timeout=httpx.Timeout(self.settings.timeout_seconds),
             limits=limits,
@@ -223,7 +240,7 @@ class HttpBackend:
         except (httpx.TimeoutException, httpx.TransportError) as error:
             raise EmbeddingError(
                 f"{batch.label}: gave up after {self.settings.max_attempts} attempts, last "
-                f"{type(error).__name__} talking to {self.settings.base_url}"
+                f"{type(error).__name__} talking to {self.shown_url}"
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -260,17 +277,15 @@ class HttpBackend:
             raise BatchTooLarge(detail)
         if status in (401, 403):
             raise EmbeddingConfigError(
-                f"{self.settings.base_url} refused the API key from {self.settings.api_key_env} "
+                f"{self.shown_url} refused the API key from {self.settings.api_key_env} "
                 f"(HTTP {status}): check the key and its permissions"
             )
-        if status == 404 or (status == 400 and "model" in detail.lower()):
+        if status == 404 or (status == 400 and UNKNOWN_MODEL.search(detail)):
             raise EmbeddingConfigError(
-                f"{self.settings.base_url} does not serve the model {self.model!r} "
+                f"{self.shown_url} does not serve the model {self.model!r} "
                 f"(HTTP {status}: {detail}): check embedding.model and embedding.http.base_url"
             )
-        raise EmbeddingError(
-            f"{batch.label}: HTTP {status} from {self.settings.base_url}: {detail}"
-        )
+        raise EmbeddingError(f"{batch.label}: HTTP {status} from {self.shown_url}: {detail}")
 
     def _parse(self, response: httpx.Response, batch: Batch) -> tuple[np.ndarray, int]:
         try:
