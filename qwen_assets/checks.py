@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 NORM_TOLERANCE = 1e-3
+SAME_VECTOR_TOLERANCE = 1e-5  # two float32 unit vectors this close are one
 
 
 def embedding_problems(
@@ -25,6 +26,11 @@ def embedding_problems(
         off = int((np.abs(norms - 1) > NORM_TOLERANCE).sum())
         if off:
             problems.append(f"{off} vectors are not unit length")
+        if len(vectors) > 1 and float(np.ptp(vectors, axis=0).max()) < SAME_VECTOR_TOLERANCE:
+            problems.append(
+                f"all {len(vectors)} vectors are the same: the texts did not reach the model "
+                "(an instruction that fills its token limit?)"
+            )
     return problems
 
 

@@ -412,8 +412,13 @@ class StorageSettings(_Section):
         return self
 
 
+# An instruction is a sentence or two; a model reads a limited number of tokens, the
+# instruction's and the text's together, so a long one would leave the texts no room.
+MAX_INSTRUCTION_CHARS = 2000
+
+
 class TaskSettings(_Section):
-    instruction: str = ""
+    instruction: Annotated[str, Field(max_length=MAX_INSTRUCTION_CHARS)] = ""
     description: str = ""
     # The property the instruction is about; its figure is compared with the default task's.
     target: Literal[PROPERTIES] | None = None  # type: ignore[valid-type]

@@ -107,6 +107,19 @@ def test_the_instruction_changes_the_vectors(tmp_path):
     assert float(plain[0] @ instructed[0]) < 0.999
 
 
+def test_an_instruction_that_fills_the_token_limit_is_refused_before_any_pass(tmp_path):
+    """Behind the model's limit every text is cut away and every vector is the same: the
+    backend says so and how far over it is, and embeds nothing."""
+    settings = local_settings()
+    long = "Instruct: " + "Consider carefully what the given text says. " * 40 + "\nQuery:"
+    assert len(long) < 2000, "within the settings' limit on an instruction's length"
+    cache = tmp_path / "c.duckdb"
+    with pytest.raises(EmbeddingConfigError, match=r"takes \d+ tokens of the model's limit of "):
+        embed(["The Mets won again last night."], settings, cache, prefix=long)
+    tables = "SELECT count(*) FROM information_schema.tables WHERE table_name = 'embedding_cache'"
+    assert not cache.exists() or read_table(str(cache), tables).iloc[0, 0] == 0
+
+
 def test_auto_backend_prefers_http_only_when_a_key_is_set():
     settings = parse_settings(settings_dict()).embedding
     assert resolve_backend(settings, {})[0] == "local"

@@ -35,6 +35,11 @@ def test_defaults_reproduce_the_published_demo():
         ({"tasks": {"Topic!": {"instruction": "x"}}}, "tasks", "not a slug"),
         ({"tasks": {"evil\n": {"instruction": "x"}}}, "tasks", "not a slug"),
         (
+            {"tasks": {"topic": {"instruction": "x" * 100_000}}},
+            "tasks.topic.instruction",
+            "at most 2000 characters",
+        ),
+        (
             {"storage": {"embedding_cache": "data/./qwen_assets.duckdb"}},
             "storage.embedding_cache",
             "names the same file as storage.database",

@@ -319,6 +319,8 @@ def test_a_hostile_document_shows_as_text_and_runs_nothing(page_on_each_origin, 
     tooltip = page.page.locator(".hoverlayer .hovertext")
     tooltip.wait_for(timeout=5_000)
     assert "<img src=x" in tooltip.text_content()
+    assert '& "quotes"' in tooltip.text_content(), "quotes and ampersands read as written"
+    assert "&quot;" not in tooltip.text_content() and "&amp;" not in tooltip.text_content()
     assert page.page.locator(".hoverlayer image, .hoverlayer img").count() == 0
     assert page.page.evaluate("() => window.__pwned") is None
     assert page.foreign_requests() == [], "the planted <img src=x> was never fetched"

@@ -36,6 +36,8 @@ from qwen_assets.settings import LocalSettings
 # Texts and prefix -> their vectors: a numpy array, a tensor, or vectors on their way from
 # the GPU (``Arriving``); ``finished`` has them as numbers.
 Encode = Callable[[list[str], str], Any]
+# Tokens a prompt must leave for the text, or the text hardly shapes its vector.
+MIN_TEXT_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class LocalBackend:
     def batches(self, texts: Sequence[str], prefix: str, batch_size: int) -> list[Batch]:
         """Batches by token budget (``batch_size``, the API's request size, does not apply)."""
         model, _ = self._load()
+        self._check_room(model, prefix)
         lengths = self._token_lengths(model, [prefix + text for text in texts])
         return [
             Batch(
@@ -250,6 +253,21 @@ class LocalBackend:
         hidden = getattr(config, "hidden_size", None) or 1024
         width = 4 if self.number_format == "float32" else 2
         return hardware.batch_tokens(self.device, hidden, width)
+
+    @staticmethod
+    def _check_room(model: Any, prefix: str) -> None:
+        """Refuse a prompt that fills the model's token limit: every text would be cut
+        away, and every vector would be the same."""
+        if not prefix:
+            return
+        limit = model.max_seq_length
+        used = len(model.tokenizer(prefix, add_special_tokens=True)["input_ids"])
+        if used >= limit - MIN_TEXT_TOKENS:
+            raise EmbeddingConfigError(
+                f"the prompt before each text takes {used} tokens of the model's limit of "
+                f"{limit}, leaving no room for the text: shorten the instruction (or raise "
+                "embedding.local.max_seq_length)"
+            )
 
     @staticmethod
     def _token_lengths(model: Any, prompts: list[str]) -> list[int]:

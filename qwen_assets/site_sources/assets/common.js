@@ -117,12 +117,10 @@
   const byCategory = data.categories.map(() => []);
   documents.category.forEach((category, index) => byCategory[category].push(index));
 
+  /* Text for Plotly's labels, which read a little HTML: with < and > escaped no tag can
+   * form, so quotes stay as they are (Plotly does not decode &quot; and would show it). */
   function escapeMarkup(text) {
-    return String(text)
-      .replace(/&/g, "&amp;")
-      .replace(/</g, "&lt;")
-      .replace(/>/g, "&gt;")
-      .replace(/"/g, "&quot;");
+    return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
   }
 
   function wrap(text, width) {
