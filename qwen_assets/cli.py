@@ -162,7 +162,11 @@ def command_build(arguments: argparse.Namespace) -> int:
     try:
         with quiet, dagster_instance() as instance:
             report = rebuild_stale(
-                instance, dry_run=arguments.dry_run, verbose=arguments.verbose, log=display.line
+                instance,
+                dry_run=arguments.dry_run,
+                verbose=arguments.verbose,
+                force=arguments.force,
+                log=display.line,
             )
     except KeyboardInterrupt:
         display.close()
@@ -287,7 +291,12 @@ def command_export(arguments: argparse.Namespace) -> int:
     from qwen_assets.settings import load_settings
 
     rows = export(
-        load_settings(), arguments.task, Path(arguments.out), arguments.format, arguments.variant
+        load_settings(),
+        arguments.task,
+        Path(arguments.out),
+        arguments.format,
+        arguments.variant,
+        force=arguments.force,
     )
     print(f"wrote {rows} rows to {arguments.out}", file=sys.stderr)
     return 0
@@ -309,6 +318,13 @@ def parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the plan; write nothing, build nothing"
     )
     build.add_argument("--verbose", action="store_true", help="also print Dagster's own log lines")
+    build.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="ASSET",
+        help="rebuild ASSET (or ASSET[partition]) and what follows it, even when fresh; repeatable",
+    )
     build.set_defaults(handler=command_build)
 
     def query_command(name: str, help_text: str, handler) -> argparse.ArgumentParser:
@@ -370,6 +386,7 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--task", default="all", help='a task name, or "all" (default)')
     variant_option(export, ', or "all"')
     export.add_argument("--format", choices=EXPORT_FORMATS, default="parquet")
+    export.add_argument("--force", action="store_true", help="replace OUT if it exists")
     return top
 
 

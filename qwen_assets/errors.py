@@ -6,6 +6,7 @@ from __future__ import annotations
 
 def user_error_types() -> tuple[type[Exception], ...]:
     """Imported on use, so that `qwen-assets --help` stays quick."""
+    from qwen_assets.build.plan import PlanError
     from qwen_assets.corpus import CorpusError
     from qwen_assets.embedding import EmbeddingError
     from qwen_assets.publish import PublishError
@@ -17,6 +18,7 @@ def user_error_types() -> tuple[type[Exception], ...]:
     return (
         CorpusError,
         EmbeddingError,
+        PlanError,
         PublishError,
         QueryError,
         SettingsError,

@@ -17,6 +17,11 @@ from qwen_assets.settings import Settings, SettingsError
 from qwen_assets.storage import connect, table_exists
 
 EXPORT_FORMATS = ("parquet", "csv")
+# A text a spreadsheet would run as a formula (=, +, -, @, a tab or a return first) gets a
+# quote in front, as the site's own CSV export does.
+SPREADSHEET_SAFE_TEXT = (
+    r"CASE WHEN regexp_matches(s.text, '^[=+\-@\t\r]') THEN '''' || s.text ELSE s.text END"
+)
 
 # The convenience views, created by the pipeline next to the tables they join.
 VIEWS = {
@@ -240,15 +245,28 @@ def neighbourhood_summary(frame: pd.DataFrame, tasks: list[str], k: int) -> str:
 
 
 def export(
-    settings: Settings, task: str, output: Path, file_format: str, variant: str | None = None
+    settings: Settings,
+    task: str,
+    output: Path,
+    file_format: str,
+    variant: str | None = None,
+    *,
+    force: bool = False,
 ) -> int:
     """Documents, category, text, variant, task, embedding and x/y, one row per (variant,
     task, document): one task (or "all") of ``variant`` (default: the reference; "all":
-    every variant). Returns the number of rows written."""
+    every variant). An existing file is replaced only with ``force``. In CSV, a text that a
+    spreadsheet would run as a formula starts with a quote. Returns the rows written."""
     if file_format not in EXPORT_FORMATS:
         raise QueryError(
             f"unknown export format {file_format!r}; allowed: {', '.join(EXPORT_FORMATS)}"
         )
+    if output.is_dir():
+        raise QueryError(
+            f"{output} is a folder: name the file to write, e.g. {output / 'maps'}.{file_format}"
+        )
+    if output.exists() and not force:
+        raise QueryError(f"{output} exists: pass --force to replace it")
     every_variant = variant == "all"
     variant = None if every_variant else _variant(settings, variant)
     with _reader(settings) as connection:
@@ -262,8 +280,9 @@ def export(
             **({} if every_variant else {"variant": variant}),
         }
         where = " AND ".join(f"e.{name} = ${name}" for name in parameters)
+        text = "s.text" if file_format == "parquet" else SPREADSHEET_SAFE_TEXT
         select = f"""
-            SELECT e.variant, e.task, s.doc_id, s.category, s.text,
+            SELECT e.variant, e.task, s.doc_id, s.category, {text} AS text,
                    c.x_aligned AS x, c.y_aligned AS y, e.embedding
             FROM newsgroups_sample s JOIN task_embeddings e USING (doc_id)
             LEFT JOIN umap_coordinates c
@@ -271,11 +290,15 @@ def export(
             {"WHERE " + where if where else ""} ORDER BY e.variant, e.task, s.position"""
         options = "FORMAT parquet" if file_format == "parquet" else "FORMAT csv, HEADER"
         temporary = output.with_name(f".{output.name}.partial")
-        # COPY answers with the number of rows it wrote.
-        rows = connection.execute(
-            f"COPY ({select}) TO '{_sql_string(temporary)}' ({options})", parameters
-        ).fetchall()[0][0]
-    temporary.replace(output)
+        try:
+            # COPY answers with the number of rows it wrote.
+            rows = connection.execute(
+                f"COPY ({select}) TO '{_sql_string(temporary)}' ({options})", parameters
+            ).fetchall()[0][0]
+            temporary.replace(output)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
     return rows
 
 

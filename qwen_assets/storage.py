@@ -103,7 +103,11 @@ def connect(
     )
     try:
         connection = retrying(duckdb.connect, database, read_only=read_only)
-    except duckdb.IOException as error:
+    except duckdb.Error as error:
+        if not _is_lock_conflict(error) and (problem := _disk_problem(error, database)):
+            raise problem from None
+        if not isinstance(error, duckdb.IOException):
+            raise
         if _is_lock_conflict(error):
             raise DatabaseBusyError(
                 f"the database {shown(database)} is busy: {lock_holder(error)} (waited "
@@ -114,8 +118,54 @@ def connect(
         ) from None
     try:
         yield connection
+    except duckdb.Error as error:
+        problem = _disk_problem(error, database)
+        if problem is None:
+            raise
+        raise problem from None
     finally:
         connection.close()
+
+
+class DatabaseDamagedError(StorageError):
+    """A database file that DuckDB opens but cannot read (truncated, corrupted)."""
+
+
+class DiskFullError(StorageError):
+    pass
+
+
+DAMAGED = re.compile(r"(?i)could not read enough bytes|corrupt|checksum|not a valid duckdb")
+
+
+def move_aside(database: str) -> Path:
+    """A damaged file, kept for whoever wants to look at it, out of the way (with its log)."""
+    path = Path(database).expanduser()
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    wal = path.with_name(path.name + ".wal")
+    if wal.exists():
+        os.replace(wal, aside.with_name(aside.name + ".wal"))
+    return aside
+
+
+def _disk_problem(error: BaseException, database: str) -> StorageError | None:
+    """What a person can do about an error from a file: the disk is full, or the file is
+    damaged (DuckDB opens a truncated file and fails at the first block it lacks)."""
+    said = str(error)
+    if "No space left on device" in said:
+        where = Path(database).expanduser().parent if is_local_file(database) else database
+        return DiskFullError(
+            f"no space left on the disk of {shown(str(where))} while writing {shown(database)}: "
+            "free some space and rerun (what was written before is kept; this write was not)"
+        )
+    if DAMAGED.search(said):
+        return DatabaseDamagedError(
+            f"the database {shown(database)} is damaged ({_first_line(error)[:120]}): move it "
+            "aside or delete it, then run `qwen-assets build`, which rebuilds it (paid vectors "
+            "are in the embedding cache, a file of its own)"
+        )
+    return None
 
 
 def table_exists(connection: duckdb.DuckDBPyConnection, table: str) -> bool:
@@ -346,9 +396,11 @@ def publish_database(
                 with staging.open("rb") as written:
                     os.fsync(written.fileno())
                 os.replace(staging, path)
-            except BaseException:
+            except BaseException as error:
                 for written in path.parent.glob(f"{staging.name}*"):
                     written.unlink(missing_ok=True)
+                if isinstance(error, duckdb.Error) and (problem := _disk_problem(error, str(path))):
+                    raise problem from None  # the copy's disk, not the source's
                 raise
     return PublishedDatabase(str(path), time.monotonic() - started, path.stat().st_size, tables)
 

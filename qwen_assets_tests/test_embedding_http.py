@@ -106,6 +106,21 @@ def test_retry_after_is_honoured(fresh_server, cache):
     assert time.monotonic() - started >= 2
 
 
+def test_a_long_retry_after_is_said_where_people_look(fresh_server, cache, monkeypatch, caplog):
+    from qwen_assets.embedding import http
+
+    monkeypatch.setattr(http, "MAX_RETRY_AFTER_SECONDS", 0.5)
+    monkeypatch.setattr(http, "SAID_WAIT_SECONDS", 0.2)
+    fresh_server.faults.append(Fault(status=429, retry_after="100000"))
+    caplog.set_level(logging.INFO, logger="qwen_assets.progress")
+    run(fresh_server, cache)
+    notes = [r.embedding_note for r in caplog.records if hasattr(r, "embedding_note")]
+    assert notes == [
+        "batch 1: the server asks to wait 100000s (HTTP 429, Retry-After); "
+        "waiting 0.5s, the most this client waits"
+    ]
+
+
 def test_a_batch_too_large_is_split_in_half(fresh_server, cache):
     fresh_server.faults.append(Fault(status=413))
     vectors, _ = run(fresh_server, cache)
@@ -200,7 +215,7 @@ def test_an_unreadable_cache_is_moved_aside_with_one_line(fresh_server, cache, c
     caplog.set_level(logging.WARNING)
     vectors, stats = run(fresh_server, cache)
     assert vectors.shape[0] == len(TEXTS) and stats.computed == len(TEXTS)
-    (aside,) = path.parent.glob("cache.duckdb.unreadable-*")
+    (aside,) = path.parent.glob("cache.duckdb.damaged-*")
     said = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
     assert len(said) == 1 and str(aside) in said[0]
     assert cached_rows(cache) == len(TEXTS), "a new cache holds what this run was answered"
@@ -382,7 +397,7 @@ def test_a_disk_that_fills_mid_run_loses_what_was_cached_and_says_so(fresh_serve
         thread.join(timeout=120)
         said = str(ended.get("error"))
         assert "answered vectors could not be written to the embedding cache" in said, said
-        assert "No space left on device" in said and "\n" not in said
+        assert f"no space left on the disk of {disk}" in said and "\n" not in said
         filler.unlink()
         kept = cached_rows(cache)
         assert kept >= 8, "what was cached before the disk filled is still there"

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pytest
 
+from qwen_assets.build.plan import PlanError
 from qwen_assets.definitions import rebuild_stale
 from qwen_assets.pause import PAUSE_ENV
 from qwen_assets.storage import StorageError, read_table
@@ -255,3 +257,76 @@ def test_a_site_folder_holding_someone_elses_files_is_refused_untouched(project_
     assert report.failure is not None and "\n" not in report.failure
     assert f"site.output_dir {theirs} holds files this project did not write" in report.failure
     assert site_files(theirs) == before, "nothing of theirs was overwritten or deleted"
+
+
+def test_outputs_deleted_or_changed_since_the_build_are_rebuilt(project_copy, tmp_path, server):
+    """The database people query deleted, data.json edited by hand, a page removed: the next
+    build names each and rebuilds it (and nothing else), paying nothing."""
+    project = project_copy(own_site(tmp_path))
+    assert build(project, []).succeeded
+    site = tmp_path / "own-site"
+    Path(project.database).unlink()
+    (site / "data.json").write_text('{"edited": true}')
+    (site / "task-topic.html").unlink()
+    server.reset()
+    lines: list[str] = []
+    report = build(project, lines)
+    assert report.succeeded, report.failure
+    assert any(line.startswith("rebuild query_database: ") for line in lines), lines
+    assert (
+        f"rebuild site_data: {site / 'data.json'} is not the payload the last build wrote" in lines
+    )
+    assert f"rebuild site_pages: {site / 'task-topic.html'} is missing" in lines
+    assert not any("task_embeddings" in line or "umap_coordinates" in line for line in lines)
+    assert server.received == []
+    assert read_table(project.database, "SELECT count(*) FROM task_embeddings").iloc[0, 0] > 0
+    assert (site / "task-topic.html").is_file()
+    assert (
+        hashlib.sha256((site / "data.json").read_bytes()).hexdigest()
+        == read_table(
+            project.build_database, "SELECT payload_sha256 FROM site_builds ORDER BY built_at DESC"
+        ).iloc[0, 0]
+    )
+    assert build(project, []).plan.empty
+
+
+def test_force_rebuilds_an_asset_and_what_follows_it(project_copy, tmp_path, server):
+    project = project_copy(own_site(tmp_path))
+    assert build(project, []).succeeded
+    server.reset()
+    report = rebuild_stale(
+        project.instance, project.settings(), force=["umap_coordinates[topic]"], log=print
+    )
+    assert report.succeeded
+    assert report.plan.reasons["umap_coordinates[topic]"] == "asked for by --force"
+    assert list(report.plan.by_task) == ["topic"] and "site_data" in str(report.plan.after)
+    assert server.received == [], "forcing a map re-projects it, it never re-embeds"
+    assert build(project, []).plan.empty, "forced once, not for ever"
+    with pytest.raises(PlanError, match=r"--force umap\[topic\]: no such asset; assets: "):
+        rebuild_stale(project.instance, project.settings(), force=["umap[topic]"], log=print)
+    with pytest.raises(PlanError, match=r"no partition 'topics'; partitions: default, topic"):
+        rebuild_stale(
+            project.instance, project.settings(), force=["task_embeddings[topics]"], log=print
+        )
+
+
+def test_a_damaged_builds_database_is_moved_aside_and_rebuilt_paying_nothing(
+    project_copy, tmp_path, server
+):
+    """The builds' database truncated (a crash, a full disk): the next build says so in one
+    line, keeps the damaged file aside and rebuilds the database from the archive and the
+    cache, which holds every paid vector."""
+    project = project_copy(own_site(tmp_path))
+    assert build(project, []).succeeded
+    damaged = Path(project.build_database)
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 3])
+    lines: list[str] = []
+    server.reset()
+    report = build(project, lines)
+    assert report.succeeded, report.failure
+    (aside,) = damaged.parent.glob(f"{damaged.name}.damaged-*")
+    (said,) = [line for line in lines if "is damaged" in line]
+    assert said.startswith(f"the database {damaged} is damaged (")
+    assert said.endswith(f"): moved it to {aside}; rebuilding it")
+    assert server.received == [], "the cache kept every paid vector"
+    assert build(project, []).plan.empty

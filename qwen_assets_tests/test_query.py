@@ -192,6 +192,28 @@ def test_export_round_trips_through_duckdb(cli, tmp_path: Path):
     assert not list(tmp_path.glob(".*partial")), "no half-written file is left behind"
 
 
+def test_export_refuses_a_folder_keeps_a_file_unless_forced_and_disarms_formulas(
+    cli, tmp_path: Path, database
+):
+    cli("export", str(tmp_path), "--task", "topic", expect=2)
+    assert f"{tmp_path} is a folder: name the file to write" in cli.err
+    mine = tmp_path / "mine.csv"
+    mine.write_text("my own numbers")
+    cli("export", str(mine), "--task", "topic", "--format", "csv", expect=2)
+    assert f"{mine} exists: pass --force to replace it" in cli.err
+    assert mine.read_text() == "my own numbers"
+    assert not list(tmp_path.glob(".*partial")), "nothing half-written is left behind"
+
+    cli("export", str(mine), "--task", "topic", "--format", "csv", "--force")
+    exported = duckdb.sql(f"SELECT doc_id, text FROM read_csv('{mine}')").fetchall()
+    stored = dict(database.execute("SELECT doc_id, text FROM newsgroups_sample").fetchall())
+    risky = [doc for doc, text in stored.items() if text[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert risky, "the sample holds texts a spreadsheet would run (the test needs one)"
+    for doc, text in exported:
+        assert text[:1] not in ("=", "+", "-", "@", "\t", "\r")
+        assert text == ("'" + stored[doc] if doc in risky else stored[doc])
+
+
 @pytest.mark.parametrize("command", ["build", "neighbours", "search", "compare", "export"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as raised:

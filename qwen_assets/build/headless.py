@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,9 +25,9 @@ from filelock import Timeout
 
 from qwen_assets.build import dagster_internals
 from qwen_assets.build.cost import embedding_cost
+from qwen_assets.build.plan import PlanError, project_plan
 from qwen_assets.build.prompts import (
     changed_instruction_observations,
-    instruction_versions,
     record_instruction_versions,
 )
 from qwen_assets.build.runs import (
@@ -40,10 +40,11 @@ from qwen_assets.build.runs import (
     in_progress_runs,
     wait_for_live_runs,
 )
-from qwen_assets.build.stale import PlannedRun, StalePlan, stale_plan
+from qwen_assets.build.stale import PlannedRun, StalePlan, Target
 from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.errors import user_error_names
 from qwen_assets.settings import Settings
+from qwen_assets.storage import DatabaseDamagedError, move_aside
 
 LOG_FOLDER = "logs"
 LISTED = 6  # more targets with one reason than this are said in one line
@@ -74,11 +75,14 @@ def build_stale(
     *,
     dry_run: bool = False,
     verbose: bool = False,
+    force: Sequence[str] = (),
     log: Log = print,
 ) -> BuildReport:
-    """Rebuild what is stale in ``defs`` (built from ``settings``); see the module's docstring."""
+    """Rebuild what is stale in ``defs`` (built from ``settings``); see the module's docstring.
+    ``force``: assets (``name`` or ``name[partition]``) to rebuild even when fresh."""
+    forced = forced_targets(defs, force)
     if dry_run:
-        return _plan_only(instance, settings, defs, log)
+        return _plan_only(instance, settings, defs, forced, log)
     shared = database_lock(settings.storage.build_database)
     with ExitStack() as held:
         for lock, what in [
@@ -93,11 +97,15 @@ def build_stale(
                 log(f"another qwen-assets build is running {what}; waiting for it")
                 lock.acquire()
             held.callback(lock.release)
-        return _build(instance, settings, defs, verbose, log)
+        return _build(instance, settings, defs, forced, verbose, log)
 
 
 def _plan_only(
-    instance: DagsterInstance, settings: Settings, defs: Definitions, log: Log
+    instance: DagsterInstance,
+    settings: Settings,
+    defs: Definitions,
+    forced: dict[Target, str],
+    log: Log,
 ) -> BuildReport:
     """The plan, and what a build would repair first; it reads and writes nothing else."""
     for record in in_progress_runs(instance):
@@ -108,7 +116,11 @@ def _plan_only(
     changed = [
         grid.label(str(o.partition)) for o in changed_instruction_observations(instance, settings)
     ]
-    plan = stale_plan(defs, instance, instruction_versions(settings))
+    try:
+        plan = project_plan(defs, instance, settings, forced)
+    except DatabaseDamagedError as error:
+        log(f"{error.args[0].split(': move it')[0]}: a build moves it aside and rebuilds it")
+        return BuildReport(plan=StalePlan(), changed_instructions=changed)
     _describe(plan, changed, settings, log)
     return BuildReport(plan=plan, changed_instructions=changed)
 
@@ -146,11 +158,22 @@ def _describe(plan: StalePlan, changed: list[str], settings: Settings, log: Log)
 
 
 def _build(
-    instance: DagsterInstance, settings: Settings, defs: Definitions, verbose: bool, log: Log
+    instance: DagsterInstance,
+    settings: Settings,
+    defs: Definitions,
+    forced: dict[Target, str],
+    verbose: bool,
+    log: Log,
 ) -> BuildReport:
     wait_for_live_runs(instance, log)
     changed = record_instruction_versions(instance, settings)
-    plan = stale_plan(defs, instance, instruction_versions(settings))
+    try:
+        plan = project_plan(defs, instance, settings, forced)
+    except DatabaseDamagedError as error:
+        # The builds' database holds nothing paid for (the cache does): rebuilt, not repaired.
+        aside = move_aside(settings.storage.build_database)
+        log(f"{error.args[0].split(': move it')[0]}: moved it to {aside}; rebuilding it")
+        plan = project_plan(defs, instance, settings, forced)
     _describe(plan, changed, settings, log)
     report = BuildReport(plan=plan, changed_instructions=changed)
     if plan.empty:
@@ -200,8 +223,38 @@ def _build(
             break
         # Take turns: whatever was launched meanwhile (the UI) runs first, then plan again.
         wait_for_live_runs(instance, log)
-        plan = stale_plan(defs, instance, instruction_versions(settings))
+        for key in run.keys:  # forced once: what a run built is no longer forced
+            for partition in run.tasks or (None,):
+                forced.pop((key, partition), None)
+        plan = project_plan(defs, instance, settings, forced)
     return report
+
+
+def forced_targets(defs: Definitions, names: Sequence[str]) -> dict[Target, str]:
+    """``--force`` arguments as targets: ``name`` (every partition) or ``name[partition]``."""
+    specs = {
+        spec.key.to_user_string(): spec
+        for spec in defs.resolve_all_asset_specs()
+        if defs.resolve_assets_def(spec.key).is_materializable
+    }
+    forced: dict[Target, str] = {}
+    for name in names:
+        asset, _, partition = name.partition("[")
+        spec = specs.get(asset)
+        if spec is None:
+            raise PlanError(f"--force {name}: no such asset; assets: {', '.join(sorted(specs))}")
+        keys = (
+            [str(key) for key in spec.partitions_def.get_partition_keys()]
+            if spec.partitions_def
+            else [None]
+        )
+        wanted = [partition.removesuffix("]")] if partition else keys
+        unknown = [key for key in wanted if key not in keys]
+        if unknown:
+            allowed = ", ".join(str(key) for key in keys) if keys != [None] else "none"
+            raise PlanError(f"--force {name}: no partition {unknown[0]!r}; partitions: {allowed}")
+        forced.update({(spec.key, key): "asked for by --force" for key in wanted})
+    return forced
 
 
 def _span(names: list[str]) -> str:

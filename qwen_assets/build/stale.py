@@ -292,10 +292,14 @@ def _why_stale(
 
 
 def _stale_targets(
-    graph: _Graph, instance: DagsterInstance, source_versions: Mapping[Target, str]
+    graph: _Graph,
+    instance: DagsterInstance,
+    source_versions: Mapping[Target, str],
+    outputs: Mapping[Target, str] | None = None,
 ) -> dict[Target, str]:
     """Every stale asset partition, plus everything downstream of one (it will be stale once
-    its input is rebuilt), with the reason."""
+    its input is rebuilt), with the reason. ``outputs``: partitions whose stored output is
+    gone or damaged (or that a person asked to rebuild), with why; stale too."""
     records = _Records(instance)
     dependents: dict[Target, list[Target]] = {}
     reasons: dict[Target, str] = {}
@@ -305,6 +309,8 @@ def _stale_targets(
             for source in graph.inputs(node, partition):
                 dependents.setdefault(source, []).append(target)
             why = _why_stale(graph, records, node, partition, source_versions)
+            if why is None and outputs and target in outputs:
+                why = outputs[target]
             if why is not None:
                 reasons[target] = why
     # Breadth first, in the graph's order: what follows many stale inputs is said to follow
@@ -341,12 +347,13 @@ def stale_plan(
     defs: Definitions,
     instance: DagsterInstance,
     source_versions: Mapping[Target, str] | None = None,
+    outputs: Mapping[Target, str] | None = None,
 ) -> StalePlan:
     """Every stale asset partition, plus everything downstream of one, grouped into runs.
     ``source_versions``: the current version of each observed source partition (for this
-    project, each task's prompt)."""
+    project, each task's prompt); ``outputs``: see ``_stale_targets``."""
     graph = _Graph(defs)
-    reasons = _stale_targets(graph, instance, source_versions or {})
+    reasons = _stale_targets(graph, instance, source_versions or {}, outputs)
     plan = StalePlan(reasons={label(target): why for target, why in reasons.items()})
     partitioned = [node for node in graph.nodes if node.partitions != [None]]
     first_partitioned = graph.nodes.index(partitioned[0]) if partitioned else len(graph.nodes)

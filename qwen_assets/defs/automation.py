@@ -28,9 +28,9 @@ from dagster import (
     sensor,
 )
 
+from qwen_assets.build.plan import project_plan
 from qwen_assets.build.prompts import (
     changed_instruction_observations,
-    instruction_versions,
     record_instruction_versions,
 )
 from qwen_assets.build.runs import (
@@ -40,7 +40,7 @@ from qwen_assets.build.runs import (
     fail_dead_runs,
     waiting_runs,
 )
-from qwen_assets.build.stale import StalePlan, stale_plan
+from qwen_assets.build.stale import StalePlan
 from qwen_assets.settings import Settings
 
 
@@ -89,7 +89,7 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions]):
         if busy:
             return SkipReason(busy)
         observations = changed_instruction_observations(context.instance, settings)
-        plan = stale_plan(defs_of(), context.instance, instruction_versions(settings))
+        plan = project_plan(defs_of(), context.instance, settings)
         if plan.empty:
             return SensorResult(asset_events=observations, skip_reason="everything is fresh")
         return SensorResult(
@@ -111,7 +111,7 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions]):
         if busy:
             return SkipReason(busy)
         record_instruction_versions(context.instance, settings)
-        plan = stale_plan(defs_of(), context.instance, instruction_versions(settings))
+        plan = project_plan(defs_of(), context.instance, settings)
         if plan.empty:
             return SkipReason("everything is fresh")
         return run_requests(plan, "daily_rebuild schedule", keyed=True)

@@ -14,6 +14,7 @@ from qwen_assets.corpus import load_raw_newsgroups, stratified_sample
 from qwen_assets.defs.metadata import content_hash, counts_markdown, preview_markdown
 from qwen_assets.defs.resources import Warehouse
 from qwen_assets.defs.tables import table_metadata
+from qwen_assets.embedding.core import announce
 from qwen_assets.properties import document_properties as properties_of
 from qwen_assets.settings import SCORE_PROPERTIES, Settings, fingerprint
 
@@ -69,11 +70,10 @@ def corpus_assets(settings: Settings) -> list[AssetsDefinition]:
         frame = sample.frame
         warehouse.replace_table("newsgroups_sample", frame)
         for category, available in sample.short_categories.items():
-            context.log.warning(
-                "%s has only %d documents after cleaning (asked for %s): took them all",
-                category,
-                available,
-                corpus.per_category,
+            announce(
+                context.log,
+                f"corpus.per_category is {corpus.per_category}, but {category} has only "
+                f"{available} posts after cleaning: took all {available}",
             )
         lengths = frame["text"].str.len()
         return MaterializeResult(

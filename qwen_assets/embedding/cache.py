@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -25,9 +23,11 @@ from qwen_assets.storage import (
     WAIT_FOR_LOCK_SECONDS,
     DatabaseBusyError,
     DatabaseMissingError,
+    DiskFullError,
     StorageError,
     connect,
     is_local_file,
+    move_aside,
     shown,
     table_exists,
 )
@@ -155,13 +155,7 @@ class EmbeddingCache:
 
     def move_aside(self) -> Path:
         """Keep an unreadable cache file for whoever wants to recover it, out of the way."""
-        path = Path(self.database).expanduser()
-        aside = path.with_name(f"{path.name}.unreadable-{datetime.now():%Y%m%d-%H%M%S}")
-        os.replace(path, aside)
-        wal = path.with_name(path.name + ".wal")
-        if wal.exists():
-            os.replace(wal, aside.with_name(aside.name + ".wal"))
-        return aside
+        return move_aside(self.database)
 
     def store(
         self, keys: Sequence[str], vectors: np.ndarray, *, wait_seconds: float | None = None
@@ -195,7 +189,7 @@ def _reading(database: str) -> Iterator[duckdb.DuckDBPyConnection]:
     try:
         with connect(database) as connection:
             yield connection
-    except DatabaseBusyError:
+    except (DatabaseBusyError, DiskFullError):
         raise
     except (StorageError, duckdb.IOException, duckdb.InternalException) as error:
         if not is_local_file(database) or "lock" in str(error).lower():

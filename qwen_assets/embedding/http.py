@@ -38,6 +38,7 @@ from qwen_assets.embedding.core import (
     EmbeddingConfigError,
     EmbeddingError,
     EmbeddingResponseError,
+    announce,
     make_batches,
 )
 from qwen_assets.redaction import redact_credentials, redact_secrets
@@ -46,6 +47,7 @@ from qwen_assets.settings import HttpSettings
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
 TOO_LARGE_WORDS = ("too large", "too long", "batch size", "too many", "maximum")
 MAX_RETRY_AFTER_SECONDS = 120.0
+SAID_WAIT_SECONDS = 10.0  # a wait this long is said on the command line, not only logged
 CHARS_PER_TOKEN = 4  # a rough estimate, only for the optional tokens-per-minute limit
 
 
@@ -204,7 +206,15 @@ class HttpBackend:
         def wait(state: RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
             if isinstance(error, RetryableStatus) and error.retry_after is not None:
-                return min(error.retry_after, MAX_RETRY_AFTER_SECONDS)
+                seconds = min(error.retry_after, MAX_RETRY_AFTER_SECONDS)
+                if seconds >= SAID_WAIT_SECONDS:  # a long silence needs saying where people look
+                    capped = ", the most this client waits" if error.retry_after > seconds else ""
+                    announce(
+                        self.log,
+                        f"{batch.label}: the server asks to wait {error.retry_after:g}s "
+                        f"(HTTP {error.status}, Retry-After); waiting {seconds:g}s{capped}",
+                    )
+                return seconds
             return wait_random_exponential(multiplier=0.5, max=30)(state)
 
         def before_sleep(state: RetryCallState) -> None:
