@@ -330,3 +330,44 @@ def test_a_damaged_builds_database_is_moved_aside_and_rebuilt_paying_nothing(
     assert said.endswith(f"): moved it to {aside}; rebuilding it")
     assert server.received == [], "the cache kept every paid vector"
     assert build(project, []).plan.empty
+
+
+def test_a_group_smaller_than_per_category_is_said_where_people_look(project_copy):
+    """Asking for more posts than a group has takes them all, and says so on the command line
+    (a note the build's display prints), not only in Dagster's log."""
+    import logging
+
+    from dagster import AssetKey
+
+    from qwen_assets.definitions import build_definitions
+    from qwen_assets.embedding.core import PROGRESS_LOGGER
+
+    project = project_copy(lambda raw: raw["corpus"].update(per_category=5000))
+    notes: list[str] = []
+
+    class Notes(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if hasattr(record, "embedding_note"):
+                notes.append(record.embedding_note)
+
+    handler = Notes()
+    PROGRESS_LOGGER.addHandler(handler)
+    try:
+        job = build_definitions(project.settings()).resolve_job_def("build_assets")
+        result = job.execute_in_process(
+            instance=project.instance, asset_selection=[AssetKey("newsgroups_sample")]
+        )
+    finally:
+        PROGRESS_LOGGER.removeHandler(handler)
+    assert result.success
+    sizes = dict(
+        read_table(
+            project.build_database,
+            "SELECT category, count(*) FROM newsgroups_sample GROUP BY category",
+        ).values.tolist()
+    )
+    assert sorted(notes) == sorted(
+        f"corpus.per_category is 5000, but {group} has only {size} posts after cleaning: "
+        f"took all {size}"
+        for group, size in sizes.items()
+    )
