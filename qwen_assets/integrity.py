@@ -43,7 +43,14 @@ def damaged_outputs(settings: Settings, maps: Mapping[str, tuple[str, str]]) -> 
     """Outputs that are missing or damaged, with why. ``maps``: each partition key of the
     task_embeddings and umap_coordinates assets -> its (variant, task)."""
     damage: Damage = {}
-    damage.update(_builds_database(settings.storage.build_database, maps))
+    builds = settings.storage.build_database
+    if is_local_file(builds) and not Path(builds).expanduser().exists():
+        # A project from before builds had a database of their own: the next run starts the
+        # builds' database from a copy of the one people query (see the Warehouse resource).
+        published = settings.storage.database
+        if is_local_file(published) and Path(published).expanduser().exists():
+            builds = published
+    damage.update(_builds_database(builds, maps))
     damage.update(_query_database(settings.storage.database))
     damage.update(_site(settings, settings.storage.build_database))
     folder = settings.publish.folder

@@ -8,6 +8,7 @@ installed folder with the hub offline; it stands in for Qwen3-Embedding, which i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from dagster import DagsterInstance, instance_for_test
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from qwen_assets.settings import ENVIRONMENT_OVERRIDES
 from qwen_assets.testing import (
     SUITE_MAX_SEQ_LENGTH,
     EmbeddingServer,
@@ -43,6 +45,22 @@ from qwen_assets_tests.no_skips import (  # noqa: E402, F401
     pytest_make_collect_report,
     pytest_runtest_makereport,
 )
+
+# The variables that point the project at a user's files. The suite runs with them cleared,
+# in every test and every child process, so a developer who exported one (as the README
+# shows) never finds test vectors in their cache, database or site.
+PROJECT_VARIABLES = (
+    "QWEN_ASSETS_SETTINGS",
+    *(v for v in ENVIRONMENT_OVERRIDES if v != ARCHIVE_ENV),
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sealed_from_the_users_files() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        for variable in PROJECT_VARIABLES:
+            patch.delenv(variable, raising=False)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -133,15 +151,14 @@ class Project:
         return int(read_table(self.database, "SELECT count(*) FROM newsgroups_sample").iloc[0, 0])
 
 
-def rooted(raw: dict, root: Path, *, site: bool = True) -> dict:
-    """``raw`` with its databases (and unless ``site`` is false, its site) under ``root``."""
+def rooted(raw: dict, root: Path) -> dict:
+    """``raw`` with its databases, cache and site under ``root``."""
     moved = json.loads(json.dumps(raw))
     moved["storage"].update(
         database=str(root / "warehouse.duckdb"), embedding_cache=str(root / "cache.duckdb")
     )
     moved["storage"].pop("build_database", None)
-    if site:
-        moved["site"]["output_dir"] = str(root / "site")
+    moved["site"]["output_dir"] = str(root / "site")
     return moved
 
 
@@ -159,6 +176,30 @@ def build_project(root: Path, raw: dict, stack: ExitStack) -> Project:
     return project
 
 
+def files_digest(root: Path) -> dict[str, str]:
+    """Each file under a project's folder and a hash of it (not Dagster's own records, which
+    reading them may touch, nor lock files)."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+        and "dagster_home" not in path.relative_to(root).parts
+        and not path.name.endswith(".lock")
+    }
+
+
+@contextmanager
+def left_as_built(project: Project) -> Iterator[Project]:
+    """A shared project, checked at the end of the session: no test wrote into it."""
+    before = files_digest(project.root)
+    yield project
+    after = files_digest(project.root)
+    changed = sorted(
+        name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
+    )
+    assert not changed, f"a test wrote into the shared project {project.root}: {changed}"
+
+
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory, server: EmbeddingServer, archive: str):
     """The whole pipeline, built once from nothing on the real sample through the loopback
@@ -167,7 +208,9 @@ def built(tmp_path_factory: pytest.TempPathFactory, server: EmbeddingServer, arc
     root = tmp_path_factory.mktemp("project")
     server.reset()
     with ExitStack() as stack:
-        yield build_project(root, project_settings(root, server, archive), stack)
+        project = build_project(root, project_settings(root, server, archive), stack)
+        with left_as_built(project):
+            yield project
 
 
 def small_project(
@@ -188,7 +231,8 @@ def small_project(
     with ExitStack() as stack:
         project = build_project(root, raw, stack)
         project.cold_requests = len(server.received)
-        yield project
+        with left_as_built(project):
+            yield project
 
 
 @pytest.fixture(scope="session")
@@ -215,10 +259,9 @@ def variants_built(tmp_path_factory: pytest.TempPathFactory, server: EmbeddingSe
 @pytest.fixture
 def project_copy(small_built: Project, tmp_path: Path):
     """A copy of a built project (the small one unless ``of`` says otherwise), its databases,
-    cache and Dagster history included, under new settings: call it with a function that
-    edits the raw settings. Nothing is rebuilt: the copy is as fresh as the original. It
-    writes its site where the original did (a site elsewhere makes the site's assets stale):
-    a test that builds or changes the site gives it a folder of its own."""
+    cache, site and Dagster history included, under new settings: call it with a function
+    that edits the raw settings. Nothing is rebuilt: the copy is as fresh as the original,
+    and everything it writes stays in its own folder."""
     with ExitStack() as stack:
         made: list[int] = []
 
@@ -226,7 +269,7 @@ def project_copy(small_built: Project, tmp_path: Path):
             root = tmp_path / f"copy{len(made)}"
             made.append(1)
             shutil.copytree(of.root, root, ignore=shutil.ignore_patterns("*.lock"))
-            raw = rooted(of.raw, root, site=False)
+            raw = rooted(of.raw, root)
             edit(raw)
             write_settings(root / "settings.toml", raw)
             instance = stack.enter_context(instance_for_test(temp_dir=str(root / "dagster_home")))

@@ -27,15 +27,6 @@ TOPIC = "Identify the topic or theme of the given text"
 EDITED_TOPIC = "Name the subject the given post is about"
 
 
-def own_site(tmp_path: Path):
-    """A settings edit: the copy writes its site in a folder of its own."""
-
-    def edit(raw: dict) -> None:
-        raw["site"]["output_dir"] = str(tmp_path / "own-site")
-
-    return edit
-
-
 def build(project, lines: list[str] | None = None):
     return rebuild_stale(
         project.instance, project.settings(), log=(lines.append if lines is not None else print)
@@ -64,14 +55,13 @@ def rewrite(project, edit) -> None:
 
 
 def test_a_map_whose_step_failed_after_its_embeddings_is_rebuilt_by_any_later_build(
-    project_copy, tmp_path, monkeypatch, server
+    project_copy, monkeypatch, server
 ):
     """The instruction changes, the embeddings are rebuilt, and the map's step dies: the next
     build (another run) must re-project the map, never keep the old instruction's map."""
     from qwen_assets.defs import projection_assets
 
-    project = project_copy(own_site(tmp_path))
-    build(project, [])  # the copy's own site
+    project = project_copy()
     before = coordinates(project.build_database, "topic")
     rewrite(project, new_topic)
 
@@ -95,22 +85,19 @@ def test_a_map_whose_step_failed_after_its_embeddings_is_rebuilt_by_any_later_bu
     assert not np.allclose(before, after), "the map follows the new instruction's vectors"
 
     # The same settings built in one go from the same cache give the same map.
-    clean = project_copy(lambda raw: (own_site(tmp_path / "clean")(raw), new_topic(raw)))
+    clean = project_copy(new_topic)
     assert build(clean, []).succeeded
     assert np.allclose(coordinates(clean.build_database, "topic"), after)
     assert build(project, []).plan.empty, "and afterwards everything is fresh"
 
 
-def test_a_site_step_that_fails_leaves_its_files_with_its_tables(
-    project_copy, tmp_path, monkeypatch
-):
+def test_a_site_step_that_fails_leaves_its_files_with_its_tables(project_copy, monkeypatch):
     """site_data fails after its payload is written and before its tables are (a busy
     database): the site's files stay as the tables describe them, and nothing is left over."""
     from qwen_assets.defs.resources import Warehouse
 
-    project = project_copy(own_site(tmp_path))
-    assert build(project, []).succeeded
-    site = tmp_path / "own-site"
+    project = project_copy()
+    site = project.root / "site"
 
     def files() -> dict[str, bytes]:
         return {str(p.relative_to(site)): p.read_bytes() for p in site.rglob("*") if p.is_file()}
@@ -185,8 +172,7 @@ def test_a_build_killed_at_every_step_boundary_ends_as_a_clean_build(
     stops itself at the next point not yet reached, then dies there). One more build then
     leaves every table, the database people query and the site equal to a clean build's of
     the same settings, and no prompt was paid for twice."""
-    project = project_copy(own_site(tmp_path))
-    assert build(project, []).succeeded
+    project = project_copy()
     rewrite(project, new_topic)
     environ = {
         **os.environ,
@@ -226,14 +212,14 @@ def test_a_build_killed_at_every_step_boundary_ends_as_a_clean_build(
     sent = Counter(text for text in server.texts_received if EDITED_TOPIC in text)
     assert sent and max(sent.values()) == 1, "no prompt was paid for twice"
 
-    clean = project_copy(lambda raw: (own_site(tmp_path / "clean")(raw), new_topic(raw)))
+    clean = project_copy(new_topic)
     assert build(clean, []).succeeded
     for ours, theirs in [
         (project.build_database, clean.build_database),
         (project.database, clean.database),
     ]:
         assert tables(ours) == tables(theirs)
-    assert site_files(tmp_path / "own-site") == site_files(tmp_path / "clean" / "own-site")
+    assert site_files(project.root / "site") == site_files(clean.root / "site")
     assert build(project, []).plan.empty
 
 
@@ -259,12 +245,11 @@ def test_a_site_folder_holding_someone_elses_files_is_refused_untouched(project_
     assert site_files(theirs) == before, "nothing of theirs was overwritten or deleted"
 
 
-def test_outputs_deleted_or_changed_since_the_build_are_rebuilt(project_copy, tmp_path, server):
+def test_outputs_deleted_or_changed_since_the_build_are_rebuilt(project_copy, server):
     """The database people query deleted, data.json edited by hand, a page removed: the next
     build names each and rebuilds it (and nothing else), paying nothing."""
-    project = project_copy(own_site(tmp_path))
-    assert build(project, []).succeeded
-    site = tmp_path / "own-site"
+    project = project_copy()
+    site = project.root / "site"
     Path(project.database).unlink()
     (site / "data.json").write_text('{"edited": true}')
     (site / "task-topic.html").unlink()
@@ -290,9 +275,8 @@ def test_outputs_deleted_or_changed_since_the_build_are_rebuilt(project_copy, tm
     assert build(project, []).plan.empty
 
 
-def test_force_rebuilds_an_asset_and_what_follows_it(project_copy, tmp_path, server):
-    project = project_copy(own_site(tmp_path))
-    assert build(project, []).succeeded
+def test_force_rebuilds_an_asset_and_what_follows_it(project_copy, server):
+    project = project_copy()
     server.reset()
     report = rebuild_stale(
         project.instance, project.settings(), force=["umap_coordinates[topic]"], log=print
@@ -310,14 +294,11 @@ def test_force_rebuilds_an_asset_and_what_follows_it(project_copy, tmp_path, ser
         )
 
 
-def test_a_damaged_builds_database_is_moved_aside_and_rebuilt_paying_nothing(
-    project_copy, tmp_path, server
-):
+def test_a_damaged_builds_database_is_moved_aside_and_rebuilt_paying_nothing(project_copy, server):
     """The builds' database truncated (a crash, a full disk): the next build says so in one
     line, keeps the damaged file aside and rebuilds the database from the archive and the
     cache, which holds every paid vector."""
-    project = project_copy(own_site(tmp_path))
-    assert build(project, []).succeeded
+    project = project_copy()
     damaged = Path(project.build_database)
     damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 3])
     lines: list[str] = []

@@ -154,7 +154,9 @@ def site_assets(
     payload_version = fingerprint(
         {
             "site_data": 7,  # the payload, its files and its tables, as this code writes them
-            "site": site.model_dump(),
+            # Not where the site is written: a site moved or deleted is found by the build's
+            # check of its outputs, and a copied project stays fresh.
+            "site": site.model_dump(exclude={"output_dir"}),
             "variants": {name: v.description for name, v in settings.variants.items()},
             # descriptions and targets shape the payload and the figures, not the vectors
             "tasks": {name: task.model_dump() for name, task in settings.tasks.items()},
