@@ -55,12 +55,10 @@ PROJECT_VARIABLES = (
 )
 
 
-@pytest.fixture(scope="session", autouse=True)
-def sealed_from_the_users_files() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        for variable in PROJECT_VARIABLES:
-            patch.delenv(variable, raising=False)
-        yield
+# Cleared as the suite starts, before any test module is imported (importing the
+# definitions loads the settings), for the whole session and every child process.
+for variable in PROJECT_VARIABLES:
+    os.environ.pop(variable, None)
 
 
 @pytest.fixture(scope="session")
@@ -266,16 +264,40 @@ def project_copy(small_built: Project, tmp_path: Path):
         made: list[int] = []
 
         def make(edit: Callable[[dict], None] = lambda raw: None, of: Project = small_built):
-            root = tmp_path / f"copy{len(made)}"
             made.append(1)
-            shutil.copytree(of.root, root, ignore=shutil.ignore_patterns("*.lock"))
-            raw = rooted(of.raw, root)
-            edit(raw)
-            write_settings(root / "settings.toml", raw)
-            instance = stack.enter_context(instance_for_test(temp_dir=str(root / "dagster_home")))
-            return Project(root, raw, instance)
+            return copy_project(of, tmp_path / f"copy{len(made) - 1}", stack, edit)
 
         yield make
+
+
+def copy_project(
+    of: Project, root: Path, stack: ExitStack, edit: Callable[[dict], None] = lambda raw: None
+) -> Project:
+    """``of`` copied whole under ``root`` (``edit`` changes the copy's settings), with a Dagster
+    instance of its own that ``stack`` closes."""
+    shutil.copytree(of.root, root, ignore=shutil.ignore_patterns("*.lock"))
+    raw = rooted(of.raw, root)
+    edit(raw)
+    write_settings(root / "settings.toml", raw)
+    instance = stack.enter_context(instance_for_test(temp_dir=str(root / "dagster_home")))
+    return Project(root, raw, instance)
+
+
+@pytest.fixture(scope="session")
+def queried(built: Project, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
+    """A copy of the built project for the command line's questions: ``search`` caches the
+    vector of each query it embeds, which must not land in the shared project."""
+    with ExitStack() as stack:
+        yield copy_project(built, tmp_path_factory.mktemp("queried") / "project", stack)
+
+
+@pytest.fixture(scope="session")
+def variants_queried(
+    variants_built: Project, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Project]:
+    """The same for the project with variants."""
+    with ExitStack() as stack:
+        yield copy_project(variants_built, tmp_path_factory.mktemp("vqueried") / "p", stack)
 
 
 def cli_on(project: Project, monkeypatch, capsys) -> Callable[..., str]:

@@ -212,12 +212,13 @@ def test_an_unreadable_cache_is_moved_aside_with_one_line(fresh_server, cache, c
     path = Path(cache)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
     fresh_server.reset()
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.INFO, logger="qwen_assets.progress")
     vectors, stats = run(fresh_server, cache)
     assert vectors.shape[0] == len(TEXTS) and stats.computed == len(TEXTS)
     (aside,) = path.parent.glob("cache.duckdb.damaged-*")
-    said = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
-    assert len(said) == 1 and str(aside) in said[0]
+    (said,) = [r.embedding_note for r in caplog.records if hasattr(r, "embedding_note")]
+    assert said.startswith(f"the embedding cache {cache} cannot be read (")
+    assert said.endswith(f": moved it to {aside}; its vectors are asked for again")
     assert cached_rows(cache) == len(TEXTS), "a new cache holds what this run was answered"
 
 

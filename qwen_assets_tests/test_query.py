@@ -119,9 +119,9 @@ def test_readme_headline_query_names_each_targeted_task_and_its_target(database)
 
 
 @pytest.fixture
-def cli(built, monkeypatch, capsys):
-    """Run ``qwen-assets ...`` in process on the built project; returns stdout."""
-    return cli_on(built, monkeypatch, capsys)
+def cli(queried, monkeypatch, capsys):
+    """Run ``qwen-assets ...`` in process on a copy of the built project; returns stdout."""
+    return cli_on(queried, monkeypatch, capsys)
 
 
 def test_neighbours_are_the_posts_numpy_finds_nearest(cli, database):

@@ -224,8 +224,8 @@ def test_the_query_views_and_the_readmes_variant_query_hold_every_variant(varian
 
 
 @pytest.fixture
-def variants_cli(variants_built, monkeypatch, capsys):
-    return cli_on(variants_built, monkeypatch, capsys)
+def variants_cli(variants_queried, monkeypatch, capsys):
+    return cli_on(variants_queried, monkeypatch, capsys)
 
 
 def test_the_command_line_reads_the_variant_it_is_given(variants_cli, variants_built):

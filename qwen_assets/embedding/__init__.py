@@ -71,13 +71,14 @@ def embed_texts(
 ) -> tuple[np.ndarray, EmbeddingStats]:
     """Unit-length vectors for ``prefix + text``, one row per text, in order."""
     cache = EmbeddingCache(cache_database, settings.cache_model(backend.name), settings.dimensions)
-    return embed_prompts(
-        texts,
-        prefix,
-        backend,
-        cache,
-        batch_size=settings.batch_size,
-        dimensions=settings.dimensions,
-        log=log,
-        label=label,
-    )
+    with cache.exclusive(log):
+        return embed_prompts(
+            texts,
+            prefix,
+            backend,
+            cache,
+            batch_size=settings.batch_size,
+            dimensions=settings.dimensions,
+            log=log,
+            label=label,
+        )

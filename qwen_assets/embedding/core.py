@@ -366,21 +366,8 @@ def embed_prompts(
     label: str = "",
 ) -> tuple[np.ndarray, EmbeddingStats]:
     """Vectors for ``prefix + text`` of every text, computing only what the cache lacks.
-    ``label`` names the texts in progress reports (the task)."""
-    with cache.exclusive(log):
-        return _embed_missing(texts, prefix, backend, cache, batch_size, dimensions, log, label)
-
-
-def _embed_missing(
-    texts: Sequence[str],
-    prefix: str,
-    backend: Backend,
-    cache: EmbeddingCache,
-    batch_size: int,
-    dimensions: int | None,
-    log: logging.Logger,
-    label: str,
-) -> tuple[np.ndarray, EmbeddingStats]:
+    ``label`` names the texts in progress reports (the task). The caller holds the cache
+    (``EmbeddingCache.exclusive``)."""
     started = time.monotonic()
     stats = EmbeddingStats(backend=backend.name, model=cache.model, total=len(texts))
     keys = [prompt_key(prefix + text) for text in texts]
@@ -430,11 +417,11 @@ def _embed_missing(
         answers.flush(wait_seconds=cache.lock_wait_seconds)
     problem = failure or (answers.refused[0] if answers.refused else None)
     if answers.unstored:
-        kept = sum(len(batch_keys) for batch_keys, _ in answers.unstored)
+        unsaved = sum(len(batch_keys) for batch_keys, _ in answers.unstored)
         raise EmbeddingError(
-            f"{kept} answered vectors could not be written to the embedding cache "
+            f"{unsaved} answered vectors could not be written to the embedding cache "
             f"{shown(cache.database)} ({_first_line(answers.store_error)}); free space or close "
-            f"what holds it, then rerun: the {stats.computed - kept} cached are kept"
+            f"what holds it, then rerun: the {stats.computed - unsaved} cached are kept"
         )
     if problem is not None:
         raise type(problem)(
@@ -478,7 +465,6 @@ def _cached(
         found = cache.lookup(keys)
     except CacheUnreadableError as error:
         aside = cache.move_aside()
-        log.warning("%s: moved it to %s and started a new one", error, aside)
         announce(log, f"{error}: moved it to {aside}; its vectors are asked for again")
         return {}, dimensions
     if size is not None:
