@@ -315,25 +315,33 @@ OWNED_MARKER = ".qwen-assets-site"
 STAGED_MARK = ".qwen-staged-"  # a new file beside the one it replaces, until swapped in
 
 
-def claim_folder(folder: Path, setting: str) -> None:
-    """Write only into a folder this project made, an empty one, or a site an earlier release
-    built there (its data.json says so): anything else holds someone's files, which a build
-    would overwrite or delete, so it is refused. The folder is marked as this project's."""
+def folder_refusal(folder: Path, setting: str) -> str | None:
+    """Why this project must not write into ``folder``, or None. It writes only into a
+    folder it made, an empty one, or a site an earlier release built there (its data.json
+    says so): anything else holds someone's files, which a build would overwrite or delete."""
     if (folder / OWNED_MARKER).is_file():
-        return
+        return None
     if folder.exists() and not folder.is_dir():
-        raise SiteError(f"{setting} {folder} is a file; name a folder (new or empty)")
+        return f"{setting} points at {folder}, which is a file; name a folder (new or empty)"
     entries = sorted(path.name for path in folder.iterdir()) if folder.exists() else []
     if entries and not _an_earlier_site(folder):
-        shown = ", ".join(entries[:3]) + (
-            f" and {len(entries) - 3} more" if len(entries) > 3 else ""
+        more = f" and {len(entries) - 3} more" if len(entries) > 3 else ""
+        return (
+            f"{setting} points at {folder}, which holds files this project did not write "
+            f"({', '.join(entries[:3])}{more}); name a new or empty folder: the site's files "
+            "there are replaced on every build"
         )
-        raise SiteError(
-            f"{setting} {folder} holds files this project did not write ({shown}); name a new "
-            "or empty folder: the site's files there are replaced on every build"
-        )
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / OWNED_MARKER).write_text("written by qwen-assets; its files are replaced\n")
+    return None
+
+
+def claim_folder(folder: Path, setting: str) -> None:
+    """Mark ``folder`` as this project's, or refuse it (see ``folder_refusal``)."""
+    refusal = folder_refusal(folder, setting)
+    if refusal is not None:
+        raise SiteError(refusal)
+    if not (folder / OWNED_MARKER).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / OWNED_MARKER).write_text("written by qwen-assets; its files are replaced\n")
 
 
 def _an_earlier_site(folder: Path) -> bool:

@@ -16,12 +16,15 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from dagster import AssetKey
 
 from qwen_assets.build.plan import PlanError
-from qwen_assets.definitions import rebuild_stale
+from qwen_assets.definitions import build_definitions, rebuild_stale
 from qwen_assets.pause import PAUSE_ENV
+from qwen_assets.site import SiteError
 from qwen_assets.storage import StorageError, read_table
 from qwen_assets.testing import write_settings
+from qwen_assets_tests.conftest import failure_message
 
 TOPIC = "Identify the topic or theme of the given text"
 EDITED_TOPIC = "Name the subject the given post is about"
@@ -238,10 +241,23 @@ def test_a_site_folder_holding_someone_elses_files_is_refused_untouched(project_
         (theirs / name).write_text(text)
     before = site_files(theirs)
     project = project_copy(lambda raw: raw["site"].update(output_dir=str(theirs)))
-    report = build(project, [])
-    assert not report.succeeded
-    assert report.failure is not None and "\n" not in report.failure
-    assert f"site.output_dir {theirs} holds files this project did not write" in report.failure
+    with pytest.raises(SiteError) as refused:
+        build(project, [])
+    assert str(refused.value).startswith(
+        f"site.output_dir points at {theirs}, which holds files this project did not write "
+        "(assets, index.html, task-old.html and 1 more)"
+    )
+    # Refused where the site is written too (a run launched from the UI, say).
+    job = build_definitions(project.settings()).resolve_job_def("build_assets")
+    result = job.execute_in_process(
+        instance=project.instance,
+        asset_selection=[
+            AssetKey(name) for name in ("site_data", "task_quality", "map_clusters", "site_builds")
+        ],
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert "which holds files this project did not write" in failure_message(result)
     assert site_files(theirs) == before, "nothing of theirs was overwritten or deleted"
 
 
@@ -318,9 +334,6 @@ def test_a_group_smaller_than_per_category_is_said_where_people_look(project_cop
     (a note the build's display prints), not only in Dagster's log."""
     import logging
 
-    from dagster import AssetKey
-
-    from qwen_assets.definitions import build_definitions
     from qwen_assets.embedding.core import PROGRESS_LOGGER
 
     project = project_copy(lambda raw: raw["corpus"].update(per_category=5000))

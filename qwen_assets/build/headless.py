@@ -44,6 +44,7 @@ from qwen_assets.build.stale import PlannedRun, StalePlan, Target
 from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.errors import user_error_names
 from qwen_assets.settings import Settings
+from qwen_assets.site import SiteError, folder_refusal
 from qwen_assets.storage import DatabaseDamagedError, move_aside
 
 LOG_FOLDER = "logs"
@@ -81,6 +82,14 @@ def build_stale(
     """Rebuild what is stale in ``defs`` (built from ``settings``); see the module's docstring.
     ``force``: assets (``name`` or ``name[partition]``) to rebuild even when fresh."""
     forced = forced_targets(defs, force)
+    folders = {
+        "site.output_dir": settings.site.output_dir,
+        "publish.folder": settings.publish.folder,
+    }
+    for setting, folder in folders.items():  # said before anything is paid for
+        refused = folder_refusal(Path(folder), setting) if folder else None
+        if refused:
+            raise SiteError(refused)
     if dry_run:
         return _plan_only(instance, settings, defs, forced, log)
     shared = database_lock(settings.storage.build_database)
