@@ -123,7 +123,7 @@ def test_an_interrupt_that_duckdb_turns_into_its_own_error_still_stops_the_build
         )
         assert finished.stdout.strip() == "interrupted", finished.stdout + finished.stderr[-2000:]
         (run,) = instance.get_runs()
-        assert run.status in {DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE}, "closed"
+        assert run.status == DagsterRunStatus.CANCELED, "closed as a person stopped it"
 
 
 def test_a_run_recorded_on_another_host_is_never_judged_from_here():

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions, ExecuteInProcessResult
+from dagster import (
+    AssetKey,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    Definitions,
+    ExecuteInProcessResult,
+)
 from filelock import Timeout
 
 from qwen_assets.build import dagster_internals
@@ -280,9 +287,11 @@ def _level(verbose: bool) -> str:
 
 
 def _stop(instance: DagsterInstance, run_id: str) -> None:
-    """A run this process started and is leaving: mark it canceled if Dagster could not."""
+    """A run this process started and a person stopped (Ctrl-C, SIGTERM): canceled, as a run
+    stopped from the UI is. Dagster records an interrupted step as a failed run, or leaves
+    the run open when the interrupt lands outside a step."""
     run = instance.get_run_by_id(run_id)
-    if run is not None and run.status in IN_PROGRESS:
+    if run is not None and run.status in {*IN_PROGRESS, DagsterRunStatus.FAILURE}:
         dagster_internals.cancel_run(instance, run, "Stopped by Ctrl-C or SIGTERM.")
     dagster_internals.free_pool_slots(instance, run_id)
 
