@@ -390,11 +390,18 @@ def test_int8_on_a_cpu_without_int8_instructions_is_one_warning_at_the_start(
     assert "measured slower than float32" in warnings[0]
 
 
-def test_runtime_auto_versions_the_vectors_as_the_runtime_it_picks_here():
+@pytest.mark.parametrize(("cpu_has", "picked"), [(("avx512_vnni",), "onnx-int8"), ((), "torch")])
+def test_runtime_auto_versions_the_vectors_as_the_runtime_it_picks(monkeypatch, cpu_has, picked):
+    """On a CPU with int8 dot products "auto" is the int8 runtime, elsewhere the model's own
+    weights; either way its vectors are versioned as that runtime's."""
+
     def versions(**local):
         raw = settings_dict(embedding={"backend": "local", "local": {"device": "cpu", **local}})
         settings = parse_settings(raw)
         return [settings.task_version(task) for task in settings.task_names]
 
-    picked = "onnx-int8" if hardware.int8_dot_products() else "torch"
+    monkeypatch.setattr(hardware, "int8_dot_products", lambda flags=None: list(cpu_has))
     assert versions(runtime="auto") == versions(runtime=picked)
+    assert versions(runtime="auto") != versions(
+        runtime="torch" if picked == "onnx-int8" else "onnx-int8"
+    )

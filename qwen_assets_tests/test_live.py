@@ -308,7 +308,9 @@ def test_people_query_through_a_cold_build_an_edit_and_a_sensor_run(
             "the sensor records the changed prompt and the UI shows it stale",
         )
         assert ui.stale_partitions("task_embeddings") == ["topic"], "that partition only"
-        assert ui.stale_partitions("umap_coordinates") in ([], ["topic"])
+        # Dagster marks a map stale once its embeddings are rebuilt, not before (it does not
+        # pass an input's staleness on): the sensor's run is held before that.
+        assert ui.stale_partitions("umap_coordinates") == []
         assert wait_until(lambda: server.waiting, 60, "the sensor's run asks for vectors")
         server.release()
         wait_until(
