@@ -301,7 +301,9 @@ def test_force_rebuilds_an_asset_and_what_follows_it(project_copy, server):
     assert report.plan.reasons["umap_coordinates[topic]"] == "asked for by --force"
     assert list(report.plan.by_task) == ["topic"] and "site_data" in str(report.plan.after)
     assert server.received == [], "forcing a map re-projects it, it never re-embeds"
-    assert build(project, []).plan.empty, "forced once, not for ever"
+    said: list[str] = []
+    assert build(project, said).plan.empty, "forced once, not for ever"
+    assert said == ["everything is fresh: nothing to build"]
     with pytest.raises(PlanError, match=r"--force umap\[topic\]: no such asset; assets: "):
         rebuild_stale(project.instance, project.settings(), force=["umap[topic]"], log=print)
     with pytest.raises(PlanError, match=r"no partition 'topics'; partitions: default, topic"):

@@ -247,6 +247,21 @@ def test_the_command_line_reads_the_variant_it_is_given(variants_cli, variants_b
         variants_cli("compare", doc, "--tasks", "official/topic,small/topic", "--format", "json")
     )
     assert {"rank_official/topic", "rank_small/topic"} <= set(side_by_side[0])
+    text = read_table(
+        variants_built.database, "SELECT text FROM newsgroups_sample WHERE doc_id = ?", [doc]
+    )["text"][0]
+    sentence = " ".join(text.split()[:40])
+    found = {
+        variant: json.loads(
+            variants_cli(
+                "search", sentence, "--task", "topic", "--variant", variant, "--format", "json"
+            )
+        )
+        for variant in VARIANTS
+    }
+    for rows in found.values():
+        assert rows[0]["doc_id"] == doc, "its own first words find the post, in each variant"
+    assert found["official"] != found["small"], "each variant's space answers for itself"
     variants_cli("neighbours", doc, "--task", "topic", "--variant", "large", expect=2)
     assert variants_cli.err.strip() == (
         "qwen-assets: unknown variant 'large'; configured variants: official, small"
