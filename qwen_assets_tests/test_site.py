@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from qwen_assets.site import (
     plotly_bundle,
@@ -245,7 +246,7 @@ def test_the_explorer_loads_cleanly_and_stays_on_its_origin(page_on_each_origin,
 
 def test_every_task_button_moves_the_points_and_renders_a_picture(page, payload):
     page.open()
-    seen = []
+    seen, pictures = [], set()
     for task in payload["tasks"]:
         page.page.click(f"#task-buttons button[data-task='{task['name']}']")
         page.page.wait_for_timeout(TRANSITION_SETTLE_MS)
@@ -262,7 +263,13 @@ def test_every_task_button_moves_the_points_and_renders_a_picture(page, payload)
         (ARTIFACTS / f"explorer-{task['name']}.png").write_bytes(shot)
         drawn = page.page.locator("#plot .scatterlayer .trace .point").count()
         assert drawn >= len(payload["documents"]["id"]), f"the {task['name']} map drew {drawn}"
+        picture = Image.open(io.BytesIO(shot)).convert("RGB")
+        background, *_ = max(picture.getcolors(1 << 24), key=lambda count: count[0])
+        inked = 1 - background / (picture.width * picture.height)
+        assert inked > 0.02, f"the {task['name']} picture is {inked:.1%} points, lines and words"
+        pictures.add(shot)
     assert len(set(seen)) == len(payload["tasks"]), "each task draws its own coordinates"
+    assert len(pictures) == len(payload["tasks"]), "and each picture is its own"
     assert page.errors == []
 
 
