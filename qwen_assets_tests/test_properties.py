@@ -21,6 +21,22 @@ def test_each_property_orders_obvious_texts_as_a_person_would():
 
 
 def test_scores_stay_in_their_ranges_and_need_no_download():
+    """Scored in a fresh process with every socket refused: the libraries' data is shipped."""
+    import subprocess
+    import sys
+
+    guard = (
+        "import socket\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise OSError('the network was used')\n"
+        "socket.socket.connect = refuse\n"
+        "socket.create_connection = refuse\n"
+        "from qwen_assets.properties import document_properties\n"
+        "print(document_properties(['ok', 'you idiot']).to_json())\n"
+    )
+    scored = subprocess.run([sys.executable, "-c", guard], capture_output=True, text=True)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert "hostility" in scored.stdout
     texts = [KIND * 30, "", PLAIN, "ok"]
     frame = document_properties(texts)
     assert np.isfinite(frame.to_numpy()).all()
