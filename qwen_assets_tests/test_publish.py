@@ -178,10 +178,16 @@ def test_the_published_site_asset_follows_site_pages_and_commits_only_a_changed_
             assert result.success
             return result.asset_materializations_for_node("published_site")[0].metadata
 
+    def commits() -> list[str]:
+        return git("rev-list", "pages", cwd=remote).split()
+
     first = publish()
     assert first["changed"].value is True
     assert git("show", "pages:index.html", cwd=remote) == (site / "index.html").read_text()
+    assert commits() == [first["commit"].value]
     assert publish()["changed"].value is False, "an unchanged site is not committed again"
+    assert commits() == [first["commit"].value], "the remote holds no new commit"
     (site / "data.js").write_text((site / "data.js").read_text() + "\n")
     third = publish()
     assert third["changed"].value is True and third["commit"].value != first["commit"].value
+    assert commits() == [third["commit"].value, first["commit"].value]
