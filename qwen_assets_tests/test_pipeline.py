@@ -215,7 +215,9 @@ def sensor_tick(settings_file: Path, instance):
         return sensor.evaluate_tick(context)
 
 
-def test_the_sensor_requests_exactly_the_edited_task_and_waits_for_queued_runs(project_copy):
+def test_the_sensor_requests_exactly_the_edited_task_and_waits_for_a_run_in_progress(
+    project_copy,
+):
     project = project_copy()
     settings_file, instance = project.settings_path, project.instance
     quiet = sensor_tick(settings_file, instance)
