@@ -483,3 +483,22 @@ def test_a_project_from_before_the_build_database_moves_over_without_paying_agai
     assert read_table(project.database, "SELECT count(*) FROM task_embeddings").iloc[0, 0] == (
         4 * project.documents()
     )
+
+
+def test_one_edited_instruction_on_the_real_sample_costs_exactly_its_batches(
+    project_copy, built, server
+):
+    """The README's figure: one edited instruction on the 800-post sample is ceil(800/32) =
+    25 requests, all for that task's prompts, and nothing else is embedded."""
+    project = project_copy(
+        lambda raw: raw["tasks"]["topic"].update(instruction="Name the subject of the post"),
+        of=built,
+    )
+    server.reset()
+    report = rebuild_stale(project.instance, project.settings(), log=lambda line: None)
+    assert report.succeeded, report.failure
+    batch = project.settings().embedding.batch_size
+    assert len(server.received) == math.ceil(built.documents() / batch) == 25
+    assert all(
+        text.startswith("Instruct: Name the subject of the post") for text in server.texts_received
+    )
