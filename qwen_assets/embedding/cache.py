@@ -124,8 +124,9 @@ class EmbeddingCache:
             ).fetchone()
         return int(row[0]) if row else None
 
-    def confirm_size(self, size: int) -> None:
-        with connect(self.database) as connection:
+    def confirm_size(self, size: int, *, wait_seconds: float | None = None) -> None:
+        wait = self.lock_wait_seconds if wait_seconds is None else wait_seconds
+        with connect(self.database, wait_seconds=wait) as connection:
             connection.execute(SIZES_SCHEMA)
             connection.execute(
                 f"INSERT INTO {SIZES} VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET size = excluded.size",

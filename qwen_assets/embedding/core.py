@@ -246,6 +246,11 @@ def make_batches(texts: Sequence[str], batch_size: int) -> list[Batch]:
     ]
 
 
+# How long an answer waits for a busy cache while others arrive: it stays in memory and is
+# tried again, with the full lock wait, before the run ends.
+QUICK_STORE_SECONDS = 0.5
+
+
 class _Answers:
     """Where each answer goes: validated, held to one vector size, and cached the moment it
     can be. The size is the one ``embedding.dimensions`` sets or the cache confirmed before;
@@ -308,13 +313,13 @@ class _Answers:
         self.held.clear()
         if record:
             with suppress(StorageError, duckdb.Error):  # a later run records it otherwise
-                self.cache.confirm_size(width)
+                self.cache.confirm_size(width, wait_seconds=QUICK_STORE_SECONDS)
 
     def keep(self, batch: Batch, vectors: np.ndarray, tokens: int) -> None:
         batch_keys = [self.keys[index] for index in batch.indices]
         self.found.update(zip(batch_keys, vectors, strict=True))
         self.unstored.append((batch_keys, vectors))
-        self.flush(wait_seconds=0.5)
+        self.flush(wait_seconds=QUICK_STORE_SECONDS)
         self.stats.computed += len(batch.texts)
         self.stats.tokens += tokens
         self.stats.requests, self.stats.retries = self.backend.requests, self.backend.retries
