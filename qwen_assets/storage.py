@@ -130,6 +130,13 @@ def connect(
 class DatabaseDamagedError(StorageError):
     """A database file that DuckDB opens but cannot read (truncated, corrupted)."""
 
+    def __init__(self, database: str, reason: str) -> None:
+        self.damage = f"the database {shown(database)} is damaged ({reason})"
+        super().__init__(
+            f"{self.damage}: move it aside or delete it, then run `qwen-assets build`, which "
+            "rebuilds it (paid vectors are in the embedding cache, a file of its own)"
+        )
+
 
 class DiskFullError(StorageError):
     pass
@@ -160,11 +167,7 @@ def _disk_problem(error: BaseException, database: str) -> StorageError | None:
             "free some space and rerun (what was written before is kept; this write was not)"
         )
     if DAMAGED.search(said):
-        return DatabaseDamagedError(
-            f"the database {shown(database)} is damaged ({_first_line(error)[:120]}): move it "
-            "aside or delete it, then run `qwen-assets build`, which rebuilds it (paid vectors "
-            "are in the embedding cache, a file of its own)"
-        )
+        return DatabaseDamagedError(database, _first_line(error)[:120])
     return None
 
 

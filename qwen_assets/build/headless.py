@@ -135,7 +135,7 @@ def _plan_only(
     try:
         plan = project_plan(defs, instance, settings, forced)
     except DatabaseDamagedError as error:
-        log(f"{error.args[0].split(': move it')[0]}: a build moves it aside and rebuilds it")
+        log(f"{error.damage}: a build moves it aside and rebuilds it")
         return BuildReport(plan=StalePlan(), changed_instructions=changed)
     _describe(plan, changed, settings, log)
     return BuildReport(plan=plan, changed_instructions=changed)
@@ -188,7 +188,7 @@ def _build(
     except DatabaseDamagedError as error:
         # The builds' database holds nothing paid for (the cache does): rebuilt, not repaired.
         aside = move_aside(settings.storage.build_database)
-        log(f"{error.args[0].split(': move it')[0]}: moved it to {aside}; rebuilding it")
+        log(f"{error.damage}: moved it to {aside}; rebuilding it")
         plan = project_plan(defs, instance, settings, forced)
     _describe(plan, changed, settings, log)
     report = BuildReport(plan=plan, changed_instructions=changed)
