@@ -324,6 +324,34 @@ def failure_message(result) -> str:
     return str(failure.step_failure_data.error.cause.message)
 
 
+class SmallDisk:
+    """A real disk of ``megabytes`` (a tmpfs mounted under ``folder``), which a test fills
+    when it wants writes to fail with "No space left on device"; unmounted on exit."""
+
+    def __init__(self, folder: Path, megabytes: int) -> None:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a small tmpfs needs root")
+        self.path = folder
+        self.path.mkdir()
+        mount = ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)]
+        subprocess.run(mount, check=True)
+
+    def fill(self) -> None:
+        with (self.path / "filler").open("wb") as out, pytest.raises(OSError, match="No space"):
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+
+    def free(self) -> None:
+        (self.path / "filler").unlink()
+
+    def __enter__(self) -> SmallDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], check=False)
+
+
 class Writer:
     """Another process holding the database's write lock mid-transaction, as a run would."""
 

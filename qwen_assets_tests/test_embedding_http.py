@@ -18,6 +18,7 @@ from qwen_assets.embedding.http import HttpBackend
 from qwen_assets.settings import parse_settings
 from qwen_assets.testing import settings_dict
 from qwen_assets.testing.embedding_server import Fault
+from qwen_assets_tests.conftest import SmallDisk
 
 TEXTS = [
     f"Post number {i} about {topic}."
@@ -376,38 +377,24 @@ def test_a_disk_that_fills_mid_run_loses_what_was_cached_and_says_so(fresh_serve
     """A real full disk (a small tmpfs): the run ends with one line saying how many answers
     could not be kept and why; what was cached before stays, and a rerun once there is room
     asks only for the rest."""
-    import os
-    import subprocess
-
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
-    try:
-        cache = str(disk / "cache.duckdb")
+    with SmallDisk(tmp_path / "disk", megabytes=3) as disk:
+        cache = str(disk.path / "cache.duckdb")
         run(fresh_server, cache, texts=TEXTS[:8])
         fresh_server.reset()
         thread, ended = embed_in_background(fresh_server, cache)
-        filler = disk / "filler"
-        with filler.open("wb") as out, pytest.raises(OSError, match="No space left"):
-            while True:
-                out.write(b"\0" * 65536)
-                out.flush()
+        disk.fill()
         fresh_server.release()
         thread.join(timeout=120)
         said = str(ended.get("error"))
         assert "answered vectors could not be written to the embedding cache" in said, said
-        assert f"no space left on the disk of {disk}" in said and "\n" not in said
-        filler.unlink()
+        assert f"no space left on the disk of {disk.path}" in said and "\n" not in said
+        disk.free()
         kept = cached_rows(cache)
         assert kept >= 8, "what was cached before the disk filled is still there"
         fresh_server.reset()
         vectors, _ = run(fresh_server, cache)
         assert vectors.shape[0] == len(TEXTS)
         assert len(fresh_server.texts_received) == len(TEXTS) - kept, "only the rest is asked"
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_key_in_the_url_or_echoed_altered_by_the_server_is_redacted(fresh_server, cache, caplog):

@@ -26,7 +26,7 @@ from qwen_assets.storage import (
     replace_table,
     shown,
 )
-from qwen_assets_tests.conftest import Writer
+from qwen_assets_tests.conftest import SmallDisk, Writer
 
 COUNT = "SELECT task, count(*) AS n FROM task_embeddings GROUP BY task ORDER BY task"
 
@@ -280,28 +280,16 @@ def test_a_log_table_of_an_older_release_gains_the_new_columns(tmp_path: Path):
 def test_a_full_disk_is_one_line_saying_so_and_the_table_keeps_its_last_state(tmp_path: Path):
     """A real full disk (a small tmpfs) under a database being written: one line naming the
     disk, and the table as it was before the write."""
-    import os
-
     from qwen_assets.storage import DiskFullError
 
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
-    try:
-        database = str(disk / "warehouse.duckdb")
+    with SmallDisk(tmp_path / "disk", megabytes=2) as disk:
+        database = str(disk.path / "warehouse.duckdb")
         rows_table(database, 10)
-        with (disk / "filler").open("wb") as out, pytest.raises(OSError, match="No space left"):
-            while True:
-                out.write(b"\0" * 65536)
-                out.flush()
+        disk.fill()
         with pytest.raises(DiskFullError) as full:
             rows_table(database, 200_000)
         said = str(full.value)
-        assert said.startswith(f"no space left on the disk of {disk} while writing {database}")
+        assert said.startswith(f"no space left on the disk of {disk.path} while writing {database}")
         assert "\n" not in said
-        (disk / "filler").unlink()
+        disk.free()
         assert read_table(database, "SELECT count(*) FROM rows").iloc[0, 0] == 10
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
