@@ -357,7 +357,7 @@ def staged_name(path: Path) -> Path:
 
 def write_atomically(path: Path, content: bytes) -> None:
     """Readers (and a static host mid-upload) see the old file or the new one, never half."""
-    staged = StagedFiles(path.parent)
+    staged = StagedFiles()
     staged.write(path, content)
     staged.swap()
 
@@ -368,7 +368,6 @@ class StagedFiles:
     removed (``discard``), so a folder's files change together with the tables that describe
     them. Files a build killed half way left staged are cleared by the next one."""
 
-    folder: Path
     pending: dict[Path, Path] = field(default_factory=dict)  # final name -> staged file
     obsolete: set[Path] = field(default_factory=set)  # removed by the swap
 
@@ -415,7 +414,7 @@ def stage_payload(
     build."""
     claim_folder(output_dir, "site.output_dir")
     encoded = encode_payload(payload)
-    staged = StagedFiles(output_dir)
+    staged = StagedFiles()
     try:
         if payload["texts"] is not None:
             if texts is None:

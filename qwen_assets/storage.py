@@ -131,6 +131,7 @@ class DatabaseDamagedError(StorageError):
     """A database file that DuckDB opens but cannot read (truncated, corrupted)."""
 
     def __init__(self, database: str, reason: str) -> None:
+        self.reason = reason
         self.damage = f"the database {shown(database)} is damaged ({reason})"
         super().__init__(
             f"{self.damage}: move it aside or delete it, then run `qwen-assets build`, which "

@@ -15,12 +15,14 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from dagster import DagsterInstance, instance_for_test
 
@@ -322,6 +324,19 @@ def failure_message(result) -> str:
     """The user-facing message of a run's first failed step."""
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     return str(failure.step_failure_data.error.cause.message)
+
+
+def wait_until_paused(
+    process: subprocess.Popen, point: str, output: Callable[[], str], seconds: float = 300
+) -> None:
+    """Wait until a build stopped itself at ``point`` (``QWEN_ASSETS_PAUSE_AT``); fail with
+    what it printed if it ends, or takes too long, before it gets there."""
+    watched = psutil.Process(process.pid)
+    deadline = time.monotonic() + seconds
+    while watched.status() != psutil.STATUS_STOPPED:
+        assert process.poll() is None, f"the build never reached {point}: {output()}"
+        assert time.monotonic() < deadline, f"timed out before {point}: {output()}"
+        time.sleep(0.05)
 
 
 class SmallDisk:

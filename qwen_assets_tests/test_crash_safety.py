@@ -23,7 +23,7 @@ from dagster import DagsterInstance, DagsterRunStatus
 from qwen_assets.pause import PAUSE_ENV
 from qwen_assets.storage import read_table
 from qwen_assets.testing import project_settings, write_settings
-from qwen_assets_tests.conftest import SMALL_CORPUS
+from qwen_assets_tests.conftest import SMALL_CORPUS, wait_until_paused
 
 PROBE_INSTRUCTION = "Say which newsgroup the given post was written for"
 BATCH_SIZE = 8
@@ -214,12 +214,7 @@ def test_builds_killed_mid_embedding_and_mid_publish_never_block_the_next(projec
     # stops itself once the copy is written, before the rename (a pause point).
     third = project.start("third", pause_at="publish_database:copied")
     pattern = f".{database.name}.publishing-*"
-    stopped = psutil.Process(third.pid)
-    deadline = time.monotonic() + 300
-    while stopped.status() != psutil.STATUS_STOPPED:
-        assert third.poll() is None, project.output("third")
-        assert time.monotonic() < deadline, "it never published"
-        time.sleep(0.05)
+    wait_until_paused(third, "publish_database:copied", lambda: project.output("third"))
     assert list(database.parent.glob(pattern)), "stopped while writing the copy"
     third.send_signal(signal.SIGKILL)
     third.wait()

@@ -9,12 +9,10 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 from dagster import AssetKey
 
@@ -24,7 +22,7 @@ from qwen_assets.pause import PAUSE_ENV
 from qwen_assets.site import SiteError
 from qwen_assets.storage import StorageError, read_table
 from qwen_assets.testing import write_settings
-from qwen_assets_tests.conftest import failure_message
+from qwen_assets_tests.conftest import failure_message, wait_until_paused
 
 TOPIC = "Identify the topic or theme of the given text"
 EDITED_TOPIC = "Name the subject the given post is about"
@@ -192,12 +190,7 @@ def test_a_build_killed_at_every_step_boundary_ends_as_a_clean_build(
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        watched = psutil.Process(process.pid)
-        deadline = time.monotonic() + 240
-        while watched.status() != psutil.STATUS_STOPPED:
-            assert process.poll() is None, f"the build never reached {point}: {log.read_text()}"
-            assert time.monotonic() < deadline, f"timed out before {point}"
-            time.sleep(0.05)
+        wait_until_paused(process, point, log.read_text)
         process.kill()
         process.wait()
 

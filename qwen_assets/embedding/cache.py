@@ -21,13 +21,11 @@ from filelock import FileLock, Timeout
 
 from qwen_assets.storage import (
     WAIT_FOR_LOCK_SECONDS,
-    DatabaseBusyError,
+    DatabaseDamagedError,
     DatabaseMissingError,
-    DiskFullError,
     StorageError,
     connect,
     is_local_file,
-    move_aside,
     shown,
     table_exists,
 )
@@ -154,10 +152,6 @@ class EmbeddingCache:
         finally:
             lock.release()
 
-    def move_aside(self) -> Path:
-        """Keep an unreadable cache file for whoever wants to recover it, out of the way."""
-        return move_aside(self.database)
-
     def store(
         self, keys: Sequence[str], vectors: np.ndarray, *, wait_seconds: float | None = None
     ) -> None:
@@ -185,19 +179,16 @@ class EmbeddingCache:
 
 @contextmanager
 def _reading(database: str) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection to the cache on which any error but a busy lock means the file cannot be
-    read (DuckDB opens a truncated file and fails on the first block it lacks)."""
+    """A connection to the cache whose file, if damaged (``storage.connect`` tells), is the
+    cache's own problem: a build moves it aside and starts a new one."""
     try:
         with connect(database) as connection:
             yield connection
-    except (DatabaseBusyError, DiskFullError):
-        raise
-    except (StorageError, duckdb.IOException, duckdb.InternalException) as error:
-        if not is_local_file(database) or "lock" in str(error).lower():
+    except DatabaseDamagedError as error:
+        if not is_local_file(database):  # a service's database is not ours to move aside
             raise
-        reason = str(error).strip().splitlines()[0][:160]
         raise CacheUnreadableError(
-            f"the embedding cache {shown(database)} cannot be read ({reason})"
+            f"the embedding cache {shown(database)} cannot be read ({error.reason})"
         ) from None
 
 

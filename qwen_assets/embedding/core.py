@@ -22,7 +22,7 @@ import duckdb
 import numpy as np
 
 from qwen_assets.embedding.cache import CacheUnreadableError, EmbeddingCache, prompt_key
-from qwen_assets.storage import StorageError, shown
+from qwen_assets.storage import StorageError, move_aside, shown
 
 
 class EmbeddingError(RuntimeError):
@@ -469,7 +469,7 @@ def _cached(
         size = dimensions or cache.confirmed_size()
         found = cache.lookup(keys)
     except CacheUnreadableError as error:
-        aside = cache.move_aside()
+        aside = move_aside(cache.database)
         announce(log, f"{error}: moved it to {aside}; its vectors are asked for again")
         return {}, dimensions
     if size is not None:
