@@ -360,3 +360,24 @@ def test_a_group_smaller_than_per_category_is_said_where_people_look(project_cop
         f"took all {size}"
         for group, size in sizes.items()
     )
+
+
+def test_the_database_people_query_is_not_published_while_anything_upstream_is_stale(
+    project_copy,
+):
+    """An instruction edited, and only query_database materialized (from the UI, say): the run
+    fails naming what is stale, and the database people query keeps its last complete state."""
+    project = project_copy()
+    before = hashlib.sha256(Path(project.database).read_bytes()).hexdigest()
+    rewrite(project, new_topic)
+    job = build_definitions(project.settings()).resolve_job_def("build_assets")
+    result = job.execute_in_process(
+        instance=project.instance,
+        asset_selection=[AssetKey("query_database")],
+        raise_on_error=False,
+    )
+    assert not result.success
+    message = failure_message(result)
+    assert "task_embeddings" in message and "is not up to date" in message, message
+    assert "the database people query keeps its last complete state" in message
+    assert hashlib.sha256(Path(project.database).read_bytes()).hexdigest() == before

@@ -68,14 +68,16 @@ QUERY_LOOP = textwrap.dedent(
                     problems.append(f"site_builds counts {built_for} posts, the sample {documents}")
                 if problems:
                     failures.append("; ".join(problems))
-                topic = one(
-                    "SELECT md5(string_agg(embedding::VARCHAR, ',' ORDER BY doc_id)) "
-                    "FROM task_embeddings WHERE task = 'topic'"
+                fingerprint = one(
+                    "SELECT (SELECT md5(string_agg(embedding::VARCHAR, ',' ORDER BY task, doc_id)) "
+                    "FROM task_embeddings) || (SELECT md5(string_agg(x || ',' || y, ';' "
+                    "ORDER BY task, doc_id)) FROM umap_coordinates)"
                 )[0][0]
-                states.add((payload, topic))
+                states.add((payload, fingerprint))
             except Exception as error:
                 failures.append(repr(error))
         passes += 1
+        time.sleep(0.02)  # a reader's pace, not a spin that takes a core from the builds
     print(json.dumps({"passes": passes, "failures": failures[:5], "states": sorted(states)}))
     """
 )
@@ -103,11 +105,13 @@ HOLDER = textwrap.dedent(
 )
 
 
-# What the query loop calls one state: the newest site build's payload, and the topic vectors.
+# What the query loop calls one state: the newest site build's payload, and every task's
+# vectors and map.
 FINAL_STATE = (
     "SELECT (SELECT payload_sha256 FROM site_builds ORDER BY built_at DESC LIMIT 1), "
-    "(SELECT md5(string_agg(embedding::VARCHAR, ',' ORDER BY doc_id)) FROM task_embeddings "
-    "WHERE task = 'topic')"
+    "(SELECT md5(string_agg(embedding::VARCHAR, ',' ORDER BY task, doc_id)) "
+    "FROM task_embeddings) || (SELECT md5(string_agg(x || ',' || y, ';' "
+    "ORDER BY task, doc_id)) FROM umap_coordinates)"
 )
 
 
