@@ -15,18 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import HDBSCAN
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
-from sklearn.preprocessing import normalize
 
 NOISE = -1  # HDBSCAN's member number for a post in no cluster
 MIN_CLUSTER_SIZE = 5
 WORD_PATTERN = r"(?u)\b[^\W\d_]{3,}\b"  # words of three or more letters: no numbers, no ids
-# scikit-learn's English stop words, and what its tokens make of contractions ("don't" ->
-# "don") and a few fillers of informal posts.
-STOP_WORDS = sorted(
-    ENGLISH_STOP_WORDS
-    | {"don", "doesn", "didn", "isn", "wasn", "aren", "haven", "couldn", "wouldn", "shouldn"}
+# What scikit-learn's tokens make of contractions ("don't" -> "don") and a few fillers of
+# informal posts: stop words beside scikit-learn's English ones.
+INFORMAL_STOP_WORDS = frozenset(
+    {"don", "doesn", "didn", "isn", "wasn", "aren", "haven", "couldn", "wouldn", "shouldn"}
     | {"just", "like", "know", "think", "did", "does", "really", "going", "want", "say"}
 )
 
@@ -65,6 +61,8 @@ def cluster_map(
         raise ValueError(f"{len(coordinates)} coordinates for {len(texts)} texts")
     if len(coordinates) <= min_size:
         return MapClusters(np.full(len(coordinates), NOISE, dtype=np.int64), [])
+    from sklearn.cluster import HDBSCAN  # imported here: a plan, or a query, needs none of it
+
     membership = HDBSCAN(
         min_cluster_size=min_size, cluster_selection_method="leaf", copy=True
     ).fit_predict(coordinates)
@@ -99,7 +97,11 @@ def distinctive_words(
         by_class.setdefault(member, []).append(text)
     classes = sorted(by_class)
     joined = [" ".join(by_class[number]) for number in classes]
-    vectorizer = CountVectorizer(stop_words=STOP_WORDS, token_pattern=WORD_PATTERN)
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
+    from sklearn.preprocessing import normalize
+
+    stop_words = sorted(ENGLISH_STOP_WORDS | INFORMAL_STOP_WORDS)
+    vectorizer = CountVectorizer(stop_words=stop_words, token_pattern=WORD_PATTERN)
     try:
         counts = vectorizer.fit_transform(joined)
     except ValueError:  # no word at all: every text empty, numbers or stop words

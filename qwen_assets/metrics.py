@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from sklearn.manifold import trustworthiness
-from sklearn.metrics import silhouette_score
 
 from qwen_assets.embedding.core import normalise
 
@@ -115,6 +113,9 @@ def task_quality(
     - trustworthiness: how far the 2-D layout keeps the full-dimension neighbours (0..1).
     - overlap with the reference task: mean Jaccard of the neighbour sets (1 for itself).
     """
+    from sklearn.manifold import trustworthiness  # here: a plan, or a query, needs none of it
+    from sklearn.metrics import silhouette_score
+
     labels = np.asarray(labels)
     rows = _sample(len(vectors), sample_size, seed)
     k = neighbours.shape[1]
