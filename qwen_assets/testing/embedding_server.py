@@ -63,10 +63,16 @@ class EmbeddingServer:
         self.gate = threading.Event()
         self.gate.set()
         app = Starlette(routes=[Route("/v1/embeddings", self._embeddings, methods=["POST"])])
-        self.port = _free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        # Bound here and handed to uvicorn, so no other process can take the port between
+        # choosing it and listening on it.
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning")
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread = threading.Thread(
+            target=partial(self._server.run, sockets=[self._socket]), daemon=True
+        )
 
     @property
     def base_url(self) -> str:
@@ -84,6 +90,7 @@ class EmbeddingServer:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+        self._socket.close()
 
     def reset(self) -> None:
         with self.lock:
@@ -193,9 +200,3 @@ class EmbeddingServer:
         if payload.get("encoding_format") == "base64":
             return base64.b64encode(vector.astype("<f4").tobytes()).decode()
         return [float(value) for value in vector]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
