@@ -8,6 +8,7 @@ installed folder with the hub offline; it stands in for Qwen3-Embedding, which i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -15,16 +16,18 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 from dagster import DagsterInstance, instance_for_test
+from filelock import FileLock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -47,6 +50,7 @@ from qwen_assets_tests.no_skips import (  # noqa: E402, F401
     pytest_make_collect_report,
     pytest_runtest_makereport,
 )
+from qwen_assets_tests.stored_vectors import SPOT_CHECKS, StoredVectors, store_key  # noqa: E402
 
 # The variables that point the project at a user's files. The suite runs with them cleared,
 # in every test and every child process, so a developer who exported one (as the README
@@ -63,6 +67,11 @@ for variable in PROJECT_VARIABLES:
     os.environ.pop(variable, None)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked ``long_running`` first (in their own order), the rest as collected."""
+    items.sort(key=lambda item: item.get_closest_marker("long_running") is None)
+
+
 @pytest.fixture(scope="session")
 def archive() -> str:
     path = os.environ.get(ARCHIVE_ENV)
@@ -71,31 +80,67 @@ def archive() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
-def minilm():
+_model_loading = threading.Lock()
+
+
+@functools.cache
+def _loaded_minilm():
     from qwen_assets.embedding.local import load_model
 
     return load_model(minilm_path(), "cpu", SUITE_MAX_SEQ_LENGTH)
 
 
+def load_minilm():
+    """The small model, loaded once a process when first needed (a session whose vectors all
+    come from the store loads it only to spot-check them)."""
+    with _model_loading:
+        return _loaded_minilm()
+
+
 @pytest.fixture(scope="session")
-def server(minilm) -> Iterator[EmbeddingServer]:
-    """A real HTTP server on 127.0.0.1 whose vectors come from the real small model. It
-    encodes each distinct text once a session and answers repeats from memory, so the
-    suite's many builds of the same small corpus cost the model once; what the client sends
-    and receives, and every count the tests read, are unchanged."""
-    known: dict[str, np.ndarray] = {}
+def minilm():
+    return load_minilm()
 
-    def vectorise(texts: list[str]) -> np.ndarray:
-        new = [text for text in dict.fromkeys(texts) if text not in known]
-        if new:
-            vectors = minilm.encode(new, batch_size=64, show_progress_bar=False)
-            known.update(zip(new, vectors, strict=True))
-        return np.stack([known[text] for text in texts])
 
-    running = EmbeddingServer(vectorise).start()
+# Where the loopback server keeps its vectors between sessions, when set (a test that runs
+# the suite in a child process passes its own, so the child answers from it too).
+VECTORS_ENV = "QWEN_ASSETS_TESTS_VECTORS"
+
+
+@pytest.fixture(scope="session")
+def vectors_folder(request: pytest.FixtureRequest) -> Path | None:
+    """The loopback server's store (``stored_vectors``): one folder per model, torch version
+    and maximum length, under pytest's cache; None where pytest's cache is turned off."""
+    if os.environ.get(VECTORS_ENV):
+        return Path(os.environ[VECTORS_ENV])
+    if (cache := getattr(request.config, "cache", None)) is None:
+        return None
+    key = store_key(minilm_path(), version("torch"), SUITE_MAX_SEQ_LENGTH)
+    return cache.mkdir("loopback-vectors") / key
+
+
+@pytest.fixture(scope="session")
+def server(
+    request: pytest.FixtureRequest, vectors_folder: Path | None
+) -> Iterator[EmbeddingServer]:
+    """A real HTTP server on 127.0.0.1 whose vectors come from the real small model. Each
+    distinct text is encoded once and kept (``stored_vectors``: between sessions too, under
+    pytest's cache folder), so the suite's many builds of the same corpus cost the model
+    once; what the client sends and receives, and every count the tests read, are
+    unchanged."""
+    # One process of a session spot-checks the store: the first xdist worker, or the only
+    # process; not a session a test started (the test's own session checks).
+    worker = getattr(request.config, "workerinput", {}).get("workerid", "gw0")
+    checks = worker == "gw0" and not os.environ.get(VECTORS_ENV)
+    vectors = StoredVectors(
+        lambda texts: load_minilm().encode(texts, batch_size=64, show_progress_bar=False),
+        vectors_folder,
+        spot_checks=SPOT_CHECKS if checks else 0,
+    )
+    running = EmbeddingServer(vectors).start()
     yield running
     running.stop()
+    vectors.save()
 
 
 @pytest.fixture
@@ -116,7 +161,7 @@ class Project:
 
     root: Path
     raw: dict
-    instance: DagsterInstance
+    instance: DagsterInstance | None  # None: a folder only copied (the workers' shared build)
     cold_requests: int | None = None  # requests its first build sent, where a fixture counts
 
     @property
@@ -201,20 +246,76 @@ def left_as_built(project: Project) -> Iterator[Project]:
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory, server: EmbeddingServer, archive: str):
-    """The whole pipeline, built once from nothing on the real sample through the loopback
-    server, for tests about the sample, its maps, the site and the README's queries. Tests
-    that change it work on a copy (``project_copy``)."""
-    root = tmp_path_factory.mktemp("project")
-    server.reset()
+def shared_folder(request: pytest.FixtureRequest, tmp_path_factory) -> Path | None:
+    """The folder xdist's workers share (their own temporary folders' parent); None where the
+    suite runs in one process."""
+    if not hasattr(request.config, "workerinput"):
+        return None
+    return tmp_path_factory.getbasetemp().parent
+
+
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory,
+    shared_folder: Path | None,
+    server: EmbeddingServer,
+    name: str,
+    raw_for: Callable[[Path], dict],
+) -> Iterator[Project]:
+    """A project built from nothing through the loopback server (settings ``raw_for(root)``),
+    once a session. Where xdist runs the suite in several workers, the first that needs it
+    builds it in the folder the workers share and every worker gets its own copy, its
+    settings pointing at that worker's server; each copy is checked unchanged at the end."""
+    worker_temp = tmp_path_factory.mktemp(name)
+    if shared_folder is None:
+        server.reset()
+        with ExitStack() as stack:
+            project = build_project(worker_temp, raw_for(worker_temp), stack)
+            project.cold_requests = len(server.received)
+            with left_as_built(project):
+                yield project
+        return
+    shared = shared_folder / name
+    done = shared / "built.json"
+    with FileLock(f"{shared}.lock"):
+        if not done.exists():
+            shutil.rmtree(shared, ignore_errors=True)  # what a worker that died building left
+            shared.mkdir()
+            server.reset()
+            with ExitStack() as stack:
+                original = build_project(shared, raw_for(shared), stack)
+            done.write_text(
+                json.dumps({"raw": original.raw, "cold_requests": len(server.received)})
+            )
+    record = json.loads(done.read_text())
+
+    def to_this_worker(raw: dict) -> None:
+        raw["embedding"]["http"]["base_url"] = server.base_url
+
     with ExitStack() as stack:
-        project = build_project(root, project_settings(root, server, archive), stack)
+        of = Project(shared, record["raw"], instance=None)
+        project = copy_project(of, worker_temp / "project", stack, to_this_worker)
+        project.cold_requests = record["cold_requests"]
         with left_as_built(project):
             yield project
 
 
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, shared_folder, server: EmbeddingServer, archive: str):
+    """The whole pipeline, built once from nothing on the real sample through the loopback
+    server, for tests about the sample, its maps, the site and the README's queries. Tests
+    that change it work on a copy (``project_copy``)."""
+    yield from built_once(
+        tmp_path_factory,
+        shared_folder,
+        server,
+        "project",
+        lambda root: project_settings(root, server, archive),
+    )
+
+
 def small_project(
     tmp_path_factory: pytest.TempPathFactory,
+    shared_folder: Path | None,
     server: EmbeddingServer,
     archive: str,
     name: str,
@@ -222,23 +323,21 @@ def small_project(
 ) -> Iterator[Project]:
     """The small corpus built from nothing (with ``variants`` when given); its
     ``cold_requests``: how many requests that build sent the API."""
-    root = tmp_path_factory.mktemp(name)
-    raw = project_settings(root, server, archive)
-    raw["corpus"].update(SMALL_CORPUS)
-    if variants:
-        raw["variants"] = variants
-    server.reset()
-    with ExitStack() as stack:
-        project = build_project(root, raw, stack)
-        project.cold_requests = len(server.received)
-        with left_as_built(project):
-            yield project
+
+    def raw_for(root: Path) -> dict:
+        raw = project_settings(root, server, archive)
+        raw["corpus"].update(SMALL_CORPUS)
+        if variants:
+            raw["variants"] = variants
+        return raw
+
+    yield from built_once(tmp_path_factory, shared_folder, server, name, raw_for)
 
 
 @pytest.fixture(scope="session")
-def small_built(tmp_path_factory: pytest.TempPathFactory, server: EmbeddingServer, archive: str):
+def small_built(tmp_path_factory, shared_folder, server: EmbeddingServer, archive: str):
     """The same pipeline on a small corpus (SMALL_CORPUS), for tests about mechanics."""
-    yield from small_project(tmp_path_factory, server, archive, "small_project")
+    yield from small_project(tmp_path_factory, shared_folder, server, archive, "small_project")
 
 
 # Two ways of embedding compared side by side: the model at its full size, and at 128
@@ -250,10 +349,12 @@ VARIANTS = {
 
 
 @pytest.fixture(scope="session")
-def variants_built(tmp_path_factory: pytest.TempPathFactory, server: EmbeddingServer, archive: str):
+def variants_built(tmp_path_factory, shared_folder, server: EmbeddingServer, archive: str):
     """The small corpus built from nothing with two variants (VARIANTS) x the four tasks;
     ``cold_requests``: how many requests that build sent the API."""
-    yield from small_project(tmp_path_factory, server, archive, "variants_project", VARIANTS)
+    yield from small_project(
+        tmp_path_factory, shared_folder, server, archive, "variants_project", VARIANTS
+    )
 
 
 @pytest.fixture
@@ -277,7 +378,7 @@ def copy_project(
 ) -> Project:
     """``of`` copied whole under ``root`` (``edit`` changes the copy's settings), with a Dagster
     instance of its own that ``stack`` closes."""
-    shutil.copytree(of.root, root, ignore=shutil.ignore_patterns("*.lock"))
+    shutil.copytree(of.root, root, ignore=shutil.ignore_patterns("*.lock", "built.json"))
     raw = rooted(of.raw, root)
     edit(raw)
     write_settings(root / "settings.toml", raw)
@@ -318,6 +419,16 @@ def cli_on(project: Project, monkeypatch, capsys) -> Callable[..., str]:
         return captured.out
 
     return invoke
+
+
+def duckdb_1_5_cli() -> str:
+    """The DuckDB 1.5 command line the dev extra installs beside this Python (duckdb-cli on
+    PyPI): people's DuckDB is often older than the project's."""
+    cli = shutil.which("duckdb", path=str(Path(sys.executable).parent))
+    assert cli, "the dev extra installs duckdb-cli beside this Python"
+    version = subprocess.run([cli, "--version"], capture_output=True, text=True).stdout
+    assert version.startswith("v1.5."), f"the 1.5 release the dev extra pins, not {version}"
+    return cli
 
 
 def failure_message(result) -> str:

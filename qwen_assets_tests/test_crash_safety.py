@@ -106,6 +106,7 @@ def hold_mid_embedding(server, instruction: str = PROBE_INSTRUCTION) -> None:
     wait_until(lambda: server.waiting, 60, "its next request waits on the server")
 
 
+@pytest.mark.long_running
 def test_two_builds_at_once_wait_quietly_and_sigterm_stops_either(project, server):
     first = project.start("first")
     hold_mid_embedding(server)
@@ -189,6 +190,7 @@ def probe_vectors(database: str) -> str:
     ).iloc[0, 0]
 
 
+@pytest.mark.long_running
 def test_builds_killed_mid_embedding_and_mid_publish_never_block_the_next(project, server):
     """SIGKILL anywhere: the next build marks the dead run failed and frees its slot, the
     database people query stays as the last complete build left it, and nothing paid for is
@@ -251,6 +253,7 @@ def test_builds_killed_mid_embedding_and_mid_publish_never_block_the_next(projec
     assert plan.returncode == 0 and "everything is fresh" in plan.stdout, plan.stdout
 
 
+@pytest.mark.long_running
 def test_two_builds_from_two_dagster_homes_over_the_same_files_pay_once(project, server):
     """Two folders, two Dagster instances, one set of databases and one cache: the second
     build waits for the first (the lock is on the files, not the instance) and pays nothing."""

@@ -166,6 +166,7 @@ def site_files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.long_running
 def test_a_build_killed_at_every_step_boundary_ends_as_a_clean_build(
     project_copy, tmp_path, server
 ):

@@ -264,6 +264,7 @@ def edit(environ: dict[str, str], old: str, new: str) -> None:
     settings.write_text(settings.read_text().replace(old, new))
 
 
+@pytest.mark.long_running
 def test_people_query_through_a_cold_build_an_edit_and_a_sensor_run(
     project, server, small_built, tmp_path
 ):

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qwen_assets_tests.conftest import PROJECT_VARIABLES, REPO
+import pytest
+
+from qwen_assets_tests.conftest import PROJECT_VARIABLES, REPO, VECTORS_ENV
 
 # Tests that load the settings (the default file and their own) and build a project through
 # the loopback server: each would read or write the exported paths were the suite not sealed.
@@ -17,7 +19,8 @@ TOUCHING = [
 ]
 
 
-def test_a_developers_exported_variables_reach_no_test(tmp_path: Path):
+@pytest.mark.long_running
+def test_a_developers_exported_variables_reach_no_test(tmp_path: Path, vectors_folder):
     """Every project variable exported to a path of its own, as the README shows a user doing:
     a run of tests that build projects and load settings passes, and nothing is written
     there."""
@@ -25,9 +28,13 @@ def test_a_developers_exported_variables_reach_no_test(tmp_path: Path):
     exported = {variable: str(theirs / variable.lower()) for variable in PROJECT_VARIABLES}
     exported["QWEN_ASSETS_SETTINGS"] = str(theirs / "settings.toml")
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TOUCHING],
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *TOUCHING],
         cwd=REPO,
-        env={**os.environ, **exported},
+        env={
+            **os.environ,
+            **exported,
+            **({VECTORS_ENV: str(vectors_folder)} if vectors_folder else {}),
+        },
         capture_output=True,
         text=True,
         timeout=600,
