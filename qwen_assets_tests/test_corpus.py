@@ -1,5 +1,6 @@
 """The corpus assets, on the real archive."""
 
+import socket
 from pathlib import Path
 
 import pandas as pd
@@ -8,6 +9,8 @@ import pytest
 from qwen_assets.corpus import CorpusError, read_archive, stratified_sample
 from qwen_assets.settings import load_settings
 from qwen_assets.storage import read_table
+from qwen_assets.testing import project_settings, write_settings
+from qwen_assets_tests.conftest import ARCHIVE_ENV, Project, cli_on
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +140,31 @@ def test_an_archive_reaching_outside_its_folder_is_refused(tmp_path):
     with pytest.raises(CorpusError, match=str(hostile)):
         read_archive(hostile)
     assert not list(tmp_path.rglob("planted.txt")), "nothing was written outside"
+
+
+def test_offline_without_an_archive_a_first_build_says_how_to_fix_it(
+    tmp_path, server, monkeypatch, capsys
+):
+    """No archive and no network (every connection but the loopback refused here, so the test
+    never downloads): the first build ends with one line naming the asset, the download that
+    failed and the setting to use."""
+    real_connect = socket.socket.connect
+
+    def loopback_only(self, address):
+        if not (isinstance(address, tuple) and address[0] in ("127.0.0.1", "::1")):
+            raise OSError(f"the network is off in this test (asked for {address!r})")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_only)
+    monkeypatch.delenv(ARCHIVE_ENV, raising=False)
+    monkeypatch.setenv("SCIKIT_LEARN_DATA", str(tmp_path / "scikit_learn_data"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    raw = project_settings(tmp_path, server, archive=None)
+    write_settings(tmp_path / "settings.toml", raw)
+    cli = cli_on(Project(tmp_path, raw, instance=None), monkeypatch, capsys)
+
+    cli("build", expect=1)
+    (said,) = [line for line in cli.err.splitlines() if line.startswith("qwen-assets:")]
+    assert "raw_newsgroups: could not download 20 Newsgroups" in said
+    assert "set QWEN_ASSETS_NEWSGROUPS_ARCHIVE (or corpus.archive) to a local copy" in said
+    assert not list((tmp_path / "scikit_learn_data").rglob("*.tar.gz")), "nothing came down"

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -18,13 +19,14 @@ from dagster import (
 )
 
 from qwen_assets.build.prompts import instruction_versions
+from qwen_assets.build.runs import build_lock
 from qwen_assets.build.stale import stale_plan
 from qwen_assets.definitions import build_definitions, rebuild_stale
 from qwen_assets.projection import EXACT_NEIGHBOURS_BELOW, align, exact_neighbours, umap_layout
 from qwen_assets.settings import load_settings
 from qwen_assets.storage import read_table
 from qwen_assets.testing import project_settings, write_settings
-from qwen_assets_tests.conftest import failure_message
+from qwen_assets_tests.conftest import cli_on, failure_message
 
 TASKS = ["default", "topic", "sentiment", "toxicity"]
 # What follows the task partitions: the site's assets and the query views.
@@ -272,6 +274,34 @@ def test_the_schedule_skips_when_fresh_and_requests_the_stale_partition(project_
     assert len(requested) == 2, "the edited task, then the site is republished"
 
 
+def test_the_schedule_and_the_sensor_stand_aside_for_a_build_and_a_queued_run(project_copy):
+    """While `qwen-assets build` holds its lock, or a run waits in Dagster's queue, neither the
+    schedule nor the sensor requests anything, and each says why; then they plan again."""
+    project = project_copy()
+    settings_file, instance = project.settings_path, project.instance
+    edit(
+        settings_file, "Classify the given text as either toxic or not toxic", "Is this text rude?"
+    )
+
+    def ticks() -> list:
+        return [schedule_tick(settings_file, instance), sensor_tick(settings_file, instance)]
+
+    with build_lock(instance):  # what a `qwen-assets build` holds while it builds
+        for tick in ticks():
+            assert tick.run_requests == []
+            assert tick.skip_message.startswith("a qwen-assets build is running")
+
+    job = build_definitions(load_settings(settings_file)).resolve_job_def("build_assets")
+    queued = instance.create_run_for_job(job, status=DagsterRunStatus.QUEUED)
+    for tick in ticks():
+        assert tick.run_requests == []
+        assert tick.skip_message.startswith(f"run {queued.run_id[:8]} is queued")
+
+    instance.delete_run(queued.run_id)
+    for tick in ticks():
+        assert tick.run_requests[0].partition_key == "toxicity"
+
+
 def materialization_runs(instance, asset: str) -> dict[str, str]:
     """partition -> run id of its latest materialization."""
     records = instance.fetch_materializations(
@@ -502,3 +532,38 @@ def test_one_edited_instruction_on_the_real_sample_costs_exactly_its_batches(
     assert all(
         text.startswith("Instruct: Name the subject of the post") for text in server.texts_received
     )
+
+
+def test_the_command_line_reports_each_quarter_and_verbose_adds_dagsters_lines(
+    project_copy, server, monkeypatch, capsys
+):
+    """Off a terminal, `qwen-assets build` says why it rebuilds and prints a line per quarter
+    of each task's texts; Dagster's own log lines go to the log file, and to the screen only
+    with `--verbose`."""
+
+    def edit(raw: dict) -> None:
+        raw["tasks"]["topic"]["instruction"] = "Name the subject of the given post"
+
+    project = project_copy(edit)
+    monkeypatch.setenv("DAGSTER_HOME", str(project.home))
+    cli = cli_on(project, monkeypatch, capsys)
+    documents = project.documents()
+
+    server.reset()
+    plain = cli("build")
+    assert "task_embeddings[topic]" in plain
+    progress = [
+        (label, int(done), int(total))
+        for label, done, total in re.findall(r"embedding (\S+): (\d+)/(\d+) texts", plain)
+    ]
+    assert {total for _, _, total in progress} == {documents}, plain
+    quarters = [4 * done // total for _, done, total in progress]
+    assert quarters == sorted(set(quarters)) and quarters[-1] == 4, "one line per quarter"
+    assert len(server.received) == math.ceil(documents / project.settings().embedding.batch_size)
+    assert "STEP_START" not in plain + cli.err
+
+    project.raw["tasks"]["sentiment"]["instruction"] = "Say how the writer feels"
+    write_settings(project.settings_path, project.raw)
+    verbose = cli("build", "--verbose")
+    assert "task_embeddings[sentiment]" in verbose
+    assert "STEP_START" in verbose + cli.err, "Dagster's own lines"

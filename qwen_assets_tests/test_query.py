@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -16,7 +15,7 @@ import pytest
 from qwen_assets.cli import USER_ERROR, main
 from qwen_assets.site import read_payload
 from qwen_assets.testing import project_settings, write_settings
-from qwen_assets_tests.conftest import REPO, Writer, cli_on
+from qwen_assets_tests.conftest import REPO, Writer, cli_on, duckdb_1_5_cli
 
 DOC = "train/sci.space/61178"  # a sci.space post of the demo's sample, used in the README
 TASKS = ["default", "topic", "sentiment", "toxicity"]
@@ -293,10 +292,7 @@ def test_the_duckdb_1_5_command_line_opens_the_database_and_runs_the_readmes_que
 ):
     """People's DuckDB is often older than the project's: the database they query is written
     in storage.readable_by's format, which the DuckDB 1.5 CLI (duckdb-cli on PyPI) reads."""
-    cli = shutil.which("duckdb", path=str(Path(sys.executable).parent))
-    assert cli, "the dev extra installs duckdb-cli beside this Python"
-    version = subprocess.run([cli, "--version"], capture_output=True, text=True).stdout
-    assert version.startswith("v1.5."), f"the 1.5 release the dev extra pins, not {version}"
+    cli = duckdb_1_5_cli()
     for sql in readme_queries():
         answered = subprocess.run(
             [cli, "-readonly", "-json", built.database, "-c", sql],

@@ -72,6 +72,16 @@ def test_defaults_reproduce_the_published_demo():
         ),
         ({"embedding": {"batch_sise": 3}}, "embedding.batch_sise", "unknown key; allowed: model"),
         (
+            {"variants": {"small": {"dimension": 128}}},
+            "variants.small.dimension",
+            "unknown key; allowed: ",
+        ),
+        (
+            {"storage": {"database": "md:maps", "build_database": "maps_build.duckdb"}},
+            "storage",
+            "database and build_database must both be files or both MotherDuck databases",
+        ),
+        (
             {"publish": {"folder": "docs", "git_repository": "git@example.com:me/site.git"}},
             "publish",
             "not both",

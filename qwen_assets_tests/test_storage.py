@@ -26,7 +26,7 @@ from qwen_assets.storage import (
     replace_table,
     shown,
 )
-from qwen_assets_tests.conftest import SmallDisk, Writer
+from qwen_assets_tests.conftest import SmallDisk, Writer, duckdb_1_5_cli
 
 COUNT = "SELECT task, count(*) AS n FROM task_embeddings GROUP BY task ORDER BY task"
 
@@ -240,6 +240,47 @@ def test_a_storage_format_duckdb_does_not_know_is_one_line_and_publishes_nothing
     assert "\n" not in str(raised.value)
     assert not Path(published).exists()
     assert not list(tmp_path.glob(".query.duckdb.publishing-*"))
+
+
+def test_readable_by_names_the_oldest_duckdb_that_opens_the_copy(tmp_path: Path):
+    """ "v1.0.0" and "v1.5.0" copies open in DuckDB 1.5; "latest" is the running DuckDB's own
+    format, which only that release and later open (DuckDB 1.5 says it cannot read it)."""
+    import duckdb
+
+    build = str(tmp_path / "build.duckdb")
+    rows_table(build, 4)
+    cli = duckdb_1_5_cli()
+    opened = {}
+    for release in ["v1.0.0", "v1.5.0", "latest"]:
+        published = tmp_path / f"{release}.duckdb"
+        publish_database(build, str(published), readable_by=release)
+        with duckdb.connect(str(published), read_only=True) as connection:
+            (tags,) = connection.execute(
+                "SELECT tags FROM duckdb_databases() WHERE database_name = current_database()"
+            ).fetchone()
+            assert read_table(str(published), "SELECT count(*) FROM rows").iloc[0, 0] == 4
+        running = "v" + ".".join(duckdb.__version__.split(".")[:2])
+        expected = running if release == "latest" else release.rsplit(".", 1)[0]
+        assert tags["storage_version"].startswith(expected), (release, tags)
+        answered = subprocess.run(
+            [
+                cli,
+                "-readonly",
+                "-csv",
+                "-noheader",
+                str(published),
+                "-c",
+                "SELECT count(*) FROM rows",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        opened[release] = answered.stdout.strip() == "4"
+        if not opened[release]:
+            assert "can only read versions" in answered.stderr, answered.stderr
+    newer_than_1_5 = tuple(int(part) for part in duckdb.__version__.split(".")[:2]) > (1, 5)
+    assert opened == {"v1.0.0": True, "v1.5.0": True, "latest": not newer_than_1_5}
 
 
 def test_a_motherduck_token_in_the_settings_is_refused_without_echoing_it():
