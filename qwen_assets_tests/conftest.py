@@ -72,6 +72,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("long_running") is None)
 
 
+# What the project writes in the folder it runs from (the default settings' data/ and site/,
+# `qwen-assets build`'s .dagster, the temporary homes of a `dg dev` without DAGSTER_HOME):
+# a developer's own, which no test may touch.
+def repository_outputs() -> dict[str, tuple[int, int]]:
+    found = [REPO / "data", REPO / "site", REPO / ".dagster", *REPO.glob(".tmp_dagster_home_*")]
+    return {
+        str(path.relative_to(REPO)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for top in found
+        for path in [top, *top.rglob("*")]
+        if path.exists()
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_outputs_untouched() -> Iterator[None]:
+    """At the end of the session: nothing under the repository's own output folders was made,
+    changed or removed by a test."""
+    before = repository_outputs()
+    yield
+    after = repository_outputs()
+    changed = sorted(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))
+    assert not changed, f"a test wrote into the repository's own outputs: {changed[:10]}"
+
+
 @pytest.fixture(scope="session")
 def archive() -> str:
     path = os.environ.get(ARCHIVE_ENV)

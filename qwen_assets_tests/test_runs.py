@@ -6,12 +6,16 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from dagster import DagsterRunStatus, build_sensor_context, instance_for_test
 
 from qwen_assets.build.runs import WORKER_TAG, Worker, fail_dead_runs
 from qwen_assets.definitions import build_definitions
 from qwen_assets.settings import load_settings
+from qwen_assets.testing import settings_dict, write_settings
+from qwen_assets_tests.conftest import rooted
 
 POOL_OF_ONE = {"concurrency": {"pools": {"default_limit": 1}}}
 
@@ -31,6 +35,14 @@ job = defs.resolve_implicit_global_asset_job_def()
 with DagsterInstance.from_config(sys.argv[1]) as instance:
     job.execute_in_process(instance=instance)
 """
+
+
+@pytest.fixture
+def settings_file(tmp_path: Path) -> Path:
+    """The default settings with every database, cache and site under ``tmp_path``: a tick
+    plans against this test's own (empty) databases, never a ``data/`` folder of the
+    directory the tests run from."""
+    return write_settings(tmp_path / "settings.toml", rooted(settings_dict(), tmp_path))
 
 
 def start_a_run(instance) -> subprocess.Popen:
@@ -53,8 +65,8 @@ def kill_a_running_run(instance) -> tuple[str, int]:
     return record.dagster_run.run_id, process.pid
 
 
-def test_the_sensor_fails_a_dead_run_frees_its_slot_and_plans():
-    defs = build_definitions(load_settings())
+def test_the_sensor_fails_a_dead_run_frees_its_slot_and_plans(settings_file):
+    defs = build_definitions(load_settings(settings_file))
     sensor = defs.resolve_sensor_def("rebuild_stale_assets")
     with instance_for_test(overrides=POOL_OF_ONE) as instance:
         run_id, pid = kill_a_running_run(instance)
@@ -101,14 +113,14 @@ def long_query() -> None:
 defs = Definitions(assets=[long_query], jobs=[define_asset_job(BUILD_JOB)])
 with DagsterInstance.from_config(sys.argv[1]) as instance:
     try:
-        report = build_stale(instance, load_settings(), defs, log=lambda line: None)
+        report = build_stale(instance, load_settings(sys.argv[2]), defs, log=lambda line: None)
         print("finished:", report.failure)
     except KeyboardInterrupt:
         print("interrupted")
 """
 
 
-def test_an_interrupt_that_duckdb_turns_into_its_own_error_still_stops_the_build():
+def test_an_interrupt_that_duckdb_turns_into_its_own_error_still_stops_the_build(settings_file):
     """DuckDB answers an interrupt that lands inside a query with "Query interrupted" and drops
     the interrupt: the build must still stop as interrupted (exit 130 in the CLI), not report a failure.
     (In a subprocess: under pytest's faulthandler, DuckDB does not see the signal. DuckDB 2.0
@@ -116,7 +128,7 @@ def test_an_interrupt_that_duckdb_turns_into_its_own_error_still_stops_the_build
     the build must stop as interrupted.)"""
     with instance_for_test() as instance:
         finished = subprocess.run(
-            [sys.executable, "-c", INTERRUPTED_QUERY, instance.root_directory],
+            [sys.executable, "-c", INTERRUPTED_QUERY, instance.root_directory, str(settings_file)],
             capture_output=True,
             text=True,
             timeout=120,
@@ -126,8 +138,8 @@ def test_an_interrupt_that_duckdb_turns_into_its_own_error_still_stops_the_build
         assert run.status == DagsterRunStatus.CANCELED, "closed as a person stopped it"
 
 
-def test_a_run_recorded_on_another_host_is_never_judged_from_here():
-    defs = build_definitions(load_settings())
+def test_a_run_recorded_on_another_host_is_never_judged_from_here(settings_file):
+    defs = build_definitions(load_settings(settings_file))
     job = defs.resolve_job_def("build_assets")
     with instance_for_test() as instance:
         elsewhere = Worker("another-host.example", 4242, 1.0).tag
