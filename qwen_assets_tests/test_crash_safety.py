@@ -121,16 +121,16 @@ def test_two_builds_at_once_wait_quietly_and_sigterm_stops_either(project, serve
     time.sleep(3)
     assert sum(waiting.cpu_times()[:2]) - before < 0.3, "waiting does not spin a CPU"
 
-    started = time.monotonic()
     second.send_signal(signal.SIGTERM)
-    assert second.wait(timeout=10) == 130
-    assert time.monotonic() - started < 5, "SIGTERM stops a waiting build promptly"
+    assert second.wait(timeout=60) == 130, "SIGTERM stops a waiting build"
 
-    started = time.monotonic()
     assert server.waiting, "the first build is waiting for vectors"
+    asked = len(server.arrivals)
     first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout=60) == 130, project.output("first")
-    assert time.monotonic() - started < 30, "SIGTERM stops an embedding build promptly"
+    # The server still holds its answers: a build that waited for the batch in flight, or
+    # sent another, would not have ended here.
+    assert first.wait(timeout=120) == 130, project.output("first")
+    assert len(server.arrivals) == asked, "SIGTERM stops an embedding build within its batch"
     assert "build interrupted" in project.output("first")
     server.release()
     statuses = [run.status for run in project.runs()]

@@ -122,6 +122,9 @@ def run_sql(database: Path, sql: str) -> tuple:
         return connection.execute(sql).fetchall()[0]
 
 
+PORT_TAKEN = "the port was taken"
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -143,24 +146,40 @@ class DagsterUI:
     """A real `dg dev` from the repository root, and its GraphQL API."""
 
     def __init__(self, environ: dict[str, str], log: Path) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
         self.log = log
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dg")), "dev", "--port", self.url.rsplit(":")[-1]],
-            cwd=REPO,
-            env=environ,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its webserver, daemon and code servers stop together
-        )
-        wait_until(self._up, 120, f"dg dev answers (its log: {log})")
+        # `dg dev` takes a port number, not a bound socket: a free port is found by binding
+        # and closing it, and if another process takes it first, dg dev starts on another.
+        for _ in range(3):
+            self.url = f"http://127.0.0.1:{free_port()}"
+            self.process = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("dg")),
+                    "dev",
+                    "--port",
+                    self.url.split(":")[-1],
+                ],
+                cwd=REPO,
+                env=environ,
+                stdout=log.open("w"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its webserver, daemon and code servers stop together
+            )
+            if wait_until(self._up, 120, f"dg dev answers (its log: {log})") != PORT_TAKEN:
+                return
+            self.stop()
+        raise AssertionError(f"dg dev found its port taken three times: {log}")
 
-    def _up(self) -> bool:
-        assert self.process.poll() is None, self.log.read_text()[-3000:]
+    def _up(self) -> bool | str:
+        if self.process.poll() is not None and "address already in use" in self._said().lower():
+            return PORT_TAKEN
+        assert self.process.poll() is None, self._said()[-3000:]
         try:
             return httpx.get(self.url + "/server_info", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def _said(self) -> str:
+        return self.log.read_text(errors="replace")
 
     def query(self, text: str, **variables) -> dict:
         answer = httpx.post(

@@ -191,9 +191,9 @@ def test_a_reader_never_delays_a_publish_and_keeps_the_state_it_opened(tmp_path:
     try:
         assert reader.stdout.readline().strip() == "3"
         rows_table(build, 5)
-        started = time.monotonic()
+        # wait_seconds=0: a publish that had to wait for the reader would fail here.
         again = publish_database(build, published, readable_by="v1.0.0", wait_seconds=0)
-        assert time.monotonic() - started < 5 and again.tables == {"rows": 5}
+        assert again.tables == {"rows": 5}
         assert read_table(published, "SELECT count(*) FROM rows").iloc[0, 0] == 5
         reader.stdin.write("\n")
         reader.stdin.flush()
