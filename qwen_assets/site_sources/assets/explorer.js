@@ -201,8 +201,12 @@
     // A redraw drops Plotly's own selection, which it reports as a (de)selection: not the
     // reader's, so the handlers ignore what comes while it runs.
     redrawing = true;
+    const mine = draws;
     const settled = () => {
       redrawing = false;
+      // The newest draw has come to rest (moves, colours, hover text): what a script driving
+      // the page, the tests included, waits on instead of a guess at the animation's length.
+      if (mine === draws) plot.dataset.settled = String(mine);
     };
     if (!smooth) return window.Plotly.react(plot, traces, layout, config).finally(settled);
     // Move every point from its old place to its new one, then settle the rest (colours,

@@ -201,7 +201,10 @@
   }
 
   /* Draw the maps of a view; the selection, if any, stays lit in them. */
+  let renders = 0;
   function render(view) {
+    const mine = ++renders;
+    delete container.dataset.settled;
     for (const { plot } of cards) window.Plotly.purge(plot);
     container.replaceChildren();
     // Every card goes into the grid before any plot is drawn: a plot drawn while its card is
@@ -221,7 +224,12 @@
         link(task, plot);
       });
     });
-    return Promise.all(drawn).then(() => light(site.dimmedUnlessIn(selection)));
+    return Promise.all(drawn)
+      .then(() => light(site.dimmedUnlessIn(selection)))
+      .then(() => {
+        // Every map of the newest view drawn and lit: what a script driving the page waits on.
+        if (mine === renders) container.dataset.settled = String(mine);
+      });
   }
 
   const drawn = [render(viewFromHash())];
