@@ -77,7 +77,7 @@ QUERY_LOOP = textwrap.dedent(
             except Exception as error:
                 failures.append(repr(error))
         passes += 1
-        time.sleep(0.02)  # a reader's pace, not a spin that takes a core from the builds
+        time.sleep(0.2)  # a reader's pace: each pass reads every vector, which costs a core
     print(json.dumps({"passes": passes, "failures": failures[:5], "states": sorted(states)}))
     """
 )

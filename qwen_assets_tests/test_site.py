@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,7 +34,6 @@ SLOWDOWN_ENV = "QWEN_ASSETS_BROWSER_SLOWDOWN"
 ARTIFACTS = REPO / "test-artifacts"
 HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script> & "quotes"'
 FORMULA = '=HYPERLINK("http://127.0.0.1:9/x","click me")'  # a post a spreadsheet would run
-TRANSITION_SETTLE_MS = 900
 
 
 def loneliest_point(payload: dict) -> int:
@@ -134,6 +133,20 @@ class Page:
     def open(self, path: str = "index.html") -> None:
         self.page.goto(self.root + path)
         self.page.wait_for_selector("body[data-details='loaded']", timeout=30_000)
+
+    def after_redraw(self, action: Callable[[], object], where: str = "#plot") -> None:
+        """Does ``action``, then waits until the page marks the redraw it caused as come to
+        rest (``data-settled`` on the map, or on the comparison's grid), instead of guessing
+        how long an animation takes."""
+        before = self.page.get_attribute(where, "data-settled")
+        action()
+        self.page.wait_for_function(
+            """([where, before]) => {
+              const mark = document.querySelector(where).dataset.settled;
+              return mark !== undefined && mark !== before;
+            }""",
+            arg=[where, before],
+        )
 
     def foreign_requests(self) -> list[str]:
         return [url for url in self.requests if not url.startswith(self.root)]
@@ -248,8 +261,11 @@ def test_every_task_button_moves_the_points_and_renders_a_picture(page, payload)
     page.open()
     seen, pictures = [], set()
     for task in payload["tasks"]:
-        page.page.click(f"#task-buttons button[data-task='{task['name']}']")
-        page.page.wait_for_timeout(TRANSITION_SETTLE_MS)
+        button = f"#task-buttons button[data-task='{task['name']}']"
+        if page.page.get_attribute(button, "aria-pressed") == "true":
+            page.page.click(button)  # the task shown already: nothing is redrawn
+        else:
+            page.after_redraw(lambda button=button: page.page.click(button))
         assert f"task={task['name']}" in page.page.url
         assert (
             page.page.get_attribute(
@@ -356,16 +372,19 @@ def test_a_hostile_document_shows_as_text_and_runs_nothing(page_on_each_origin, 
 
 def test_search_colour_modes_and_keys(page, payload):
     page.open()
-    page.page.fill("#search", "space")
-    expected = sum("space" in text.lower() for text in payload["documents"]["text"])
-    page.page.wait_for_function(
-        "() => document.getElementById('search-count').textContent.length > 0"
-    )
-    assert (
-        page.page.inner_text("#search-count")
-        == f"{expected} of {len(payload['documents']['id'])} match"
-    )
+    page.after_redraw(lambda: page.page.fill("#search", "space"))
+    texts = payload["documents"]["text"]
+    expected = {doc for doc, text in enumerate(texts) if "space" in text.lower()}
+    assert page.page.inner_text("#search-count") == f"{len(expected)} of {len(texts)} match"
     assert "q=space" in page.page.url
+    lit = {doc for doc, opacity in page.opacities().items() if opacity == 1}
+    assert lit == expected, "exactly the posts that hold the word stay bright"
+    # The link restores the search: the same posts light up on a fresh page.
+    page.open(f"index.html#{page.page.url.split('#', 1)[1]}")
+    page.page.wait_for_function("() => document.getElementById('search-count').textContent")
+    page.page.wait_for_function("() => document.getElementById('plot').dataset.settled")
+    assert page.page.input_value("#search") == "space"
+    assert {doc for doc, opacity in page.opacities().items() if opacity == 1} == expected
 
     page.page.click("[data-colour='change']")
     colour_bar = page.page.evaluate(
@@ -565,8 +584,9 @@ def test_switching_tasks_moves_the_points_smoothly(page, payload):
           return seen;
         }"""
     )
-    page.page.click(f"#task-buttons [data-task='{payload['tasks'][1]['name']}']")
-    page.page.wait_for_timeout(TRANSITION_SETTLE_MS)
+    page.after_redraw(
+        lambda: page.page.click(f"#task-buttons [data-task='{payload['tasks'][1]['name']}']")
+    )
     after = page.page.evaluate(point)
     assert before != after
     on_its_way = set(drawn.json_value()) - {before, after}
@@ -714,8 +734,7 @@ def test_a_box_selection_is_listed_followed_across_tasks_linked_and_exported(
 
         # The same posts stay lit on another task's map.
         second = payload["tasks"][1]["name"]
-        page.click(f"#task-buttons [data-task='{second}']")
-        page.wait_for_timeout(TRANSITION_SETTLE_MS)
+        opened.after_redraw(lambda: page.click(f"#task-buttons [data-task='{second}']"))
         lit = {doc for doc, opacity in opened.opacities().items() if opacity == 1}
         assert lit == expected
 
@@ -866,8 +885,9 @@ def test_the_explorer_switches_variants_as_it_switches_tasks(browser, variants_s
         tasks = page.page.locator("#task-buttons button").all_inner_texts()
         assert tasks == list(dict.fromkeys(task["name"] for task in payload["tasks"]))
         drawn = page.all_positions()
-        page.page.click(f"#variant-buttons [data-variant='{variants[1]}']")
-        page.page.wait_for_timeout(TRANSITION_SETTLE_MS)
+        page.after_redraw(
+            lambda: page.page.click(f"#variant-buttons [data-variant='{variants[1]}']")
+        )
         assert f"variant={variants[1]}" in page.page.url
         moved = page.all_positions()
         assert moved != drawn, "the other variant's map is drawn"
@@ -883,8 +903,11 @@ def test_the_explorer_switches_variants_as_it_switches_tasks(browser, variants_s
         best = page.page.locator("#variant-rows button.best")
         assert best.count() >= len(tasks), "each task's best variant is marked"
         # A cell switches the map, and the link restores it.
-        page.page.click(f"#variant-rows td[data-variant='{variants[0]}'][data-task='topic'] button")
-        page.page.wait_for_timeout(TRANSITION_SETTLE_MS)
+        page.after_redraw(
+            lambda: page.page.click(
+                f"#variant-rows td[data-variant='{variants[0]}'][data-task='topic'] button"
+            )
+        )
         assert page.page.url.endswith(f"task=topic&variant={variants[0]}")
         page.open(f"index.html#task=topic&variant={variants[1]}")
         assert page.page.inner_text("#task-name") == f"{variants[1]} · topic:"
@@ -951,9 +974,8 @@ def test_the_comparison_picker_switches_views_and_keeps_the_selection_lit(browse
         )
         lit = {doc for doc, value in page.opacities(plot).items() if value > 0.5}
         assert 0 < len(lit) < len(first)
-        page.page.select_option("#compare-view", "task=topic")
-        page.page.wait_for_function("() => document.querySelectorAll('.map-card').length === 2")
-        page.page.wait_for_timeout(300)
+        page.after_redraw(lambda: page.page.select_option("#compare-view", "task=topic"), "#maps")
+        assert page.page.locator(".map-card").count() == 2
         for card in (1, 2):
             now = {
                 doc

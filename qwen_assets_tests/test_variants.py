@@ -149,8 +149,15 @@ def test_adding_variants_to_a_built_project_pays_only_for_the_new_ones(
     project = project_copy(lambda raw: raw.update(variants=VARIANTS))
     project.raw["site"]["output_dir"] = str(project.root / "site")
     write_settings(project.settings_path, project.raw)
-    _, requests = build(project, server)
+    report, requests = build(project, server)
     assert requests == len(project.settings().tasks) * batches(project)
+    maps = [
+        record
+        for record in project.instance.fetch_materializations(EMBEDDINGS, limit=200).records
+        if record.run_id in report.run_ids
+    ]
+    assert len(maps) == len(VARIANTS) * len(project.settings().tasks), "every map of the grid"
+    assert len({record.run_id for record in maps}) == 1, "all in one run"
     variants = read_table(project.database, "SELECT DISTINCT variant FROM umap_coordinates")
     assert set(variants["variant"]) == set(VARIANTS)
 
