@@ -24,6 +24,7 @@ from qwen_assets.build.stale import stale_plan
 from qwen_assets.definitions import build_definitions, rebuild_stale
 from qwen_assets.projection import EXACT_NEIGHBOURS_BELOW, align, exact_neighbours, umap_layout
 from qwen_assets.settings import load_settings
+from qwen_assets.site import read_payload
 from qwen_assets.storage import read_table
 from qwen_assets.testing import project_settings, write_settings
 from qwen_assets_tests.conftest import cli_on, failure_message
@@ -189,6 +190,51 @@ def test_only_what_is_stale_is_rebuilt(cold_project, small_built, server):
     )
     assert set(report.plan.after) == AFTER_THE_MAPS
     assert server.received == [], "a UMAP setting never re-embeds"
+
+
+def test_tasks_added_removed_resized_and_a_new_sample_through_the_planner(project_copy, server):
+    """Each settings edit people make, built for real: exactly what it makes stale is rebuilt,
+    and only texts never embedded are paid for."""
+    project = project_copy()
+    documents = project.documents()
+    batches = math.ceil(documents / project.settings().embedding.batch_size)
+    maps = [AssetKey("task_embeddings"), AssetKey("umap_coordinates")]
+
+    def rebuild(edit) -> tuple:
+        edit(project.raw)
+        write_settings(project.settings_path, project.raw)
+        server.reset()
+        report = rebuild_stale(project.instance, project.settings(), log=lambda line: None)
+        assert report.succeeded, report.failure
+        return report, len(server.received)
+
+    def tasks_in(table: str) -> dict[str, int]:
+        counted = read_table(project.database, f"SELECT task, count(*) n FROM {table} GROUP BY 1")
+        return dict(zip(counted["task"], counted["n"], strict=True))
+
+    emotion = {"instruction": "Classify the emotion expressed in the given text"}
+    report, requests = rebuild(lambda raw: raw["tasks"].update(emotion=emotion))
+    assert report.plan.by_task == {"emotion": maps} and requests == batches
+    assert tasks_in("task_embeddings") == dict.fromkeys([*TASKS, "emotion"], documents)
+
+    report, requests = rebuild(lambda raw: raw["tasks"].pop("toxicity"))
+    assert report.plan.by_task == {} and requests == 0, "removing a task embeds nothing"
+    kept = dict.fromkeys(["default", "topic", "sentiment", "emotion"], documents)
+    assert {task["name"] for task in read_payload(project.root / "site")["tasks"]} == set(kept)
+
+    report, requests = rebuild(lambda raw: raw["embedding"].update(dimensions=128))
+    assert report.plan.by_task == dict.fromkeys(kept, maps)
+    assert requests == len(kept) * batches, "a new size is a new vector for every prompt"
+    assert len(report.run_ids) == len(report.plan.runs()), "each planned run launched once"
+    assert len([run for run in report.plan.runs() if run.tasks]) == 1, "all tasks in one run"
+    # The removed task's rows went with the next write to the tables.
+    assert tasks_in("task_embeddings") == tasks_in("umap_coordinates") == kept
+
+    report, requests = rebuild(lambda raw: raw["corpus"].update(per_category=30))
+    assert AssetKey("newsgroups_sample") in report.plan.before
+    assert set(report.plan.by_task) == set(kept)
+    assert project.documents() == 30 * len(project.raw["corpus"]["categories"])
+    assert requests == 0, "a smaller sample of the same posts: every vector is cached"
 
 
 def test_switching_the_local_runtime_makes_exactly_the_embeddings_stale(project_copy):
