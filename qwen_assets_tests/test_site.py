@@ -336,6 +336,12 @@ def test_clicking_a_point_opens_its_neighbours_and_the_link_restores_the_view(pa
     assert neighbours.first.get_attribute("data-doc") == payload["documents"]["id"][first]
     scores = [float(s) for s in page.page.locator("#neighbours .score").all_inner_texts()]
     assert scores == sorted(scores, reverse=True)
+    reference = payload["reference_task"]
+    theirs = next(task for task in payload["tasks"] if task["name"] == reference)["neighbours"]
+    kept = len(set(topic["neighbours"][doc]) & set(theirs[doc]))
+    assert page.page.inner_text("#doc-kept") == (
+        f"Kept {kept} of its {payload['neighbours']} {reference}-task neighbours"
+    )
 
     neighbours.first.click()
     assert page.page.inner_text("#doc-id") == payload["documents"]["id"][first]
@@ -347,6 +353,27 @@ def test_clicking_a_point_opens_its_neighbours_and_the_link_restores_the_view(pa
     page.page.wait_for_selector("body[data-details='loaded']")
     assert page.page.inner_text("#doc-id") == payload["documents"]["id"][first]
     assert page.page.get_attribute("#task-buttons [data-task='topic']", "aria-pressed") == "true"
+    assert page.errors == []
+
+
+def test_the_change_colours_are_each_posts_share_of_neighbours_kept(page, payload):
+    """Coloured by neighbourhood change, each post's value is the Jaccard index of its
+    neighbours on this map and on the reference task's, worked out here from the payload."""
+    page.open("index.html#task=topic")
+    page.after_redraw(lambda: page.page.click("[data-colour='change']"))
+    docs, values = page.page.evaluate(
+        """() => {
+          const trace = document.getElementById('plot').data.find((t) => t.meta === 'documents');
+          return [trace.customdata, trace.marker.color];
+        }"""
+    )
+    tasks = {task["name"]: task for task in payload["tasks"]}
+    ours, theirs = tasks["topic"]["neighbours"], tasks[payload["reference_task"]]["neighbours"]
+    assert sorted(docs) == list(range(len(payload["documents"]["id"])))
+    for doc, value in zip(docs, values, strict=True):
+        mine, reference = set(ours[doc]), set(theirs[doc])
+        assert value == pytest.approx(len(mine & reference) / len(mine | reference)), doc
+    assert 0 <= min(values) < max(values) <= 1, "posts keep different shares"
     assert page.errors == []
 
 
