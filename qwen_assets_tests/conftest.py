@@ -126,17 +126,26 @@ def minilm():
     return load_minilm()
 
 
-# Where the loopback server keeps its vectors between sessions, when set (a test that runs
-# the suite in a child process passes its own, so the child answers from it too).
-VECTORS_ENV = "QWEN_ASSETS_TESTS_VECTORS"
+# A command-line option, not a variable (a developer's environment never points it
+# anywhere): a test that runs the suite in a child process hands the child its own store.
+VECTORS_OPTION = "--loopback-vectors"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        VECTORS_OPTION,
+        default=None,
+        help="the loopback server's store of vectors (default: under pytest's cache); "
+        "a session given one leaves the spot checks to the session that gave it",
+    )
 
 
 @pytest.fixture(scope="session")
 def vectors_folder(request: pytest.FixtureRequest) -> Path | None:
     """The loopback server's store (``stored_vectors``): one folder per model, torch version
     and maximum length, under pytest's cache; None where pytest's cache is turned off."""
-    if os.environ.get(VECTORS_ENV):
-        return Path(os.environ[VECTORS_ENV])
+    if request.config.getoption(VECTORS_OPTION):
+        return Path(request.config.getoption(VECTORS_OPTION))
     if (cache := getattr(request.config, "cache", None)) is None:
         return None
     key = store_key(minilm_path(), version("torch"), SUITE_MAX_SEQ_LENGTH)
@@ -155,7 +164,7 @@ def server(
     # One process of a session spot-checks the store: the first xdist worker, or the only
     # process; not a session a test started (the test's own session checks).
     worker = getattr(request.config, "workerinput", {}).get("workerid", "gw0")
-    checks = worker == "gw0" and not os.environ.get(VECTORS_ENV)
+    checks = worker == "gw0" and not request.config.getoption(VECTORS_OPTION)
     vectors = StoredVectors(
         lambda texts: load_minilm().encode(texts, batch_size=64, show_progress_bar=False),
         vectors_folder,

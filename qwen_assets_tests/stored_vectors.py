@@ -78,12 +78,16 @@ class StoredVectors:
             new = {
                 key: text for key, text in zip(keys, texts, strict=True) if key not in self.known
             }
-            unchecked = [
-                (key, text)
-                for key, text in dict(zip(keys, texts, strict=True)).items()
-                if key in self.from_store
-            ]
-        if unchecked and self.checked < self.spot_checks:
+            unchecked = (
+                [
+                    (key, text)
+                    for key, text in dict(zip(keys, texts, strict=True)).items()
+                    if key in self.from_store
+                ]
+                if self.checked < self.spot_checks
+                else []
+            )
+        if unchecked:
             wanted = min(len(unchecked), self.spot_checks - self.checked)
             self._check(random.sample(unchecked, wanted))
         if new:

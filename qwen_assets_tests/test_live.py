@@ -34,9 +34,16 @@ from qwen_assets_tests.conftest import REPO, SMALL_CORPUS
 PACKAGE_DAGSTER_YAML = REPO / "qwen_assets" / "dagster.yaml"
 TASKS = ["default", "topic", "sentiment", "toxicity"]
 
+# Every task's vectors and map, as one value: what tells two states of the tables apart.
+FINGERPRINT = (
+    "SELECT (SELECT md5(string_agg(embedding::VARCHAR, ',' ORDER BY task, doc_id)) "
+    "FROM task_embeddings) || (SELECT md5(string_agg(x || ',' || y, ';' "
+    "ORDER BY task, doc_id)) FROM umap_coordinates)"
+)
+
 # Checks one state of the database people query, on a new connection each pass, until the
 # stop file appears; prints what it saw as JSON.
-QUERY_LOOP = textwrap.dedent(
+QUERY_LOOP = f"FINGERPRINT = {FINGERPRINT!r}\n" + textwrap.dedent(
     """
     import json, os, sys, time
     import duckdb
@@ -68,11 +75,7 @@ QUERY_LOOP = textwrap.dedent(
                     problems.append(f"site_builds counts {built_for} posts, the sample {documents}")
                 if problems:
                     failures.append("; ".join(problems))
-                fingerprint = one(
-                    "SELECT (SELECT md5(string_agg(embedding::VARCHAR, ',' ORDER BY task, doc_id)) "
-                    "FROM task_embeddings) || (SELECT md5(string_agg(x || ',' || y, ';' "
-                    "ORDER BY task, doc_id)) FROM umap_coordinates)"
-                )[0][0]
+                fingerprint = one(FINGERPRINT)[0][0]
                 states.add((payload, fingerprint))
             except Exception as error:
                 failures.append(repr(error))
@@ -109,9 +112,7 @@ HOLDER = textwrap.dedent(
 # vectors and map.
 FINAL_STATE = (
     "SELECT (SELECT payload_sha256 FROM site_builds ORDER BY built_at DESC LIMIT 1), "
-    "(SELECT md5(string_agg(embedding::VARCHAR, ',' ORDER BY task, doc_id)) "
-    "FROM task_embeddings) || (SELECT md5(string_agg(x || ',' || y, ';' "
-    "ORDER BY task, doc_id)) FROM umap_coordinates)"
+    f"({FINGERPRINT})"
 )
 
 
@@ -170,7 +171,8 @@ class DagsterUI:
         raise AssertionError(f"dg dev found its port taken three times: {log}")
 
     def _up(self) -> bool | str:
-        if self.process.poll() is not None and "address already in use" in self._said().lower():
+        # dg dev keeps running when its webserver cannot bind: the log says so.
+        if "address already in use" in self._said().lower():
             return PORT_TAKEN
         assert self.process.poll() is None, self._said()[-3000:]
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_assets_tests.conftest import PROJECT_VARIABLES, REPO, VECTORS_ENV
+from qwen_assets_tests.conftest import PROJECT_VARIABLES, REPO, VECTORS_OPTION
 
 # Tests that load the settings (the default file and their own) and build a project through
 # the loopback server: each would read or write the exported paths were the suite not sealed.
@@ -27,14 +27,22 @@ def test_a_developers_exported_variables_reach_no_test(tmp_path: Path, vectors_f
     theirs = tmp_path / "theirs"
     exported = {variable: str(theirs / variable.lower()) for variable in PROJECT_VARIABLES}
     exported["QWEN_ASSETS_SETTINGS"] = str(theirs / "settings.toml")
+    store = [f"{VECTORS_OPTION}={vectors_folder}"] if vectors_folder else []
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *TOUCHING],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-n",
+            "0",
+            "-p",
+            "no:cacheprovider",
+            *store,
+            *TOUCHING,
+        ],
         cwd=REPO,
-        env={
-            **os.environ,
-            **exported,
-            **({VECTORS_ENV: str(vectors_folder)} if vectors_folder else {}),
-        },
+        env={**os.environ, **exported},
         capture_output=True,
         text=True,
         timeout=600,
