@@ -38,7 +38,7 @@ def child(settings_path: str) -> None:
     """Build from nothing; print step seconds, peak memory and the site's payload size."""
     from dagster import DagsterEventType, instance_for_test
 
-    from qwen_assets.definitions import rebuild_stale
+    from qwen_assets.cli import rebuild_stale
     from qwen_assets.settings import load_settings
 
     settings = load_settings(settings_path)

@@ -19,8 +19,8 @@ import httpx
 import numpy as np
 
 from benchmarks.results import table, write_section
-from qwen_assets.embedding.core import make_batches
-from qwen_assets.embedding.http import HttpBackend
+from qwen_assets.pipeline.embedding.core import make_batches
+from qwen_assets.pipeline.embedding.http import HttpBackend
 from qwen_assets.settings import HttpSettings
 from qwen_assets.testing.embedding_server import EmbeddingServer
 

@@ -24,8 +24,8 @@ PROJECT = "incremental"  # its folder under the benchmarks' work folder
 def run() -> str:
     from dagster import instance_for_test
 
-    from qwen_assets.definitions import rebuild_stale
-    from qwen_assets.embedding.local import load_model
+    from qwen_assets.cli import rebuild_stale
+    from qwen_assets.pipeline.embedding.local import load_model
     from qwen_assets.settings import load_settings
 
     model = load_model(minilm_path(), "cpu", TEST_MAX_SEQ_LENGTH)

@@ -26,10 +26,10 @@ from benchmarks.local_model import (
 )
 from benchmarks.results import table, write_section
 from benchmarks.workspace import work_dir
-from qwen_assets.embedding import build_backend
-from qwen_assets.embedding.core import Batch
-from qwen_assets.embedding.hardware import cpu_summary
-from qwen_assets.metrics import Agreement, agreement
+from qwen_assets.pipeline.embedding import build_backend
+from qwen_assets.pipeline.embedding.core import Batch
+from qwen_assets.pipeline.embedding.hardware import cpu_summary
+from qwen_assets.pipeline.metrics import Agreement, agreement
 from qwen_assets.testing import minilm_path
 
 TASK_PROMPT = task_prompts()["topic"]
@@ -78,7 +78,7 @@ class Measured:
 
 
 def measure(runtime: str, folder: str, timed: list[Batch]) -> tuple[list[float], float]:
-    from qwen_assets.embedding import embed_texts
+    from qwen_assets.pipeline.embedding import embed_texts
 
     log = logging.getLogger("benchmarks.local_cpu")
     settings = local_settings(MODEL_NAME, folder, device="cpu", runtime=runtime)
@@ -101,7 +101,7 @@ def measure(runtime: str, folder: str, timed: list[Batch]) -> tuple[list[float],
 
 def minilm_agreement(texts: list[str]) -> Agreement:
     """The int8 runtime against float32 on a real model: the sample, the topic prompt."""
-    from qwen_assets.embedding import build_backend, embed_texts
+    from qwen_assets.pipeline.embedding import build_backend, embed_texts
     from qwen_assets.testing import TEST_MAX_SEQ_LENGTH
 
     log = logging.getLogger("benchmarks.local_cpu")

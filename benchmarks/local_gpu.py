@@ -33,7 +33,7 @@ def embed_tasks(folder: str, texts: list[str], **local: object) -> dict:
     """Every task's texts through the project's local backend, each into a fresh cache."""
     import torch
 
-    from qwen_assets.embedding import build_backend, embed_texts
+    from qwen_assets.pipeline.embedding import build_backend, embed_texts
 
     settings = local_settings(MODEL_NAME, folder, device="cuda", **local)
     backend = build_backend("local", settings, None, log)
@@ -61,7 +61,7 @@ def sentence_transformers_encode(folder: str, texts: list[str]) -> float:
     """Seconds for sentence-transformers' own encode of one task's texts, 64 at a time."""
     import torch
 
-    from qwen_assets.embedding.local import load_model
+    from qwen_assets.pipeline.embedding.local import load_model
 
     model = load_model(folder, "cuda", None, "bfloat16")
     prompt = task_prompts()["topic"]
@@ -77,7 +77,7 @@ def forward_ceiling(folder: str) -> float:
     """Tokens per second of the bare transformer on full batches of random token ids."""
     import torch
 
-    from qwen_assets.embedding.local import load_model
+    from qwen_assets.pipeline.embedding.local import load_model
 
     transformer = load_model(folder, "cuda", None, "bfloat16")[0].auto_model
     size, length = CEILING_SHAPE

@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from benchmarks.workspace import archive, work_dir
+from qwen_assets.pipeline.embedding.identity import prompt_prefix
 from qwen_assets.settings import EmbeddingSettings, Settings, load_settings, parse_settings
 
 # Qwen/Qwen3-Embedding-0.6B's config.json, as published.
@@ -78,7 +79,7 @@ def demo_settings() -> Settings:
 
 def sample_texts() -> list[str]:
     """The demo's 800 posts, drawn from the archive as the build draws them."""
-    from qwen_assets.corpus import load_raw_newsgroups, stratified_sample
+    from qwen_assets.pipeline.corpus import load_raw_newsgroups, stratified_sample
 
     raw = load_raw_newsgroups(archive())
     return stratified_sample(raw, demo_settings().corpus).frame["text"].tolist()
@@ -86,7 +87,7 @@ def sample_texts() -> list[str]:
 
 def task_prompts() -> dict[str, str]:
     settings = demo_settings()
-    return {task: settings.prompt_prefix(task) for task in settings.task_names}
+    return {task: prompt_prefix(settings, task) for task in settings.task_names}
 
 
 def local_settings(model: str, folder: str, **local: object) -> EmbeddingSettings:

@@ -17,12 +17,17 @@ import pandas as pd
 
 from benchmarks.results import table, write_section
 from benchmarks.workspace import archive, work_dir
-from qwen_assets.corpus import load_raw_newsgroups, stratified_sample
 from qwen_assets.defs.embedding_assets import embedding_columns, vectors_table
 from qwen_assets.defs.projection_assets import COORDINATE_COLUMNS
-from qwen_assets.query import create_views
+from qwen_assets.pipeline.corpus import load_raw_newsgroups, stratified_sample
+from qwen_assets.pipeline.query import create_views
+from qwen_assets.pipeline.storage import (
+    connect,
+    publish_database,
+    replace_partitions,
+    replace_table,
+)
 from qwen_assets.settings import BASE_VARIANT, CorpusSettings, default_settings_path, load_settings
-from qwen_assets.storage import connect, publish_database, replace_partitions, replace_table
 
 TASKS = ["default", "topic", "sentiment", "toxicity"]
 DIMENSIONS = 1024

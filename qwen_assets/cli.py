@@ -17,11 +17,18 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from qwen_assets.errors import user_error_types
-from qwen_assets.query import EXPORT_FORMATS
+from qwen_assets.errors import QwenAssetsError
+from qwen_assets.pipeline.query import EXPORT_FORMATS
+
+if TYPE_CHECKING:  # imported on use, so that `qwen-assets --help` stays quick
+    from dagster import DagsterInstance
+
+    from qwen_assets.orchestration.headless import BuildReport
+    from qwen_assets.settings import Settings
 
 USER_ERROR = 2
 INTERRUPTED = 130  # the shell convention for a command stopped by SIGINT
@@ -51,7 +58,7 @@ def dagster_instance():
 
 class BuildDisplay(logging.Handler):
     """What `qwen-assets build` shows: its own lines, and the embedding progress reports
-    (see ``qwen_assets.embedding.core``) as a live bar with rate and ETA on a terminal, or a
+    (see ``qwen_assets.pipeline.embedding.core``) as a live bar with rate and ETA on a terminal, or a
     line per quarter elsewhere (logs, CI)."""
 
     def __init__(self, live: bool) -> None:
@@ -74,7 +81,7 @@ class BuildDisplay(logging.Handler):
         report = getattr(record, "embedding_progress", None)
         if report is None:
             return
-        from qwen_assets.embedding.core import duration
+        from qwen_assets.pipeline.embedding.core import duration
 
         rate = report.rate
         if report.label not in self.tasks:
@@ -135,6 +142,19 @@ class BuildDisplay(logging.Handler):
         super().close()
 
 
+def rebuild_stale(
+    instance: DagsterInstance, settings: Settings | None = None, **options: Any
+) -> BuildReport:
+    """`qwen-assets build` as a call: the headless build over the Definitions of ``settings``
+    (default: the settings file). ``options``: see ``orchestration.headless.build_stale``."""
+    from qwen_assets.definitions import build_definitions
+    from qwen_assets.orchestration.headless import build_stale
+    from qwen_assets.settings import load_settings
+
+    settings = settings or load_settings()
+    return build_stale(instance, settings, build_definitions(settings), **options)
+
+
 def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -144,8 +164,7 @@ def command_build(arguments: argparse.Namespace) -> int:
     import io
     import signal
 
-    from qwen_assets.definitions import rebuild_stale
-    from qwen_assets.embedding.core import PROGRESS_LOGGER
+    from qwen_assets.pipeline.embedding.core import PROGRESS_LOGGER
 
     # SIGTERM (a service manager, `timeout`, `kill`) stops a build as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -197,7 +216,7 @@ def _keep(chatter: str, log_file: Path | None) -> None:
     if log_file is None:
         from datetime import datetime
 
-        from qwen_assets.build.headless import LOG_FOLDER
+        from qwen_assets.orchestration.headless import LOG_FOLDER
 
         log_file = dagster_home() / LOG_FOLDER / f"qwen-assets-{datetime.now():%Y%m%d-%H%M%S}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -241,7 +260,7 @@ def _shorten(value: object) -> object:
 
 
 def command_neighbours(arguments: argparse.Namespace) -> int:
-    from qwen_assets.query import neighbours
+    from qwen_assets.pipeline.query import neighbours
     from qwen_assets.settings import load_settings
 
     frame = neighbours(
@@ -254,8 +273,8 @@ def command_neighbours(arguments: argparse.Namespace) -> int:
 def command_search(arguments: argparse.Namespace) -> int:
     import logging
 
-    from qwen_assets.embedding import resolve_backend
-    from qwen_assets.query import search
+    from qwen_assets.pipeline.embedding import resolve_backend
+    from qwen_assets.pipeline.query import search
     from qwen_assets.settings import load_settings
 
     settings = load_settings()
@@ -277,7 +296,7 @@ def command_search(arguments: argparse.Namespace) -> int:
 
 
 def command_compare(arguments: argparse.Namespace) -> int:
-    from qwen_assets.query import compare, neighbourhood_summary
+    from qwen_assets.pipeline.query import compare, neighbourhood_summary
     from qwen_assets.settings import load_settings
 
     tasks = [task.strip() for task in arguments.tasks.split(",") if task.strip()]
@@ -287,7 +306,7 @@ def command_compare(arguments: argparse.Namespace) -> int:
 
 
 def command_export(arguments: argparse.Namespace) -> int:
-    from qwen_assets.query import export
+    from qwen_assets.pipeline.query import export
     from qwen_assets.settings import load_settings
 
     rows = export(
@@ -394,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser().parse_args(argv)
     try:
         return arguments.handler(arguments)
-    except user_error_types() as error:
+    except QwenAssetsError as error:
         print(f"qwen-assets: {error}", file=sys.stderr)
         return USER_ERROR
 

@@ -1,8 +1,10 @@
-"""The single entry point: ``defs``, built from the settings file.
+"""The single entry point: ``defs``, built from the settings file, for ``dg`` and ``dagster dev``.
 
 Partitions (one per task, or per variant x task: see ``defs/partitions.py``) and code
 versions (from the sample and UMAP settings) are derived from the settings, so editing the
-file and reloading the code location shows exactly what went stale.
+file and reloading the code location shows exactly what went stale. The project's own
+definitions are made by the factories in ``qwen_assets.defs`` (they need the settings);
+anything added there at module level (``dg scaffold defs``) is loaded beside them.
 """
 
 from __future__ import annotations
@@ -10,44 +12,46 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
 
 from dagster import (
-    AssetSelection,
     BetaWarning,
-    DagsterInstance,
     Definitions,
-    define_asset_job,
     in_process_executor,
+    load_from_defs_folder,
 )
 
-from qwen_assets.build.headless import BuildReport, build_stale
-from qwen_assets.build.prompts import instruction_versions
-from qwen_assets.build.runs import BUILD_JOB, RunWorker
-from qwen_assets.defs.automation import build_automation
 from qwen_assets.defs.corpus_assets import corpus_assets
 from qwen_assets.defs.embedding_assets import embedding_assets
+from qwen_assets.defs.jobs import assets_job
 from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.defs.projection_assets import projection_assets
-from qwen_assets.defs.query_assets import query_assets
+from qwen_assets.defs.query_assets import QUERY_DATABASE, query_assets
 from qwen_assets.defs.resources import Embedder, Warehouse
+from qwen_assets.defs.run_worker import RunWorker
 from qwen_assets.defs.site_assets import site_assets
-from qwen_assets.embedding import resolve_backend
+from qwen_assets.orchestration.automation import build_automation
+from qwen_assets.orchestration.prompts import instruction_versions
+from qwen_assets.orchestration.stale import stale_inputs
+from qwen_assets.pipeline.embedding import resolve_backend
 from qwen_assets.settings import Settings, load_settings
 
 # The site's assets that are tables people query (site_data and site_pages are files).
 TABLES = {"task_quality", "map_clusters", "site_builds"}
+# Where dg keeps a project's configuration; absent when the package is installed as a wheel,
+# where nothing is scaffolded.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_definitions(settings: Settings, environ: Mapping[str, str] = os.environ) -> Definitions:
     grid = MapGrid(settings)
-    # Assets and triggers that plan with the one stale rule need the finished Definitions.
-    defs_holder: list[Definitions] = []
+    # The stale rule and the triggers read the whole Definitions: handed to them once made.
+    made: list[Definitions] = []
     with warnings.catch_warnings():
         # Partitioned observable sources and single-run backfills are beta in Dagster 1.13;
-        # this project relies on both on purpose (see the README), so say it once, there. And
-        # Dagster's own observable_source_asset reads a property it deprecated (OpDefinition.
-        # version): nothing this project can change. Every other warning still shows.
+        # this project relies on both on purpose (see docs/rebuilds.md), so say it once,
+        # there. And Dagster's own observable_source_asset reads a property it deprecated
+        # (OpDefinition.version): nothing this project can change. Every other warning shows.
         for beta in ("observable_source_asset", "backfill_policy"):
             warnings.filterwarnings("ignore", f".*`{beta}`.*beta", BetaWarning)
         warnings.filterwarnings(
@@ -72,8 +76,9 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
             task_embeddings,
             umap_coordinates,
             tables,
-            lambda: defs_holder[0],
-            lambda: instruction_versions(settings),
+            lambda instance: stale_inputs(
+                made[0], instance, QUERY_DATABASE, instruction_versions(settings)
+            ),
         )
     assets = [
         raw_newsgroups,
@@ -96,18 +101,11 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         backend_reasons={variant: reason for variant, (_, reason) in chosen.items()},
         cache_database=settings.storage.embedding_cache,
     )
-
-    build_job = define_asset_job(
-        BUILD_JOB,
-        selection=AssetSelection.all(),
-        description="Any selection of the assets; the headless build, the sensor and the "
-        "schedule launch it with the stale partitions.",
-    )
-    sensor, schedule = build_automation(settings, lambda: defs_holder[0])
+    sensor, schedule = build_automation(settings, lambda: made[0])
     run_worker = RunWorker()
     defs = Definitions(
         assets=assets,
-        jobs=[build_job],
+        jobs=[assets_job()],
         schedules=[schedule],
         sensors=[sensor],
         resources={
@@ -123,16 +121,16 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         },
         executor=in_process_executor,
     )
-    defs_holder.append(defs)
+    made.append(defs)
     return defs
 
 
-def rebuild_stale(
-    instance: DagsterInstance, settings: Settings | None = None, **options: Any
-) -> BuildReport:
-    """The headless build over the Definitions of ``settings`` (default: the settings file)."""
-    settings = settings or load_settings()
-    return build_stale(instance, settings, build_definitions(settings), **options)
+def scaffolded_definitions() -> Definitions:
+    """What ``dg scaffold defs`` added to ``qwen_assets/defs/`` (the project's own modules
+    there define factories, not definitions, so they add nothing)."""
+    if not (PROJECT_ROOT / "pyproject.toml").is_file():
+        return Definitions()
+    return load_from_defs_folder(path_within_project=PROJECT_ROOT)
 
 
-defs = build_definitions(load_settings())
+defs = Definitions.merge(build_definitions(load_settings()), scaffolded_definitions())

@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from qwen_assets.errors import SettingsError
+
 SETTINGS_ENV = "QWEN_ASSETS_SETTINGS"
 
 # Environment variable -> (section, key) it overrides.
@@ -72,14 +74,10 @@ BASE_VARIANT = "base"
 UMAP_METRICS = ("euclidean", "cosine", "manhattan", "chebyshev", "correlation")
 DEFAULT_TASK = "default"
 # What a task may aim at (``tasks.<name>.target``): the newsgroup, or a score per post
-# (see qwen_assets/properties.py).
+# (see qwen_assets/pipeline/properties.py).
 CATEGORY_PROPERTY = "category"
 SCORE_PROPERTIES = ("sentiment", "hostility", "length")
 PROPERTIES = (CATEGORY_PROPERTY, *SCORE_PROPERTIES)
-
-
-class SettingsError(ValueError):
-    """The settings file is unreadable or invalid; the message lists every problem."""
 
 
 def fingerprint(value: Any) -> str:
@@ -201,16 +199,6 @@ class LocalSettings(_Section):
             )
         return self
 
-    def runtime_here(self) -> str:
-        """The runtime that runs on this machine: ``runtime``, with "auto" resolved (which
-        looks for a GPU, and so imports torch)."""
-        if self.runtime != "auto":
-            return self.runtime
-        from qwen_assets.embedding.hardware import pick_device, resolve_runtime
-
-        device = "cpu" if self.device == "cpu" else pick_device(self.device)
-        return resolve_runtime("auto", device).name
-
 
 def _check_template(value: str) -> str:
     if "{instruction}" not in value or not value.endswith("{text}"):
@@ -235,20 +223,6 @@ class EmbeddingSettings(_Section):
     batch_size: PositiveInt = 32  # texts per request to an API
     http: HttpSettings = HttpSettings()
     local: LocalSettings = LocalSettings()
-
-    def vector_runtime(self) -> str | None:
-        """The local runtime when it gives other numbers than the model's own weights (None
-        otherwise). With backend "auto" the local backend may run, so it counts there too."""
-        if self.backend == "http" or self.local.runtime == "torch":
-            return None
-        runtime = self.local.runtime_here()
-        return None if runtime == "torch" else runtime
-
-    def cache_model(self, backend: str) -> str:
-        """The name ``backend``'s vectors are cached under: the model, marked with the local
-        runtime when that runtime changes the numbers, so two precisions never mix."""
-        runtime = self.vector_runtime() if backend == "local" else None
-        return f"{self.model} ({runtime})" if runtime else self.model
 
 
 class VariantHttpSettings(_Section):
@@ -557,28 +531,6 @@ class Settings(_Section):
                 f"unknown variant {variant!r}; configured variants: {', '.join(self.variant_names)}"
             )
         return variant
-
-    def prompt_prefix(self, task: str, variant: str | None = None) -> str:
-        """What goes before each text for ``task``: nothing when the task has no instruction."""
-        instruction = self.tasks[task].instruction
-        if not instruction:
-            return ""
-        template = self.embedding_of(variant).prompt_template
-        return template.removesuffix("{text}").replace("{instruction}", instruction)
-
-    def task_version(self, task: str, variant: str | None = None) -> str:
-        """Changes exactly when the vectors of ``task`` (embedded as ``variant`` embeds) would."""
-        embedding = self.embedding_of(variant)
-        version: dict[str, Any] = {
-            "instruction": self.tasks[task].instruction,
-            "template": embedding.prompt_template,
-            "model": embedding.model,
-            "dimensions": embedding.dimensions,
-        }
-        runtime = embedding.vector_runtime()
-        if runtime:  # absent for torch: older versions stand
-            version["runtime"] = runtime
-        return fingerprint(version)
 
 
 def _place(value: str) -> str:

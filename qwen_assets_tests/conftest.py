@@ -109,7 +109,7 @@ _model_loading = threading.Lock()
 
 @functools.cache
 def _loaded_minilm():
-    from qwen_assets.embedding.local import load_model
+    from qwen_assets.pipeline.embedding.local import load_model
 
     return load_model(minilm_path(), "cpu", SUITE_MAX_SEQ_LENGTH)
 
@@ -224,7 +224,7 @@ class Project:
         return load_settings(self.settings_path)
 
     def documents(self) -> int:
-        from qwen_assets.storage import read_table
+        from qwen_assets.pipeline.storage import read_table
 
         return int(read_table(self.database, "SELECT count(*) FROM newsgroups_sample").iloc[0, 0])
 
@@ -242,7 +242,7 @@ def rooted(raw: dict, root: Path) -> dict:
 
 def build_project(root: Path, raw: dict, stack: ExitStack) -> Project:
     """A project built from nothing (through the loopback server) under ``root``."""
-    from qwen_assets.definitions import rebuild_stale
+    from qwen_assets.cli import rebuild_stale
 
     raw = rooted(raw, root)
     write_settings(root / "settings.toml", raw)

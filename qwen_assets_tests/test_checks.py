@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from dagster import AssetCheckKey, AssetKey
 
-from qwen_assets.checks import coordinate_problems, embedding_problems
 from qwen_assets.definitions import build_definitions
+from qwen_assets.pipeline.checks import coordinate_problems, embedding_problems
 
 
 def unit_rows(rows: int, dimension: int, seed: int = 0) -> np.ndarray:
@@ -95,7 +95,7 @@ def test_a_failed_blocking_check_keeps_its_partition_out_of_later_builds(
     """Dagster's blocking checks stop what follows within a run; the stale rule keeps the
     partition out of every later build too, until a rebuild passes its check."""
     import qwen_assets.defs.embedding_assets as embedding_assets
-    from qwen_assets.definitions import rebuild_stale
+    from qwen_assets.cli import rebuild_stale
 
     project = project_copy(
         lambda raw: raw["tasks"]["topic"].update(instruction="Name the subject of the text")
@@ -126,7 +126,7 @@ def test_a_failed_blocking_check_keeps_its_partition_out_of_later_builds(
 
 def test_a_map_that_fails_its_check_is_never_drawn(project_copy, monkeypatch, tmp_path):
     import qwen_assets.defs.projection_assets as projection_assets
-    from qwen_assets.definitions import rebuild_stale
+    from qwen_assets.cli import rebuild_stale
 
     def edit(raw: dict) -> None:
         raw["umap"]["n_neighbors"] = 12

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qwen_assets.clusters import NOISE, cluster_map, distinctive_words, min_cluster_size
+from qwen_assets.pipeline.clusters import NOISE, cluster_map, distinctive_words, min_cluster_size
 
 TOPICS = {
     "space": ["orbit", "shuttle", "launch", "nasa"],

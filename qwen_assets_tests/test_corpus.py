@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from qwen_assets.corpus import CorpusError, read_archive, stratified_sample
+from qwen_assets.pipeline.corpus import CorpusError, read_archive, stratified_sample
+from qwen_assets.pipeline.storage import read_table
 from qwen_assets.settings import load_settings
-from qwen_assets.storage import read_table
 from qwen_assets.testing import project_settings, write_settings
 from qwen_assets_tests.conftest import ARCHIVE_ENV, Project, cli_on
 

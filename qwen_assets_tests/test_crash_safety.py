@@ -20,8 +20,8 @@ import psutil
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
-from qwen_assets.pause import PAUSE_ENV
-from qwen_assets.storage import read_table
+from qwen_assets.pipeline.pause import PAUSE_ENV
+from qwen_assets.pipeline.storage import read_table
 from qwen_assets.testing import project_settings, write_settings
 from qwen_assets_tests.conftest import SMALL_CORPUS, wait_until_paused
 

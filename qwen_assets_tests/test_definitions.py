@@ -56,7 +56,7 @@ def test_the_project_imports_no_private_dagster_module():
 def test_every_dagster_member_the_project_uses_without_a_public_promise_is_still_there():
     """The non-public Dagster members are fenced in one module (each with its reason); an
     upgrade that removes one fails here, naming it."""
-    from qwen_assets.build.dagster_internals import MEMBERS
+    from qwen_assets.dagster_internals import MEMBERS
 
     missing = [f"{owner.__name__}.{name}" for owner, name in MEMBERS if not hasattr(owner, name)]
     assert missing == [], f"Dagster no longer has {', '.join(missing)}: see dagster_internals.py"
@@ -165,7 +165,7 @@ def test_a_wheel_installed_elsewhere_builds_the_site_pages(tmp_path: Path):
     )
     assert installed.returncode == 0, installed.stderr
     script = (
-        "import sys, qwen_assets.site as site; from pathlib import Path; "
+        "import sys, qwen_assets.pipeline.site as site; from pathlib import Path; "
         "assert Path(site.__file__).is_relative_to(Path(sys.argv[1])), site.__file__; "
         "written = site.publish_pages(Path('out'), ['default', 'topic'], webgl=False); "
         "print(sorted(p.name for p in written)); "

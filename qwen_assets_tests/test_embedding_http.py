@@ -8,13 +8,13 @@ import duckdb
 import numpy as np
 import pytest
 
-from qwen_assets.embedding import (
+from qwen_assets.pipeline.embedding import (
     EmbeddingConfigError,
     EmbeddingError,
     EmbeddingResponseError,
     embed_texts,
 )
-from qwen_assets.embedding.http import HttpBackend
+from qwen_assets.pipeline.embedding.http import HttpBackend
 from qwen_assets.settings import parse_settings
 from qwen_assets.testing import settings_dict
 from qwen_assets.testing.embedding_server import Fault
@@ -111,7 +111,7 @@ def test_retry_after_is_honoured(fresh_server, cache):
 
 
 def test_a_long_retry_after_is_said_where_people_look(fresh_server, cache, monkeypatch, caplog):
-    from qwen_assets.embedding import http
+    from qwen_assets.pipeline.embedding import http
 
     monkeypatch.setattr(http, "MAX_RETRY_AFTER_SECONDS", 0.5)
     monkeypatch.setattr(http, "SAID_WAIT_SECONDS", 0.2)
@@ -187,7 +187,7 @@ def test_two_answers_of_two_sizes_are_settled_by_asking_one_text_again(fresh_ser
 def test_wrong_size_vectors_an_older_release_cached_are_asked_for_again(
     fresh_server, cache, minilm
 ):
-    from qwen_assets.embedding.cache import EmbeddingCache, prompt_key
+    from qwen_assets.pipeline.embedding.cache import EmbeddingCache, prompt_key
 
     size = minilm.get_sentence_embedding_dimension()
     poisoned = EmbeddingCache(cache, "minilm", None)

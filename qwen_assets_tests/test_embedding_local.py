@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from qwen_assets.embedding import (
+from qwen_assets.pipeline.embedding import (
     EmbeddingConfigError,
     EmbeddingError,
     build_backend,
@@ -22,12 +22,13 @@ from qwen_assets.embedding import (
     quantized,
     resolve_backend,
 )
-from qwen_assets.embedding.cache import TABLE
-from qwen_assets.embedding.hardware import resolve_runtime
-from qwen_assets.embedding.local import token_batches
-from qwen_assets.metrics import agreement
+from qwen_assets.pipeline.embedding.cache import TABLE
+from qwen_assets.pipeline.embedding.hardware import resolve_runtime
+from qwen_assets.pipeline.embedding.identity import task_version
+from qwen_assets.pipeline.embedding.local import token_batches
+from qwen_assets.pipeline.metrics import agreement
+from qwen_assets.pipeline.storage import read_table
 from qwen_assets.settings import parse_settings
-from qwen_assets.storage import read_table
 from qwen_assets.testing import SUITE_MAX_SEQ_LENGTH, minilm_path, settings_dict
 
 TOPIC_PREFIX = "Instruct: Identify the topic or theme of the given text\nQuery:"
@@ -176,8 +177,8 @@ def export_in_a_subprocess(folder: Path) -> subprocess.Popen:
         "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import logging, sys; from pathlib import Path\n"
         "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
-        "from qwen_assets.embedding import quantized\n"
-        "from qwen_assets.embedding.local import load_model\n"
+        "from qwen_assets.pipeline.embedding import quantized\n"
+        "from qwen_assets.pipeline.embedding.local import load_model\n"
         f"model = load_model({minilm_path()!r}, 'cpu', {SUITE_MAX_SEQ_LENGTH})\n"
         f"print(quantized.exported_model('minilm', model, Path({str(folder)!r}), "
         "logging.getLogger('export')))\n"
@@ -206,7 +207,7 @@ def stop_mid_export(export: subprocess.Popen, folder: Path) -> None:
 
 
 def test_an_export_killed_half_way_leaves_nothing_that_blocks_the_next(tmp_path, minilm):
-    from qwen_assets.embedding import quantized
+    from qwen_assets.pipeline.embedding import quantized
 
     folder = tmp_path / "models"
     victim = export_in_a_subprocess(folder)
@@ -398,7 +399,7 @@ def test_runtime_auto_versions_the_vectors_as_the_runtime_it_picks(monkeypatch, 
     def versions(**local):
         raw = settings_dict(embedding={"backend": "local", "local": {"device": "cpu", **local}})
         settings = parse_settings(raw)
-        return [settings.task_version(task) for task in settings.task_names]
+        return [task_version(settings, task) for task in settings.task_names]
 
     monkeypatch.setattr(hardware, "int8_dot_products", lambda flags=None: list(cpu_has))
     assert versions(runtime="auto") == versions(runtime=picked)

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from dagster import AssetKey
 
-from qwen_assets.build.plan import PlanError
-from qwen_assets.definitions import build_definitions, rebuild_stale
-from qwen_assets.pause import PAUSE_ENV
-from qwen_assets.site import SiteError
-from qwen_assets.storage import StorageError, read_table
+from qwen_assets.cli import rebuild_stale
+from qwen_assets.definitions import build_definitions
+from qwen_assets.errors import PlanError
+from qwen_assets.pipeline.pause import PAUSE_ENV
+from qwen_assets.pipeline.site import SiteError
+from qwen_assets.pipeline.storage import StorageError, read_table
 from qwen_assets.testing import write_settings
 from qwen_assets_tests.conftest import failure_message, wait_until_paused
 
@@ -330,7 +331,7 @@ def test_a_group_smaller_than_per_category_is_said_where_people_look(project_cop
     (a note the build's display prints), not only in Dagster's log."""
     import logging
 
-    from qwen_assets.embedding.core import PROGRESS_LOGGER
+    from qwen_assets.pipeline.embedding.core import PROGRESS_LOGGER
 
     project = project_copy(lambda raw: raw["corpus"].update(per_category=5000))
     notes: list[str] = []

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from qwen_assets import metrics
-from qwen_assets.metrics import (
+from qwen_assets.pipeline import metrics
+from qwen_assets.pipeline.metrics import (
     knn_accuracy,
     nearest_neighbours,
     neighbourhood_overlap,
@@ -105,7 +105,7 @@ def test_trustworthiness_is_perfect_for_a_faithful_map_and_low_for_a_shuffled_on
 
 
 def test_a_score_predicts_itself_through_a_map_built_from_it_and_shuffled_is_chance():
-    from qwen_assets.metrics import map_neighbours, score_agreement
+    from qwen_assets.pipeline.metrics import map_neighbours, score_agreement
 
     rng = np.random.default_rng(6)
     scores = rng.normal(size=500)
@@ -117,7 +117,7 @@ def test_a_score_predicts_itself_through_a_map_built_from_it_and_shuffled_is_cha
 
 
 def test_map_neighbours_never_include_the_point_itself():
-    from qwen_assets.metrics import map_neighbours
+    from qwen_assets.pipeline.metrics import map_neighbours
 
     layout = np.random.default_rng(7).normal(size=(50, 2))
     neighbours = map_neighbours(layout, 5)
@@ -126,7 +126,7 @@ def test_map_neighbours_never_include_the_point_itself():
 
 
 def test_the_headline_says_more_or_less_and_by_how_much():
-    from qwen_assets.metrics import Headline
+    from qwen_assets.pipeline.metrics import Headline
 
     more = Headline("sentiment", "sentiment", 0.30, "default", 0.20)
     assert more.change == pytest.approx(0.5)

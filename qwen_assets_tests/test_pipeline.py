@@ -18,14 +18,21 @@ from dagster import (
     instance_for_test,
 )
 
-from qwen_assets.build.prompts import instruction_versions
-from qwen_assets.build.runs import build_lock
-from qwen_assets.build.stale import stale_plan
-from qwen_assets.definitions import build_definitions, rebuild_stale
-from qwen_assets.projection import EXACT_NEIGHBOURS_BELOW, align, exact_neighbours, umap_layout
+from qwen_assets.cli import rebuild_stale
+from qwen_assets.definitions import build_definitions
+from qwen_assets.orchestration.prompts import instruction_versions
+from qwen_assets.orchestration.runs import build_lock
+from qwen_assets.orchestration.stale import stale_plan
+from qwen_assets.pipeline.embedding.identity import task_version
+from qwen_assets.pipeline.projection import (
+    EXACT_NEIGHBOURS_BELOW,
+    align,
+    exact_neighbours,
+    umap_layout,
+)
+from qwen_assets.pipeline.site import read_payload
+from qwen_assets.pipeline.storage import read_table
 from qwen_assets.settings import load_settings
-from qwen_assets.site import read_payload
-from qwen_assets.storage import read_table
 from qwen_assets.testing import project_settings, write_settings
 from qwen_assets_tests.conftest import cli_on, failure_message
 
@@ -465,7 +472,7 @@ def test_site_builds_records_the_payload_on_disk(built):
     assert build["payload_sha256"] == hashlib.sha256(payload).hexdigest()
     assert build["payload_bytes"] == len(payload)
     assert list(build["tasks"]) == TASKS
-    assert dict(build["task_versions"]) == {task: settings.task_version(task) for task in TASKS}
+    assert dict(build["task_versions"]) == {task: task_version(settings, task) for task in TASKS}
     assert build["documents"] == 800
 
 
@@ -484,7 +491,7 @@ def test_document_properties_sit_next_to_the_embeddings(built):
 
 
 def test_each_targeted_task_is_measured_against_the_default_on_its_target(built):
-    from qwen_assets.site import read_payload
+    from qwen_assets.pipeline.site import read_payload
 
     quality = read_table(built.database, "SELECT * FROM task_quality").set_index("task")
     for name in ["category", "sentiment", "hostility", "length"]:

@@ -3,7 +3,7 @@ sane sentiment, hostility and length measure must respect."""
 
 import numpy as np
 
-from qwen_assets.properties import document_properties
+from qwen_assets.pipeline.properties import document_properties
 from qwen_assets.settings import SCORE_PROPERTIES
 
 KIND = "Thank you so much, this is wonderful news and I really appreciate your help!"
@@ -31,7 +31,7 @@ def test_scores_stay_in_their_ranges_and_need_no_download():
         "    raise OSError('the network was used')\n"
         "socket.socket.connect = refuse\n"
         "socket.create_connection = refuse\n"
-        "from qwen_assets.properties import document_properties\n"
+        "from qwen_assets.pipeline.properties import document_properties\n"
         "print(document_properties(['ok', 'you idiot']).to_json())\n"
     )
     scored = subprocess.run([sys.executable, "-c", guard], capture_output=True, text=True)

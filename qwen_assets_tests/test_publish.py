@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_assets.publish import (
+from qwen_assets.pipeline.publish import (
     MARKER,
     PublishError,
     publish_to_folder,
@@ -68,7 +68,7 @@ def test_a_publish_killed_half_way_is_cleared_by_the_next(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys; from qwen_assets.publish import publish_to_folder; "
+            "import sys; from qwen_assets.pipeline.publish import publish_to_folder; "
             "publish_to_folder(sys.argv[1], sys.argv[2])",
             str(site),
             str(docs),
@@ -151,8 +151,8 @@ def test_the_published_site_asset_follows_site_pages_and_commits_only_a_changed_
     """The asset, run by Dagster after site_pages on a copy of a built project."""
     from dagster import AssetKey, instance_for_test
 
-    from qwen_assets.build.runs import BUILD_JOB
     from qwen_assets.definitions import build_definitions
+    from qwen_assets.defs.jobs import ASSETS_JOB
 
     remote = tmp_path / "pages.git"
     git("init", "--quiet", "--bare", str(remote))
@@ -168,7 +168,7 @@ def test_the_published_site_asset_follows_site_pages_and_commits_only_a_changed_
     defs = build_definitions(project.settings())
     published = defs.resolve_assets_def("published_site")
     assert AssetKey("site_pages") in published.asset_deps[AssetKey("published_site")]
-    job = defs.resolve_job_def(BUILD_JOB)
+    job = defs.resolve_job_def(ASSETS_JOB)
 
     def publish() -> dict:
         with instance_for_test() as instance:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from qwen_assets.cli import USER_ERROR, main
-from qwen_assets.site import read_payload
+from qwen_assets.pipeline.site import read_payload
 from qwen_assets.testing import project_settings, write_settings
 from qwen_assets_tests.conftest import REPO, Writer, cli_on, duckdb_1_5_cli
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from dagster import DagsterRunStatus, build_sensor_context, instance_for_test
 
-from qwen_assets.build.runs import WORKER_TAG, Worker, fail_dead_runs
 from qwen_assets.definitions import build_definitions
+from qwen_assets.defs.run_worker import WORKER_TAG, Worker
+from qwen_assets.orchestration.runs import fail_dead_runs
 from qwen_assets.settings import load_settings
 from qwen_assets.testing import settings_dict, write_settings
 from qwen_assets_tests.conftest import rooted
@@ -23,7 +24,7 @@ POOL_OF_ONE = {"concurrency": {"pools": {"default_limit": 1}}}
 STUCK_RUN = """
 import sys, time
 from dagster import DagsterInstance, Definitions, asset
-from qwen_assets.build.runs import RECORDS_ITS_WORKER, RunWorker
+from qwen_assets.defs.run_worker import RECORDS_ITS_WORKER, RunWorker
 
 @asset(pool="duckdb", required_resource_keys=RECORDS_ITS_WORKER)
 def slow_step():
@@ -101,8 +102,8 @@ import os, signal, sys, threading
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, wherever we run
 import duckdb
 from dagster import DagsterInstance, Definitions, asset, define_asset_job
-from qwen_assets.build.runs import BUILD_JOB
-from qwen_assets.build.headless import build_stale
+from qwen_assets.defs.jobs import ASSETS_JOB
+from qwen_assets.orchestration.headless import build_stale
 from qwen_assets.settings import load_settings
 
 @asset
@@ -110,7 +111,7 @@ def long_query() -> None:
     threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
     duckdb.sql("SELECT max(md5(i::VARCHAR)) FROM range(20000000) t(i)").fetchall()  # ~3 s
 
-defs = Definitions(assets=[long_query], jobs=[define_asset_job(BUILD_JOB)])
+defs = Definitions(assets=[long_query], jobs=[define_asset_job(ASSETS_JOB)])
 with DagsterInstance.from_config(sys.argv[1]) as instance:
     try:
         report = build_stale(instance, load_settings(sys.argv[2]), defs, log=lambda line: None)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from qwen_assets.pipeline.embedding.identity import prompt_prefix, task_version
 from qwen_assets.settings import NEWSGROUPS, SettingsError, load_settings, parse_settings
 from qwen_assets.testing import settings_dict, write_settings
 
@@ -23,10 +24,10 @@ def test_defaults_reproduce_the_published_demo():
     )
     assert settings.embedding.model == "Qwen/Qwen3-Embedding-0.6B"
     assert (
-        settings.prompt_prefix("topic")
+        prompt_prefix(settings, "topic")
         == "Instruct: Identify the topic or theme of the given text\nQuery:"
     )
-    assert settings.prompt_prefix("default") == ""
+    assert prompt_prefix(settings, "default") == ""
 
 
 @pytest.mark.parametrize(
@@ -149,9 +150,9 @@ def test_a_missing_file_is_one_clear_line(tmp_path: Path):
 def test_task_version_changes_only_with_that_tasks_prompt():
     before = parse_settings(settings_dict())
     after = parse_settings(settings_dict(tasks={"topic": {"instruction": "What is this about?"}}))
-    assert before.task_version("topic") != after.task_version("topic")
+    assert task_version(before, "topic") != task_version(after, "topic")
     assert all(
-        before.task_version(t) == after.task_version(t)
+        task_version(before, t) == task_version(after, t)
         for t in ("default", "sentiment", "toxicity")
     )
     assert before.corpus.sample_fingerprint() == after.corpus.sample_fingerprint()
@@ -160,7 +161,7 @@ def test_task_version_changes_only_with_that_tasks_prompt():
 def test_the_local_runtime_versions_every_task_only_when_it_can_change_the_vectors():
     def versions(**embedding):
         settings = parse_settings(settings_dict(embedding=embedding))
-        return [settings.task_version(task) for task in settings.task_names]
+        return [task_version(settings, task) for task in settings.task_names]
 
     torch = versions(backend="local")
     int8 = versions(backend="local", local={"runtime": "onnx-int8"})

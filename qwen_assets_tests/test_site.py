@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qwen_assets.site import (
+from qwen_assets.pipeline.site import (
     plotly_bundle,
     publish_pages,
     read_payload,

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from qwen_assets.defs.embedding_assets import embedding_columns, vectors_table
-from qwen_assets.storage import (
+from qwen_assets.pipeline.storage import (
     DatabaseBusyError,
     PartitionShapeError,
     StorageError,
@@ -321,7 +321,7 @@ def test_a_log_table_of_an_older_release_gains_the_new_columns(tmp_path: Path):
 def test_a_full_disk_is_one_line_saying_so_and_the_table_keeps_its_last_state(tmp_path: Path):
     """A real full disk (a small tmpfs) under a database being written: one line naming the
     disk, and the table as it was before the write."""
-    from qwen_assets.storage import DiskFullError
+    from qwen_assets.pipeline.storage import DiskFullError
 
     with SmallDisk(tmp_path / "disk", megabytes=2) as disk:
         database = str(disk.path / "warehouse.duckdb")

@@ -12,15 +12,14 @@ import duckdb
 import pytest
 from dagster import AssetKey, MultiPartitionsDefinition
 
-from qwen_assets.build.prompts import instruction_versions
-from qwen_assets.build.stale import (
-    PARTITION_RANGE_END_TAG,
-    PARTITION_RANGE_START_TAG,
-    stale_plan,
-)
-from qwen_assets.definitions import build_definitions, rebuild_stale
+from qwen_assets.cli import rebuild_stale
+from qwen_assets.dagster_internals import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
+from qwen_assets.definitions import build_definitions
 from qwen_assets.defs.partitions import MapGrid
-from qwen_assets.storage import read_table
+from qwen_assets.orchestration.prompts import instruction_versions
+from qwen_assets.orchestration.stale import stale_plan
+from qwen_assets.pipeline.embedding.identity import prompt_prefix
+from qwen_assets.pipeline.storage import read_table
 from qwen_assets.testing import write_settings
 from qwen_assets_tests.conftest import VARIANTS, cli_on
 from qwen_assets_tests.test_pipeline import sensor_tick
@@ -116,7 +115,7 @@ def test_an_edited_variant_rebuilds_its_row_and_an_edited_instruction_its_column
     assert requests == instructed(project) * batches(project)
     settings = project.settings()
     prefixes = tuple(
-        settings.prompt_prefix(task, "small")
+        prompt_prefix(settings, task, "small")
         for task in settings.tasks
         if settings.tasks[task].instruction
     )

@@ -10,12 +10,12 @@ from dagster import (
     asset,
 )
 
-from qwen_assets.corpus import load_raw_newsgroups, stratified_sample
 from qwen_assets.defs.metadata import content_hash, counts_markdown, preview_markdown
 from qwen_assets.defs.resources import Warehouse
 from qwen_assets.defs.tables import table_metadata
-from qwen_assets.embedding.core import announce
-from qwen_assets.properties import document_properties as properties_of
+from qwen_assets.pipeline.corpus import load_raw_newsgroups, stratified_sample
+from qwen_assets.pipeline.embedding.core import announce
+from qwen_assets.pipeline.properties import document_properties as properties_of
 from qwen_assets.settings import SCORE_PROPERTIES, Settings, fingerprint
 
 CORPUS_CODE_VERSION = fingerprint({"loader": 1})

@@ -16,9 +16,9 @@ from dagster import (
     observable_source_asset,
 )
 
-from qwen_assets.build.stale import PARTITION_VERSION_METADATA, SOURCE_VERSION_METADATA
-from qwen_assets.checks import embedding_problems
 from qwen_assets.defs.metadata import (
+    PARTITION_VERSION_METADATA,
+    SOURCE_VERSION_METADATA,
     check_result,
     failed_check_metadata,
     rows_version,
@@ -27,8 +27,10 @@ from qwen_assets.defs.metadata import (
 from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.defs.resources import Embedder, Warehouse
 from qwen_assets.defs.tables import table_metadata
-from qwen_assets.embedding import EmbeddingResponseError
-from qwen_assets.pause import pause_point
+from qwen_assets.pipeline.checks import embedding_problems
+from qwen_assets.pipeline.embedding import EmbeddingResponseError
+from qwen_assets.pipeline.embedding.identity import prompt_prefix
+from qwen_assets.pipeline.pause import pause_point
 from qwen_assets.settings import BASE_VARIANT, Settings, fingerprint
 
 EMBEDDINGS_CODE_VERSION = fingerprint({"embeddings": 2})
@@ -110,7 +112,7 @@ def embedding_assets(
             )
             vectors, stats = embedder.embed(
                 texts,
-                settings.prompt_prefix(task, variant),
+                prompt_prefix(settings, task, variant),
                 variant,
                 embedding,
                 context.log,

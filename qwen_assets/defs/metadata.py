@@ -8,8 +8,16 @@ import numpy as np
 import pandas as pd
 from dagster import AssetCheckResult, DataVersion, MetadataValue
 
-from qwen_assets.build.stale import FAILED_CHECK_METADATA
 from qwen_assets.settings import fingerprint
+
+# What assets record for the stale rule (qwen_assets.orchestration.stale) to read.
+# A partition of a multi-partition run: a hash of its own rows, its data version (Dagster's
+# data version is one per run and step, not per partition).
+PARTITION_VERSION_METADATA = "partition_data_version"
+# An asset built from an observed source: that source's version it used.
+SOURCE_VERSION_METADATA = "source_version"
+# A partition whose blocking check failed: what the check found.
+FAILED_CHECK_METADATA = "blocking_check_failed"
 
 
 def preview_markdown(frame: pd.DataFrame, rows: int = 5, width: int = 80) -> MetadataValue:

@@ -23,6 +23,7 @@ from dagster import (
     StaticPartitionsDefinition,
 )
 
+from qwen_assets.pipeline.embedding.identity import task_version
 from qwen_assets.settings import Settings
 
 
@@ -96,7 +97,7 @@ class MapGrid:
     def prompt_version(self, key: str) -> str:
         """Changes exactly when the vectors of the map ``key`` would."""
         variant, task = self.split(key)
-        return self.settings.task_version(task, variant)
+        return task_version(self.settings, task, variant)
 
     def label(self, key: str) -> str:
         """How people read a map's name: ``task``, or ``variant/task`` with variants."""

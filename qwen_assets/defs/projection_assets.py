@@ -15,9 +15,8 @@ from dagster import (
     asset,
 )
 
-from qwen_assets.build.stale import PARTITION_VERSION_METADATA
-from qwen_assets.checks import coordinate_problems
 from qwen_assets.defs.metadata import (
+    PARTITION_VERSION_METADATA,
     check_result,
     failed_check_metadata,
     rows_version,
@@ -26,8 +25,9 @@ from qwen_assets.defs.metadata import (
 from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.defs.resources import Warehouse
 from qwen_assets.defs.tables import table_metadata
-from qwen_assets.pause import pause_point
-from qwen_assets.projection import align, umap_layout
+from qwen_assets.pipeline.checks import coordinate_problems
+from qwen_assets.pipeline.pause import pause_point
+from qwen_assets.pipeline.projection import align, umap_layout
 from qwen_assets.settings import Settings, fingerprint
 
 COORDINATE_COLUMNS = {

@@ -7,20 +7,19 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     AssetSpec,
-    Definitions,
+    DagsterInstance,
     MaterializeResult,
     MetadataValue,
     asset,
     multi_asset,
 )
 
-from qwen_assets.build.stale import stale_inputs
 from qwen_assets.defs.resources import Warehouse
 from qwen_assets.defs.tables import table_metadata
-from qwen_assets.pause import pause_point
-from qwen_assets.query import VIEWS
+from qwen_assets.pipeline.pause import pause_point
+from qwen_assets.pipeline.query import VIEWS
+from qwen_assets.pipeline.storage import IncompleteStateError, shown
 from qwen_assets.settings import Settings, fingerprint
-from qwen_assets.storage import IncompleteStateError, shown
 
 QUERY_DATABASE = AssetKey("query_database")
 
@@ -31,9 +30,11 @@ def query_assets(
     embeddings: AssetsDefinition,
     coordinates: AssetsDefinition,
     tables: Sequence[AssetKey],
-    defs_of: Callable[[], Definitions],
-    source_versions: Callable[[], dict],
+    stale_upstream: Callable[[DagsterInstance], dict[str, str]],
 ) -> list[AssetsDefinition]:
+    """``stale_upstream``: what is stale among query_database's inputs (label -> why), by the
+    project's one stale rule, which lives above the definitions and is handed in."""
+
     @multi_asset(
         group_name="query",
         pool="duckdb",
@@ -72,7 +73,7 @@ def query_assets(
     )
     def query_database(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
         pause_point("asset:query_database")
-        stale = stale_inputs(defs_of(), context.instance, QUERY_DATABASE, source_versions())
+        stale = stale_upstream(context.instance)
         if stale:
             first, why = next(iter(stale.items()))
             more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""

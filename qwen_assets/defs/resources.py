@@ -15,11 +15,11 @@ import pyarrow as pa
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field
 
-from qwen_assets import storage
-from qwen_assets.build.runs import RunWorker
 from qwen_assets.defs.partitions import MapGrid
-from qwen_assets.embedding import EmbeddingStats, build_backend, embed_texts
-from qwen_assets.query import create_views
+from qwen_assets.defs.run_worker import RunWorker
+from qwen_assets.pipeline import storage
+from qwen_assets.pipeline.embedding import EmbeddingStats, build_backend, embed_texts
+from qwen_assets.pipeline.query import create_views
 from qwen_assets.settings import EmbeddingSettings
 
 

@@ -17,16 +17,15 @@ from dagster import (
     multi_asset,
 )
 
-from qwen_assets.build.runs import RECORDS_ITS_WORKER
 from qwen_assets.defs.metadata import counts_markdown
 from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.defs.projection_assets import load_embeddings
 from qwen_assets.defs.resources import Warehouse
+from qwen_assets.defs.run_worker import RECORDS_ITS_WORKER
 from qwen_assets.defs.tables import table_metadata
-from qwen_assets.pause import pause_point
-from qwen_assets.publish import publish_site, redact_credentials
-from qwen_assets.settings import PROPERTIES, SCORE_PROPERTIES, Settings, fingerprint
-from qwen_assets.site import (
+from qwen_assets.pipeline.pause import pause_point
+from qwen_assets.pipeline.publish import publish_site, redact_credentials
+from qwen_assets.pipeline.site import (
     TaskMap,
     build_payload,
     compared_with_reference_variant,
@@ -38,6 +37,7 @@ from qwen_assets.site import (
     task_maps,
     task_page_name,
 )
+from qwen_assets.settings import PROPERTIES, SCORE_PROPERTIES, Settings, fingerprint
 
 CLUSTER_SCHEMA = pa.schema(
     [

@@ -18,18 +18,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from qwen_assets.redaction import redact_credentials
+from qwen_assets.errors import PublishError
+from qwen_assets.pipeline.redaction import redact_credentials
+from qwen_assets.pipeline.site import OWNED_MARKER as MARKER
 from qwen_assets.settings import PublishSettings
-from qwen_assets.site import OWNED_MARKER as MARKER
 
 STAGING = ".qwen-staging-"  # beside the folder: .NAME.qwen-staging-XXXX, the copy being made
 RETIRED = ".qwen-retired"  # beside the folder: .NAME.qwen-retired, the copy being replaced
 AUTHOR = ("qwen-assets", "qwen-assets@users.noreply.github.com")
 GIT_TIMEOUT_SECONDS = 300
-
-
-class PublishError(RuntimeError):
-    """The site cannot be published; the message says where and why."""
 
 
 @dataclass(frozen=True)

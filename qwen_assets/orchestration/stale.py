@@ -43,20 +43,17 @@ from dagster import (
     PartitionsDefinition,
 )
 
-# Tags Dagster writes on every materialization of a versioned asset (see Dagster's guide to
-# asset versioning and caching).
-CODE_VERSION_TAG = "dagster/code_version"
-DATA_VERSION_TAG = "dagster/data_version"
-# Metadata a partition of a multi-partition run records: a hash of its own rows, its data
-# version (Dagster's tag is one per run and step, not per partition).
-PARTITION_VERSION_METADATA = "partition_data_version"
-# Metadata an asset built from an observed source records: that source's version it used.
-SOURCE_VERSION_METADATA = "source_version"
-# Metadata a partition records when its blocking check failed: what the check found.
-FAILED_CHECK_METADATA = "blocking_check_failed"
-# Tags that make one run materialize a range of partitions (a single-run backfill).
-PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
-PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+from qwen_assets.dagster_internals import (
+    CODE_VERSION_TAG,
+    DATA_VERSION_TAG,
+    PARTITION_RANGE_END_TAG,
+    PARTITION_RANGE_START_TAG,
+)
+from qwen_assets.defs.metadata import (
+    FAILED_CHECK_METADATA,
+    PARTITION_VERSION_METADATA,
+    SOURCE_VERSION_METADATA,
+)
 
 Target = tuple[AssetKey, str | None]
 SHOWN_CAUSES = 3  # inputs named in one reason; the rest are counted

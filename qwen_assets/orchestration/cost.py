@@ -9,10 +9,11 @@ from collections.abc import Mapping, Sequence
 import duckdb
 
 from qwen_assets.defs.partitions import MapGrid
-from qwen_assets.embedding import resolve_backend
-from qwen_assets.embedding.cache import EmbeddingCache, prompt_key
+from qwen_assets.pipeline.embedding import resolve_backend
+from qwen_assets.pipeline.embedding.cache import EmbeddingCache, prompt_key
+from qwen_assets.pipeline.embedding.identity import cache_model, prompt_prefix
+from qwen_assets.pipeline.storage import StorageError, read_table
 from qwen_assets.settings import Settings
-from qwen_assets.storage import StorageError, read_table
 
 SAMPLE_SQL = "SELECT text FROM newsgroups_sample ORDER BY position"
 
@@ -49,9 +50,9 @@ def embedding_cost(
                 f"{grid.label(key)}: embeds what the cache lacks of the new sample, {with_what}"
             )
             continue
-        prefix = settings.prompt_prefix(task, variant)
+        prefix = prompt_prefix(settings, task, variant)
         cache = EmbeddingCache(
-            settings.storage.embedding_cache, embedding.cache_model(backend), embedding.dimensions
+            settings.storage.embedding_cache, cache_model(embedding, backend), embedding.dimensions
         )
         prompts = {prompt_key(prefix + text) for text in texts}
         try:

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from qwen_assets.embedding import hardware
-from qwen_assets.embedding.core import (
+from qwen_assets.pipeline.embedding import hardware
+from qwen_assets.pipeline.embedding.core import (
     Batch,
     Deliver,
     EmbeddingConfigError,
@@ -235,7 +235,7 @@ class LocalBackend:
         if self.runtime.name == "torch":
             encode: Encode = lambda texts, prefix: self._encode(model, texts, prefix)  # noqa: E731
         else:
-            from qwen_assets.embedding import quantized
+            from qwen_assets.pipeline.embedding import quantized
 
             quantized.require_onnx_runtime()
             encoder = quantized.quantized_encoder(

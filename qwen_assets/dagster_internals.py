@@ -12,6 +12,16 @@ from pathlib import Path
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, EventLogRecord
 
+# Tags Dagster writes and reads whose names it does not export: on every materialization of
+# a versioned asset (see Dagster's guide to asset versioning), and on a run that
+# materializes a range of partitions (a single-run backfill, the one way to give one run
+# several partitions from outside a backfill).
+CODE_VERSION_TAG = "dagster/code_version"
+DATA_VERSION_TAG = "dagster/data_version"
+PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+TAGS = [CODE_VERSION_TAG, DATA_VERSION_TAG, PARTITION_RANGE_START_TAG, PARTITION_RANGE_END_TAG]
+
 # (owner, member) for each one used below: what the test checks is still there.
 MEMBERS = [
     (DagsterInstance, "add_run_tags"),

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import duckdb
 
-from qwen_assets.query import VIEWS
-from qwen_assets.settings import Settings
-from qwen_assets.site import DETAILS_FILE, OWNED_MARKER, task_page_name
-from qwen_assets.storage import (
+from qwen_assets.pipeline.query import VIEWS
+from qwen_assets.pipeline.site import DETAILS_FILE, OWNED_MARKER, task_page_name
+from qwen_assets.pipeline.storage import (
     DatabaseBusyError,
     DatabaseDamagedError,
     StorageError,
@@ -28,6 +27,7 @@ from qwen_assets.storage import (
     shown,
     table_exists,
 )
+from qwen_assets.settings import Settings
 
 # (asset name, partition key or None) -> why its output must be made again.
 Damage = dict[tuple[str, str | None], str]

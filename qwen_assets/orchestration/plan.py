@@ -1,7 +1,7 @@
 """The project's plan: the stale rule fed with what only this project knows.
 
 Two inputs Dagster's records cannot give: each map's current prompt version (from the
-settings), and which outputs are gone or damaged on disk (``qwen_assets.integrity``). The
+settings), and which outputs are gone or damaged on disk (``qwen_assets.pipeline.integrity``). The
 headless build, the sensor and the schedule all plan through ``project_plan``.
 """
 
@@ -11,15 +11,11 @@ from collections.abc import Mapping
 
 from dagster import AssetKey, DagsterInstance, Definitions
 
-from qwen_assets.build.prompts import instruction_versions
-from qwen_assets.build.stale import StalePlan, Target, stale_plan
 from qwen_assets.defs.partitions import MapGrid
-from qwen_assets.integrity import damaged_outputs
+from qwen_assets.orchestration.prompts import instruction_versions
+from qwen_assets.orchestration.stale import StalePlan, Target, stale_plan
+from qwen_assets.pipeline.integrity import damaged_outputs
 from qwen_assets.settings import Settings
-
-
-class PlanError(ValueError):
-    """A build asked for something the project does not have (``--force`` of no asset)."""
 
 
 def output_damage(settings: Settings) -> dict[Target, str]:

@@ -54,8 +54,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qwen_assets.clusters import MapClusters, cluster_map, min_cluster_size
-from qwen_assets.metrics import (
+from qwen_assets.errors import SiteError
+from qwen_assets.pipeline.clusters import MapClusters, cluster_map, min_cluster_size
+from qwen_assets.pipeline.metrics import (
     Headline,
     map_neighbours,
     nearest_neighbours,
@@ -81,10 +82,6 @@ BASIC_BUNDLE = "vendor/plotly-basic.min.js"
 SOURCE_FILES = ("index.html", "compare.html", TASK_PAGE_TEMPLATE, "assets")
 # Part of the sources' fingerprint, copied only as the page's plotly.js when it is chosen.
 VENDORED_FILES = (BASIC_BUNDLE,)
-
-
-class SiteError(RuntimeError):
-    """The site cannot be built; the message says why and what to do."""
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import orthogonal_procrustes
 
+from qwen_assets.errors import ProjectionError
 from qwen_assets.settings import UmapSettings
-
-
-class ProjectionError(ValueError):
-    pass
 
 
 def umap_layout(embeddings: np.ndarray, settings: UmapSettings) -> np.ndarray:

@@ -14,16 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from qwen_assets.errors import CorpusError
 from qwen_assets.settings import CorpusSettings
 
 REMOVE = ("headers", "footers", "quotes")
 ARCHIVE_FOLDERS = {"train": "20news-bydate-train", "test": "20news-bydate-test"}
 RAW_COLUMNS = ["doc_id", "corpus_position", "split", "category", "text"]
 SAMPLE_COLUMNS = ["position", "doc_id", "category", "text", "preview"]
-
-
-class CorpusError(RuntimeError):
-    """The corpus cannot be loaded; the message says what to fix."""
 
 
 def load_raw_newsgroups(archive: str | os.PathLike[str] | None = None) -> pd.DataFrame:

@@ -21,12 +21,9 @@ from typing import Protocol
 import duckdb
 import numpy as np
 
-from qwen_assets.embedding.cache import CacheUnreadableError, EmbeddingCache, prompt_key
-from qwen_assets.storage import StorageError, move_aside, shown
-
-
-class EmbeddingError(RuntimeError):
-    """An embedding run failed; the message says why and what was kept."""
+from qwen_assets.errors import EmbeddingError
+from qwen_assets.pipeline.embedding.cache import CacheUnreadableError, EmbeddingCache, prompt_key
+from qwen_assets.pipeline.storage import StorageError, move_aside, shown
 
 
 class EmbeddingConfigError(EmbeddingError):

@@ -6,9 +6,9 @@
   that batches the day's edits into one build (and one bill): turn the sensor off and the
   schedule on.
 
-Both ask the one rule in :mod:`qwen_assets.build.stale` what is stale, as the headless build
+Both ask the one rule in :mod:`qwen_assets.orchestration.stale` what is stale, as the headless build
 does, so the UI, the daemon and the terminal agree. Both first fail runs whose process died
-(:mod:`qwen_assets.build.runs`), and request nothing while `qwen-assets build` is building or
+(:mod:`qwen_assets.orchestration.runs`), and request nothing while `qwen-assets build` is building or
 a run is queued or in progress: DuckDB takes one writer, and the plan is made again after.
 """
 
@@ -28,19 +28,19 @@ from dagster import (
     sensor,
 )
 
-from qwen_assets.build.plan import project_plan
-from qwen_assets.build.prompts import (
+from qwen_assets.defs.jobs import ASSETS_JOB
+from qwen_assets.orchestration.plan import project_plan
+from qwen_assets.orchestration.prompts import (
     changed_instruction_observations,
     record_instruction_versions,
 )
-from qwen_assets.build.runs import (
-    BUILD_JOB,
+from qwen_assets.orchestration.runs import (
     TRIGGER_TAG,
     build_running,
     fail_dead_runs,
     waiting_runs,
 )
-from qwen_assets.build.stale import StalePlan
+from qwen_assets.orchestration.stale import StalePlan
 from qwen_assets.settings import Settings
 
 
@@ -77,7 +77,7 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions]):
 
     @sensor(
         name="rebuild_stale_assets",
-        job_name=BUILD_JOB,
+        job_name=ASSETS_JOB,
         minimum_interval_seconds=settings.automation.sensor_interval_seconds,
         default_status=DefaultSensorStatus.RUNNING,
         description="After a settings edit and a reload of the code location, rebuilds exactly "
@@ -100,7 +100,7 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions]):
     @schedule(
         name="daily_rebuild",
         cron_schedule="0 5 * * *",
-        job_name=BUILD_JOB,
+        job_name=ASSETS_JOB,
         default_status=DefaultScheduleStatus.STOPPED,
         description="Once a day, builds whatever the day's edits made stale and publishes the "
         "site: turn rebuild_stale_assets off and this on to batch edits into one daily build. "

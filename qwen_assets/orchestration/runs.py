@@ -3,7 +3,8 @@
 A run killed with SIGKILL (or by the OOM killer, a reboot, a killed container) never writes
 its end: Dagster keeps showing it STARTED and it keeps its ``duckdb`` pool slot, so every
 later run waits for a slot that is never freed. So each run's own process records who it is
-(host, pid and start time: the ``RunWorker`` resource, which every asset requires), and
+(host, pid and start time: the ``RunWorker`` resource of :mod:`qwen_assets.defs.run_worker`,
+which every asset requires), and
 whatever launches the next run (the headless build, the sensor, the schedule) first calls
 :func:`fail_dead_runs`: a run whose recorded process is gone, on this host, is marked failed
 and its slots freed, and the next run starts as if nothing happened. A run recorded on
@@ -16,33 +17,21 @@ itself (runs stuck STARTING or CANCELING, slots held by runs that ended).
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-from dagster import (
-    ConfigurableResource,
-    DagsterInstance,
-    DagsterRunStatus,
-    InitResourceContext,
-    RunRecord,
-    RunsFilter,
-)
+from dagster import DagsterInstance, DagsterRunStatus, RunRecord, RunsFilter
 from filelock import FileLock, Timeout
 
-from qwen_assets.build import dagster_internals
-from qwen_assets.storage import is_local_file
+from qwen_assets import dagster_internals
+from qwen_assets.defs.run_worker import WORKER_TAG, Worker
+from qwen_assets.pipeline.storage import is_local_file
 
-# The one job every run of the project's assets goes through (the UI, the triggers, the CLI).
-BUILD_JOB = "build_assets"
 # Tags on runs this project launches, so a person reading the run list sees who started it.
 TRIGGER_TAG = "qwen_assets/trigger"
-# The process that runs a run, as it recorded itself: "host/pid/start time".
-WORKER_TAG = "qwen_assets/worker"
 IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 # Runs to wait for. Not NOT_STARTED: the daemon queues what it creates in the same tick, and a
 # run left NOT_STARTED by a process killed before it began would keep the triggers waiting.
@@ -50,58 +39,6 @@ WAITING = [DagsterRunStatus.QUEUED, *IN_PROGRESS]
 # Held by `qwen-assets build` for its whole build, in the instance's folder: the triggers
 # request nothing while it is held, so the command line and the daemon take turns.
 LOCK_FILE = "qwen-assets-build.lock"
-
-
-@dataclass(frozen=True)
-class Worker:
-    host: str
-    pid: int
-    started: float  # the process's start time (seconds since the epoch)
-
-    @classmethod
-    def this_process(cls) -> Worker:
-        return cls(socket.gethostname(), os.getpid(), psutil.Process().create_time())
-
-    @classmethod
-    def of(cls, tag: str | None) -> Worker | None:
-        try:
-            host, pid, started = (tag or "").rsplit("/", 2)
-            return cls(host, int(pid), float(started))
-        except ValueError:
-            return None
-
-    @property
-    def tag(self) -> str:
-        return f"{self.host}/{self.pid}/{self.started:.3f}"
-
-    def alive(self) -> bool:
-        """Is this process still running (not a later process given its pid)?"""
-        try:
-            process = psutil.Process(self.pid)
-            if process.status() == psutil.STATUS_ZOMBIE:
-                return False
-            return abs(process.create_time() - self.started) < 1.0
-        except psutil.NoSuchProcess:
-            return False
-        except psutil.AccessDenied:  # it exists, and belongs to someone else
-            return True
-
-
-# The assets that use no other resource require this one directly (the others through the
-# Warehouse), so that every run records its process.
-RECORDS_ITS_WORKER = {"run_worker"}
-
-
-class RunWorker(ConfigurableResource):
-    """Records, on the run it serves, which process runs it, so that a run whose process
-    died can be told from a live one (see this module). Every asset requires it: through the
-    Warehouse resource, or directly (``RECORDS_ITS_WORKER``)."""
-
-    def setup_for_execution(self, context: InitResourceContext) -> None:
-        if context.instance is not None and context.run is not None:
-            dagster_internals.tag_run(
-                context.instance, context.run.run_id, {WORKER_TAG: Worker.this_process().tag}
-            )
 
 
 @dataclass(frozen=True)

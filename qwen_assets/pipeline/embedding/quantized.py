@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qwen_assets.embedding.core import EmbeddingConfigError, announce, duration
+from qwen_assets.pipeline.embedding.core import EmbeddingConfigError, announce, duration
 from qwen_assets.settings import fingerprint
 
 # Part of every export's name: a change of the recipe below makes a new export.

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from qwen_assets.errors import QueryError
+from qwen_assets.pipeline.embedding.identity import prompt_prefix
+from qwen_assets.pipeline.storage import connect, table_exists
 from qwen_assets.settings import Settings, SettingsError
-from qwen_assets.storage import connect, table_exists
 
 EXPORT_FORMATS = ("parquet", "csv")
 # A text a spreadsheet would run as a formula (=, +, -, @, a tab or a return first) gets a
@@ -48,10 +50,6 @@ VIEWS = {
         )
         GROUP BY variant, task, category""",
 }
-
-
-class QueryError(ValueError):
-    """A question the data cannot answer as asked; the message says what is allowed."""
 
 
 def create_views(connection) -> None:
@@ -160,7 +158,7 @@ def search(
 ) -> pd.DataFrame:
     """Embed ``text`` as ``task`` embeds its documents (same instruction, model and cache, as
     ``variant`` embeds them) and rank the stored documents by cosine similarity to it."""
-    from qwen_assets.embedding import build_backend, embed_texts
+    from qwen_assets.pipeline.embedding import build_backend, embed_texts
 
     if not text.strip():
         raise QueryError("the search text is empty; give a sentence or a few words")
@@ -178,7 +176,7 @@ def search(
     backend = build_backend(backend_name, embedding, api_key, log)
     vectors, _ = embed_texts(
         [text],
-        settings.prompt_prefix(task, variant),
+        prompt_prefix(settings, task, variant),
         embedding,
         backend,
         settings.storage.embedding_cache,

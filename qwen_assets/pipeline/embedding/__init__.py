@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from qwen_assets.embedding.cache import EmbeddingCache
-from qwen_assets.embedding.core import (
+from qwen_assets.pipeline.embedding.cache import EmbeddingCache
+from qwen_assets.pipeline.embedding.core import (
     Backend,
     EmbeddingConfigError,
     EmbeddingError,
@@ -22,6 +22,7 @@ from qwen_assets.embedding.core import (
     ProgressReport,
     embed_prompts,
 )
+from qwen_assets.pipeline.embedding.identity import cache_model
 from qwen_assets.settings import EmbeddingSettings
 
 __all__ = [
@@ -52,10 +53,10 @@ def build_backend(
     name: str, settings: EmbeddingSettings, api_key: str | None, log: logging.Logger
 ) -> Backend:
     if name == "http":
-        from qwen_assets.embedding.http import HttpBackend
+        from qwen_assets.pipeline.embedding.http import HttpBackend
 
         return HttpBackend(settings.http, settings.model, settings.dimensions, api_key, log)
-    from qwen_assets.embedding.local import LocalBackend
+    from qwen_assets.pipeline.embedding.local import LocalBackend
 
     return LocalBackend(settings.local, settings.model, settings.dimensions, log)
 
@@ -70,7 +71,7 @@ def embed_texts(
     label: str = "",
 ) -> tuple[np.ndarray, EmbeddingStats]:
     """Unit-length vectors for ``prefix + text``, one row per text, in order."""
-    cache = EmbeddingCache(cache_database, settings.cache_model(backend.name), settings.dimensions)
+    cache = EmbeddingCache(cache_database, cache_model(settings, backend.name), settings.dimensions)
     with cache.exclusive(log):
         return embed_prompts(
             texts,

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 from filelock import FileLock, Timeout
 
-from qwen_assets.storage import (
+from qwen_assets.pipeline.storage import (
     WAIT_FOR_LOCK_SECONDS,
     DatabaseDamagedError,
     DatabaseMissingError,

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from qwen_assets.embedding.core import normalise
+from qwen_assets.pipeline.embedding.core import normalise
 
 NEIGHBOUR_BLOCK = 2048  # rows of the similarity matrix held at once
 

@@ -1,4 +1,4 @@
-"""The headless build: rebuild exactly what is stale (:mod:`qwen_assets.build.stale`), in order.
+"""The headless build: rebuild exactly what is stale (:mod:`qwen_assets.orchestration.stale`), in order.
 
 It runs through a real Dagster instance, so its runs show in the UI like any other. For its
 whole build it holds the instance's build lock: a second build waits for the first, then
@@ -30,15 +30,17 @@ from dagster import (
 )
 from filelock import Timeout
 
-from qwen_assets.build import dagster_internals
-from qwen_assets.build.cost import embedding_cost
-from qwen_assets.build.plan import PlanError, project_plan
-from qwen_assets.build.prompts import (
+from qwen_assets import dagster_internals
+from qwen_assets.defs.jobs import ASSETS_JOB
+from qwen_assets.defs.partitions import MapGrid
+from qwen_assets.errors import PlanError, error_names
+from qwen_assets.orchestration.cost import embedding_cost
+from qwen_assets.orchestration.plan import project_plan
+from qwen_assets.orchestration.prompts import (
     changed_instruction_observations,
     record_instruction_versions,
 )
-from qwen_assets.build.runs import (
-    BUILD_JOB,
+from qwen_assets.orchestration.runs import (
     IN_PROGRESS,
     TRIGGER_TAG,
     build_lock,
@@ -47,12 +49,10 @@ from qwen_assets.build.runs import (
     in_progress_runs,
     wait_for_live_runs,
 )
-from qwen_assets.build.stale import PlannedRun, StalePlan, Target
-from qwen_assets.defs.partitions import MapGrid
-from qwen_assets.errors import user_error_names
+from qwen_assets.orchestration.stale import PlannedRun, StalePlan, Target
+from qwen_assets.pipeline.site import SiteError, folder_refusal
+from qwen_assets.pipeline.storage import DatabaseDamagedError, move_aside
 from qwen_assets.settings import Settings
-from qwen_assets.site import SiteError, folder_refusal
-from qwen_assets.storage import DatabaseDamagedError, move_aside
 
 LOG_FOLDER = "logs"
 LISTED = 6  # more targets with one reason than this are said in one line
@@ -197,7 +197,7 @@ def _build(
     logs = dagster_internals.instance_folder(instance) / LOG_FOLDER
     logs.mkdir(parents=True, exist_ok=True)
     report.log_file = logs / f"build-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}.log"
-    job = defs.resolve_job_def(BUILD_JOB)
+    job = defs.resolve_job_def(ASSETS_JOB)
     built: set[str] = set()
     while not plan.empty:
         run = plan.runs()[0]
@@ -317,7 +317,7 @@ def _failure(result: ExecuteInProcessResult) -> str | None:
             return f"{event.step_key}: {_failed_checks(result)}"
         # The message written for people if there is one (the cause it wraps, an URLError,
         # say, explains less), else the innermost error.
-        people = [error for error in chain if error.cls_name in user_error_names()]
+        people = [error for error in chain if error.cls_name in error_names()]
         error = people[0] if people else chain[-1]
         message = error.message.strip().splitlines()[0] if error.message.strip() else ""
         message = message.split(": ", 1)[1] if ": " in message else message

@@ -26,13 +26,10 @@ import pyarrow as pa
 from filelock import FileLock
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from qwen_assets.pause import pause_point
+from qwen_assets.errors import StorageError
+from qwen_assets.pipeline.pause import pause_point
 
 WAIT_FOR_LOCK_SECONDS = 30.0
-
-
-class StorageError(RuntimeError):
-    """A database problem a user can act on; the message says which."""
 
 
 class DatabaseBusyError(StorageError):

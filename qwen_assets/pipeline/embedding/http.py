@@ -32,7 +32,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from qwen_assets.embedding.core import (
+from qwen_assets.pipeline.embedding.core import (
     Batch,
     Deliver,
     EmbeddingConfigError,
@@ -41,7 +41,7 @@ from qwen_assets.embedding.core import (
     announce,
     make_batches,
 )
-from qwen_assets.redaction import redact_credentials, redact_secrets
+from qwen_assets.pipeline.redaction import redact_credentials, redact_secrets
 from qwen_assets.settings import HttpSettings
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))

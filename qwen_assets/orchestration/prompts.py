@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dagster import AssetKey, AssetObservation, AssetRecordsFilter, DagsterInstance
 
-from qwen_assets.build.stale import DATA_VERSION_TAG, Target
+from qwen_assets.dagster_internals import DATA_VERSION_TAG
 from qwen_assets.defs.partitions import MapGrid
+from qwen_assets.orchestration.stale import Target
 from qwen_assets.settings import Settings
 
 INSTRUCTIONS = AssetKey("task_instructions")
