@@ -1,1 +1,1 @@
-"""Benchmarks: run with ``python -m benchmarks.run`` (see README); figures go to RESULTS.md."""
+"""Benchmarks: run with ``python -m benchmarks.run`` (see docs/development.md); figures go to RESULTS.md."""

@@ -335,7 +335,7 @@ def built_once(
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, shared_folder, server: EmbeddingServer, archive: str):
     """The whole pipeline, built once from nothing on the real sample through the loopback
-    server, for tests about the sample, its maps, the site and the README's queries. Tests
+    server, for tests about the sample, its maps, the site and the documented queries. Tests
     that change it work on a copy (``project_copy``)."""
     yield from built_once(
         tmp_path_factory,

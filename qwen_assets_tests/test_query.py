@@ -1,4 +1,4 @@
-"""Querying the built database: the README's SQL, and the command line's subcommands."""
+"""Querying the built database: docs/querying.md's SQL, and the command line's subcommands."""
 
 import csv
 import io
@@ -17,19 +17,20 @@ from qwen_assets.pipeline.site import read_payload
 from qwen_assets.testing import project_settings, write_settings
 from qwen_assets_tests.conftest import REPO, Writer, cli_on, duckdb_1_5_cli
 
-DOC = "train/sci.space/61178"  # a sci.space post of the demo's sample, used in the README
+DOC = "train/sci.space/61178"  # a sci.space post of the demo's sample, used in docs/querying.md
 TASKS = ["default", "topic", "sentiment", "toxicity"]
 
 
-def readme_queries() -> list[str]:
-    text = (REPO / "README.md").read_text()
+def documented_queries() -> list[str]:
+    """Every SQL query the docs show (most on docs/querying.md, one on docs/variants.md)."""
+    text = "\n".join(page.read_text() for page in sorted((REPO / "docs").glob("*.md")))
     return re.findall(r"```sql\n(.*?)```", text, flags=re.S)
 
 
-def readme_query(says: str) -> str:
-    """The README's query whose opening comment says ``says``: a test runs the query it
-    means, however the README is reordered."""
-    (sql,) = [sql for sql in readme_queries() if says in sql.splitlines()[0]]
+def documented_query(says: str) -> str:
+    """docs/querying.md's query whose opening comment says ``says``: a test runs the query it
+    means, however the page is reordered."""
+    (sql,) = [sql for sql in documented_queries() if says in sql.splitlines()[0]]
     return sql
 
 
@@ -44,8 +45,8 @@ def run(connection, sql: str):
     return connection.sql(sql).df()
 
 
-def test_the_readme_documents_the_queries_the_tests_run():
-    assert len(readme_queries()) == 9
+def test_the_docs_show_the_queries_the_tests_run():
+    assert len(documented_queries()) == 9
 
 
 def numpy_neighbours(connection, task: str, doc_id: str, k: int) -> tuple[list[str], np.ndarray]:
@@ -59,24 +60,26 @@ def numpy_neighbours(connection, task: str, doc_id: str, k: int) -> tuple[list[s
     return stored["doc_id"].to_numpy()[order].tolist(), similarities[order]
 
 
-def test_readme_nearest_neighbours_are_numpys_and_start_with_the_post_itself(database):
-    result = run(database, readme_query("the ten nearest neighbours of a post in the topic space"))
+def test_documented_nearest_neighbours_are_numpys_and_start_with_the_post_itself(database):
+    result = run(
+        database, documented_query("the ten nearest neighbours of a post in the topic space")
+    )
     ids, similarities = numpy_neighbours(database, "topic", DOC, 10)
     assert result["doc_id"][0] == DOC, "a post is its own nearest neighbour"
     assert result["doc_id"].tolist() == ids
     assert result["similarity"].to_numpy() == pytest.approx(similarities, abs=1e-5)
 
 
-def test_readme_side_by_side_neighbours_agree_with_the_cli(database, cli):
-    result = run(database, readme_query("the same post's five nearest neighbours"))
+def test_documented_side_by_side_neighbours_agree_with_the_cli(database, cli):
+    result = run(database, documented_query("the same post's five nearest neighbours"))
     assert result["rank"].tolist() == [1, 2, 3, 4, 5]
     for task, column in [("default", "in_default"), ("topic", "in_topic")]:
         ranked = json.loads(cli("neighbours", DOC, "--task", task, "-k", "6", "--format", "json"))
         assert result[column].tolist() == [row["doc_id"] for row in ranked[1:]]
 
 
-def test_readme_centroid_query_agrees_with_numpy_and_beats_chance(database):
-    result = run(database, readme_query("how often the nearest newsgroup centroid")).set_index(
+def test_documented_centroid_query_agrees_with_numpy_and_beats_chance(database):
+    result = run(database, documented_query("how often the nearest newsgroup centroid")).set_index(
         "task"
     )["own_group_is_nearest"]
     assert sorted(result.index) == sorted(TASKS)
@@ -98,10 +101,10 @@ def test_readme_centroid_query_agrees_with_numpy_and_beats_chance(database):
         assert result[task] > 1 / len(names), "better than a random group"
 
 
-def test_readme_same_group_query_matches_the_sites_neighbours(database, built):
-    result = run(database, readme_query("of each post's 10 nearest neighbours")).set_index("task")[
-        "same_group_of_10"
-    ]
+def test_documented_same_group_query_matches_the_sites_neighbours(database, built):
+    result = run(database, documented_query("of each post's 10 nearest neighbours")).set_index(
+        "task"
+    )["same_group_of_10"]
     payload = read_payload(built.root / "site")
     categories = np.array(payload["documents"]["category"])
     for task in payload["tasks"]:
@@ -112,10 +115,10 @@ def test_readme_same_group_query_matches_the_sites_neighbours(database, built):
         )
 
 
-def test_readme_quality_query_holds_the_figures_the_site_shows(database, built):
-    result = run(database, readme_query("the quality figures of the last site build")).set_index(
-        "task"
-    )
+def test_documented_quality_query_holds_the_figures_the_site_shows(database, built):
+    result = run(
+        database, documented_query("the quality figures of the last site build")
+    ).set_index("task")
     payload = read_payload(built.root / "site")
     assert sorted(result.index) == sorted(TASKS)
     for task in payload["tasks"]:
@@ -123,8 +126,8 @@ def test_readme_quality_query_holds_the_figures_the_site_shows(database, built):
             assert result.loc[task["name"], name] == pytest.approx(value, abs=1e-3), name
 
 
-def test_readme_headline_query_names_each_targeted_task_and_its_target(database):
-    result = run(database, readme_query("its target, its figure on that target"))
+def test_documented_headline_query_names_each_targeted_task_and_its_target(database):
+    result = run(database, documented_query("its target, its figure on that target"))
     assert result["task"].tolist() == ["sentiment", "topic", "toxicity"]
     for task, target, headline in result.itertuples(index=False):
         assert headline.startswith(f"The {task} instruction ") and f" on {target} " in headline
@@ -287,13 +290,13 @@ def test_a_busy_database_waits_then_says_so(
     )
 
 
-def test_the_duckdb_1_5_command_line_opens_the_database_and_runs_the_readmes_queries(
+def test_the_duckdb_1_5_command_line_opens_the_database_and_runs_the_documented_queries(
     built, database
 ):
     """People's DuckDB is often older than the project's: the database they query is written
     in storage.readable_by's format, which the DuckDB 1.5 CLI (duckdb-cli on PyPI) reads."""
     cli = duckdb_1_5_cli()
-    for sql in readme_queries():
+    for sql in documented_queries():
         answered = subprocess.run(
             [cli, "-readonly", "-json", built.database, "-c", sql],
             capture_output=True,
@@ -307,8 +310,8 @@ def test_the_duckdb_1_5_command_line_opens_the_database_and_runs_the_readmes_que
         assert list(rows[0]) == list(expected.columns), sql
 
 
-def test_readme_cluster_query_names_each_labels_main_newsgroup(database):
-    result = run(database, readme_query("the labelled clusters of each map"))
+def test_documented_cluster_query_names_each_labels_main_newsgroup(database):
+    result = run(database, documented_query("the labelled clusters of each map"))
     clusters = run(database, "SELECT task, label, size, doc_ids FROM map_clusters")
     groups = run(database, "SELECT doc_id, category FROM newsgroups_sample").set_index("doc_id")
     assert len(result) == len(clusters) and set(result["task"]) == set(TASKS)

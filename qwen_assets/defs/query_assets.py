@@ -46,7 +46,7 @@ def query_assets(
                 code_version=fingerprint({"view": sql}),
                 kinds={"duckdb"},
                 description=f"View {name}: joins the sample, the vectors and the maps for "
-                "queries (see the README's SQL).",
+                "queries (see docs/querying.md).",
             )
             for name, sql in VIEWS.items()
         ],

@@ -70,7 +70,7 @@ class Warehouse(ConfigurableResource):
         storage.replace_table(self.database, table, frame, wait_seconds=self.lock_wait_seconds)
 
     def create_views(self) -> None:
-        """The convenience views over the sample, embeddings and coordinates (see README)."""
+        """The convenience views over the sample, embeddings and coordinates (see docs/querying.md)."""
         with storage.connect(self.database, wait_seconds=self.lock_wait_seconds) as connection:
             create_views(connection)
 
