@@ -101,13 +101,14 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         backend_reasons={variant: reason for variant, (_, reason) in chosen.items()},
         cache_database=settings.storage.embedding_cache,
     )
-    sensor, schedule = build_automation(settings, lambda: made[0])
+    job = assets_job()
+    sensor, schedule, continuation = build_automation(settings, lambda: made[0], job)
     run_worker = RunWorker()
     defs = Definitions(
         assets=assets,
-        jobs=[assets_job()],
+        jobs=[job],
         schedules=[schedule],
-        sensors=[sensor],
+        sensors=[sensor, continuation],
         resources={
             "warehouse": Warehouse(
                 database=settings.storage.build_database,

@@ -104,7 +104,10 @@ def test_definitions_load_without_the_heavy_libraries_with_every_asset_in_its_st
     for spec in defs.resolve_all_asset_specs():
         groups.setdefault(spec.group_name, set()).add(spec.key.to_user_string())
     assert groups == STAGES
-    assert {sensor.name for sensor in defs.sensors} == {"rebuild_stale_assets"}
+    assert {sensor.name for sensor in defs.sensors} == {
+        "rebuild_stale_assets",
+        "continue_daily_rebuild",
+    }
     assert {schedule.name for schedule in defs.schedules} == {"daily_rebuild"}
 
 

@@ -28,7 +28,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from qwen_assets.settings import load_settings
 from qwen_assets.testing import project_settings, write_settings
+from qwen_assets.testing.embedding_server import Fault
 from qwen_assets_tests.conftest import REPO, SMALL_CORPUS
 
 PACKAGE_DAGSTER_YAML = REPO / "qwen_assets" / "dagster.yaml"
@@ -406,6 +408,39 @@ def test_people_query_through_a_cold_build_an_edit_and_a_sensor_run(
         )
         assert all(run["status"] == "SUCCESS" for run in ui.runs())
         assert len(server.received) == math.ceil(documents / batch), "toxicity, embedded once"
+
+        # 5. An edit whose vectors fail their blocking check: the sensor's run stops there,
+        # and no site run follows it, tick after tick; what people read stays as it was.
+        site = Path(load_settings(project["QWEN_ASSETS_SETTINGS"]).site.output_dir) / "data.json"
+        published = (site.read_bytes(), run_sql(read_side, FINAL_STATE))
+        server.reset()
+        server.faults.extend(Fault(same_vector=True) for _ in range(math.ceil(documents / batch)))
+        launched_before = len(ui.runs())
+        edit(project, "Is it rude?", "Is it rude, or merely blunt?")
+        ui.reload()
+        (failed,) = wait_until(
+            lambda: [
+                run
+                for run in ui.runs()[: len(ui.runs()) - launched_before]
+                if run["status"] == "FAILURE"
+            ],
+            120,
+            "the sensor's run fails its check",
+        )
+        failed_at = time.time()
+        refusals = wait_until(
+            lambda: [
+                tick
+                for tick in ui.sensor_ticks()
+                if tick["timestamp"] > failed_at
+                and "failed: nothing after it" in (tick["skipReason"] or "")
+            ][1:],
+            90,
+            "two sensor ticks after the failed run",
+        )
+        assert failed["runId"][:8] in refusals[0]["skipReason"]
+        assert len(ui.runs()) == launched_before + 1, "no site run was queued behind it"
+        assert (site.read_bytes(), run_sql(read_side, FINAL_STATE)) == published
     except BaseException:
         if holder is not None:
             holder.kill()

@@ -12,7 +12,9 @@ import pytest
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
+    DagsterEventType,
     DagsterRunStatus,
+    build_run_status_sensor_context,
     build_schedule_context,
     build_sensor_context,
     instance_for_test,
@@ -270,9 +272,23 @@ def sensor_tick(settings_file: Path, instance):
         return sensor.evaluate_tick(context)
 
 
-def test_the_sensor_requests_exactly_the_edited_task_and_waits_for_a_run_in_progress(
+def execute(request, settings_file: Path, instance):
+    """Run what a trigger requested, in this process, as the daemon would launch it."""
+    job = build_definitions(load_settings(settings_file)).resolve_job_def("build_assets")
+    return job.execute_in_process(
+        instance=instance,
+        asset_selection=request.asset_selection,
+        partition_key=request.partition_key,
+        tags=request.tags,
+        raise_on_error=False,
+    )
+
+
+def test_the_sensor_builds_an_edit_a_run_at_a_time_and_waits_for_a_run_in_progress(
     project_copy,
 ):
+    """The sensor plans the way `qwen-assets build` does: the plan's first run, then, once it
+    has succeeded, the plan made again (here: the site)."""
     project = project_copy()
     settings_file, instance = project.settings_path, project.instance
     quiet = sensor_tick(settings_file, instance)
@@ -285,12 +301,14 @@ def test_the_sensor_requests_exactly_the_edited_task_and_waits_for_a_run_in_prog
     )
     after_edit = sensor_tick(settings_file, instance)
     requested = [(r.partition_key, r.asset_selection) for r in after_edit.run_requests]
-    assert requested[0] == ("topic", [AssetKey("task_embeddings"), AssetKey("umap_coordinates")])
-    assert requested[1][0] is None and set(requested[1][1]) == AFTER_THE_MAPS
-    assert len(requested) == 2, "the edited task's embeddings and map, then the site"
+    assert requested == [("topic", [AssetKey("task_embeddings"), AssetKey("umap_coordinates")])]
     assert [str(event.partition) for event in after_edit.asset_events] == ["topic"], (
         "the changed prompt is recorded for the UI's lineage"
     )
+    assert execute(after_edit.run_requests[0], settings_file, instance).success
+    site = sensor_tick(settings_file, instance).run_requests
+    assert [r.partition_key for r in site] == [None]
+    assert set(site[0].asset_selection) == AFTER_THE_MAPS, "then the site, planned again"
 
     # A run is in progress in a live process (this one): the next tick waits for it.
     job = build_definitions(load_settings(settings_file)).resolve_job_def("build_assets")
@@ -299,6 +317,45 @@ def test_the_sensor_requests_exactly_the_edited_task_and_waits_for_a_run_in_prog
     waiting = sensor_tick(settings_file, instance)
     assert waiting.run_requests == []
     assert waiting.skip_message.startswith(f"run {running.run_id[:8]} is started")
+
+
+def test_a_sensor_run_that_fails_its_check_keeps_the_site_out_until_the_settings_change(
+    project_copy, server, monkeypatch
+):
+    """A blocking check that fails on a rebuilt partition: the sensor requests nothing after
+    it (no site run is waiting behind it), tick after tick, until an edit gives the build a
+    new chance; the published site and the read side stay as they were."""
+    import qwen_assets.defs.embedding_assets as embedding_assets
+
+    project = project_copy()
+    settings_file, instance = project.settings_path, project.instance
+    published = {
+        path: path.read_bytes()
+        for path in [
+            Path(project.settings().site.output_dir) / "data.json",
+            Path(project.settings().storage.database),
+        ]
+    }
+    edit(settings_file, "Identify the topic or theme of the given text", "Name its subject")
+    first = sensor_tick(settings_file, instance).run_requests
+    monkeypatch.setattr(
+        embedding_assets, "embedding_problems", lambda *arguments: ["injected: all the same"]
+    )
+    failed = execute(first[0], settings_file, instance)
+    assert failed.run_id and not failed.success
+    monkeypatch.undo()  # the rule would pass now: only the settings decide when to try again
+    for _ in range(2):
+        tick = sensor_tick(settings_file, instance)
+        assert tick.run_requests == []
+        assert tick.skip_message.startswith(
+            f"run {failed.run_id[:8]} (task_embeddings, umap_coordinates [topic]) failed"
+        ), tick.skip_message
+    assert {path: path.read_bytes() for path in published} == published, "nothing was published"
+
+    server.reset()
+    edit(settings_file, "Name its subject", "Name the subject of the text")
+    again = sensor_tick(settings_file, instance).run_requests
+    assert [r.partition_key for r in again] == ["topic"], "an edit: the build goes on"
 
 
 def schedule_tick(settings_file: Path, instance):
@@ -311,7 +368,25 @@ def schedule_tick(settings_file: Path, instance):
         return schedule.evaluate_tick(context)
 
 
-def test_the_schedule_skips_when_fresh_and_requests_the_stale_partition(project_copy):
+def continuation_tick(settings_file: Path, instance, result):
+    """What continue_daily_rebuild does when the run ``result`` ended."""
+    defs = build_definitions(load_settings(settings_file))
+    sensor = defs.resolve_sensor_def("continue_daily_rebuild")
+    (ended,) = [
+        event
+        for event in result.all_events
+        if event.event_type in (DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE)
+    ]
+    context = build_run_status_sensor_context(
+        sensor_name="continue_daily_rebuild",
+        dagster_event=ended,
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(result.run_id),
+    )
+    return sensor(context)
+
+
+def test_the_schedule_starts_the_plan_and_its_continuation_builds_the_rest(project_copy):
     project = project_copy()
     settings_file, instance = project.settings_path, project.instance
     result = schedule_tick(settings_file, instance)
@@ -322,9 +397,19 @@ def test_the_schedule_skips_when_fresh_and_requests_the_stale_partition(project_
     )
     result = schedule_tick(settings_file, instance)
     requested = [(r.partition_key, r.asset_selection) for r in result.run_requests]
-    assert requested[0] == ("toxicity", [AssetKey("task_embeddings"), AssetKey("umap_coordinates")])
-    assert requested[1][0] is None and set(requested[1][1]) == AFTER_THE_MAPS
-    assert len(requested) == 2, "the edited task, then the site is republished"
+    assert requested == [
+        ("toxicity", [AssetKey("task_embeddings"), AssetKey("umap_coordinates")])
+    ], "the edited task first"
+    ran = execute(result.run_requests[0], settings_file, instance)
+    assert ran.success
+    following = continuation_tick(settings_file, instance, ran)
+    assert following.partition_key is None and set(following.asset_selection) == AFTER_THE_MAPS
+    assert following.tags["qwen_assets/trigger"] == "daily_rebuild schedule"
+    done = execute(following, settings_file, instance)
+    assert done.success
+    assert continuation_tick(settings_file, instance, done).skip_message == (
+        "the day's build is done"
+    )
 
 
 def test_the_schedule_and_the_sensor_stand_aside_while_a_build_holds_its_lock(project_copy):

@@ -4,26 +4,37 @@
   builds what a settings edit made stale, so an edit is built and published within minutes.
 - ``daily_rebuild`` (off by default): at 05:00 UTC, the same once a day, for a deployment
   that batches the day's edits into one build (and one bill): turn the sensor off and the
-  schedule on.
+  schedule on. ``continue_daily_rebuild`` launches the rest of its plan, a run at a time.
 
-Both ask the one rule in :mod:`qwen_assets.orchestration.stale` what is stale, as the headless build
-does, so the UI, the daemon and the terminal agree. Both first fail runs whose process died
-(:mod:`qwen_assets.orchestration.runs`), and request nothing while `qwen-assets build` is building or
-a run is queued or in progress: DuckDB takes one writer, and the plan is made again after.
+They build the way `qwen-assets build` does: plan with the one stale rule
+(:mod:`qwen_assets.orchestration.stale`), launch the plan's first run only, and plan again
+once it has succeeded. So a run that fails (a blocking check that failed on a rebuilt
+partition, say) keeps everything after it out: nothing queued behind it can publish a site
+built on what failed. The sensor then tries that run again only once the settings change
+(the edit that fixes it); a person can launch it from the UI meanwhile. Every trigger first
+fails runs whose process died (:mod:`qwen_assets.orchestration.runs`), and requests nothing
+while `qwen-assets build` is building or a run is queued or in progress: DuckDB takes one
+writer.
 """
 
 from collections.abc import Callable
+from typing import Any
 
 from dagster import (
     DagsterInstance,
+    DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     Definitions,
+    RunRecord,
     RunRequest,
+    RunsFilter,
+    RunStatusSensorContext,
     ScheduleEvaluationContext,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
+    run_status_sensor,
     schedule,
     sensor,
 )
@@ -34,29 +45,28 @@ from qwen_assets.orchestration.prompts import (
     changed_instruction_observations,
     record_instruction_versions,
 )
-from qwen_assets.orchestration.runs import (
-    TRIGGER_TAG,
-    build_running,
-    fail_dead_runs,
-    waiting_runs,
-)
-from qwen_assets.orchestration.stale import StalePlan
-from qwen_assets.settings import Settings
+from qwen_assets.orchestration.runs import TRIGGER_TAG, build_running, fail_dead_runs, waiting_runs
+from qwen_assets.orchestration.stale import PlannedRun
+from qwen_assets.settings import Settings, fingerprint
+
+SENSOR = "rebuild_stale_assets sensor"
+SCHEDULE = "daily_rebuild schedule"
+# On each run a trigger launches: which run of which settings it is, so that a run that
+# failed is not launched again, the same, until the settings change.
+PLANNED_TAG = "qwen_assets/planned"
 
 
-def run_requests(plan: StalePlan, trigger: str, keyed: bool = False) -> list[RunRequest]:
-    """The plan as runs; the project's run queue executes them one at a time, in order.
-    ``keyed``: a schedule's runs need keys, unique within its tick (a sensor's run keys would
-    dedupe across all its ticks, so a plan that recurs would never run again)."""
-    return [
-        RunRequest(
-            run_key=run.describe() if keyed else None,
-            asset_selection=run.keys,
-            partition_key=run.partition_key,
-            tags={**run.tags, TRIGGER_TAG: trigger},
-        )
-        for run in plan.runs()
-    ]
+def planned(run: PlannedRun, settings: Settings) -> str:
+    return f"{run.describe()} @ {fingerprint(settings.model_dump())}"
+
+
+def run_request(run: PlannedRun, settings: Settings, trigger: str, run_key: str | None = None):
+    return RunRequest(
+        run_key=run_key,
+        asset_selection=run.keys,
+        partition_key=run.partition_key,
+        tags={**run.tags, TRIGGER_TAG: trigger, PLANNED_TAG: planned(run, settings)},
+    )
 
 
 def busy_reason(instance: DagsterInstance) -> str | None:
@@ -72,8 +82,23 @@ def busy_reason(instance: DagsterInstance) -> str | None:
     return f"run {run.run_id[:8]} is {run.status.value.lower()}; planning again when it is done"
 
 
-def build_automation(settings: Settings, defs_of: Callable[[], Definitions]):
-    """The rebuild sensor and the daily schedule, over the Definitions ``defs_of`` returns."""
+def last_run_of(instance: DagsterInstance, trigger: str) -> RunRecord | None:
+    records = instance.get_run_records(RunsFilter(tags={TRIGGER_TAG: trigger}), limit=1)
+    return records[0] if records else None
+
+
+def failed_before(instance: DagsterInstance, trigger: str, tag: str) -> RunRecord | None:
+    """The trigger's last run, if it failed and was this very run of these settings."""
+    last = last_run_of(instance, trigger)
+    if last is None or last.dagster_run.status != DagsterRunStatus.FAILURE:
+        return None
+    return last if last.dagster_run.tags.get(PLANNED_TAG) == tag else None
+
+
+def build_automation(settings: Settings, defs_of: Callable[[], Definitions], job: Any):
+    """The rebuild sensor, the daily schedule and the sensor that continues the schedule's
+    plan, over the Definitions ``defs_of`` returns; their runs are of ``job`` (the one job
+    of :mod:`qwen_assets.defs.jobs`)."""
 
     @sensor(
         name="rebuild_stale_assets",
@@ -81,8 +106,9 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions]):
         minimum_interval_seconds=settings.automation.sensor_interval_seconds,
         default_status=DefaultSensorStatus.RUNNING,
         description="After a settings edit and a reload of the code location, rebuilds exactly "
-        "the stale partitions (one edited instruction: that task's embeddings and map, then "
-        "the site). Records each changed prompt as an observation of task_instructions.",
+        "the stale partitions, a run at a time (one edited instruction: that task's embeddings "
+        "and map, then the site). A failed run stops what follows it until the settings "
+        "change. Records each changed prompt as an observation of task_instructions.",
     )
     def rebuild_stale_assets(context: SensorEvaluationContext) -> SensorResult | SkipReason:
         busy = busy_reason(context.instance)
@@ -92,9 +118,17 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions]):
         plan = project_plan(defs_of(), context.instance, settings)
         if plan.empty:
             return SensorResult(asset_events=observations, skip_reason="everything is fresh")
+        first = plan.runs()[0]
+        failed = failed_before(context.instance, SENSOR, planned(first, settings))
+        if failed is not None:
+            return SensorResult(
+                asset_events=observations,
+                skip_reason=f"run {failed.dagster_run.run_id[:8]} ({first.describe()}) failed: "
+                "nothing after it is built until the settings change (the edit that fixes it) "
+                "or it is launched again from the UI; its log says why",
+            )
         return SensorResult(
-            run_requests=run_requests(plan, "rebuild_stale_assets sensor"),
-            asset_events=observations,
+            run_requests=[run_request(first, settings, SENSOR)], asset_events=observations
         )
 
     @schedule(
@@ -104,9 +138,10 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions]):
         default_status=DefaultScheduleStatus.STOPPED,
         description="Once a day, builds whatever the day's edits made stale and publishes the "
         "site: turn rebuild_stale_assets off and this on to batch edits into one daily build. "
-        "A day with nothing changed launches nothing.",
+        "Launches the plan's first run; continue_daily_rebuild launches the rest, a run at a "
+        "time. A day with nothing changed launches nothing.",
     )
-    def daily_rebuild(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
+    def daily_rebuild(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
         busy = busy_reason(context.instance)
         if busy:
             return SkipReason(busy)
@@ -114,6 +149,28 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions]):
         plan = project_plan(defs_of(), context.instance, settings)
         if plan.empty:
             return SkipReason("everything is fresh")
-        return run_requests(plan, "daily_rebuild schedule", keyed=True)
+        first = plan.runs()[0]
+        # A schedule's run needs a key unique within its tick.
+        return run_request(first, settings, SCHEDULE, run_key=first.describe())
 
-    return rebuild_stale_assets, daily_rebuild
+    @run_status_sensor(
+        name="continue_daily_rebuild",
+        run_status=DagsterRunStatus.SUCCESS,
+        monitored_jobs=[job],
+        request_job=job,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="When a run of daily_rebuild succeeds, plans again and launches the next "
+        "run of its plan; a failed run ends the day's build there.",
+    )
+    def continue_daily_rebuild(context: RunStatusSensorContext) -> RunRequest | SkipReason:
+        if context.dagster_run.tags.get(TRIGGER_TAG) != SCHEDULE:
+            return SkipReason("not a run of daily_rebuild")
+        busy = busy_reason(context.instance)
+        if busy:
+            return SkipReason(busy)
+        plan = project_plan(defs_of(), context.instance, settings)
+        if plan.empty:
+            return SkipReason("the day's build is done")
+        return run_request(plan.runs()[0], settings, SCHEDULE)
+
+    return rebuild_stale_assets, daily_rebuild, continue_daily_rebuild

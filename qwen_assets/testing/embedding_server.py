@@ -40,6 +40,7 @@ class Fault:
     nan: bool = False
     wrong_dimension: bool = False
     zero_vector: bool = False
+    same_vector: bool = False  # every text gets one unit vector (what a blocking check refuses)
 
 
 @dataclass
@@ -178,6 +179,9 @@ class EmbeddingServer:
             vectors[0, 0] = np.nan
         if fault.zero_vector:
             vectors[0] = 0.0
+        if fault.same_vector:
+            vectors[:] = 0.0
+            vectors[:, 0] = 1.0
         data = [
             {"object": "embedding", "index": index, "embedding": self._encode(vector, payload)}
             for index, vector in enumerate(vectors)
