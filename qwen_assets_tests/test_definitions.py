@@ -54,22 +54,90 @@ def test_the_project_imports_no_private_dagster_module():
 
 
 def test_every_dagster_member_the_project_uses_without_a_public_promise_is_still_there():
-    """The non-public Dagster members are fenced in one module (each with its reason); an
-    upgrade that removes one fails here, naming it."""
-    from qwen_assets.dagster_internals import MEMBERS
+    """The non-public Dagster members, tag names and error class names are fenced in one
+    module (each with its reason); an upgrade that removes one fails here, naming it, and no
+    other module uses one."""
+    from dagster import instance_for_test
+
+    from qwen_assets.dagster_internals import ERROR_CLASS_NAMES, MEMBERS, STORAGE_MEMBERS, TAGS
 
     missing = [f"{owner.__name__}.{name}" for owner, name in MEMBERS if not hasattr(owner, name)]
+    with instance_for_test() as instance:
+        storage = instance.event_log_storage
+        missing += [
+            f"EventLogStorage.{name}" for name in STORAGE_MEMBERS if not hasattr(storage, name)
+        ]
+    dagster_errors = {
+        kind.__name__
+        for kind in all_subclasses(BaseException)
+        if kind.__module__.startswith("dagster")
+    }
+    missing += [name for name in ERROR_CLASS_NAMES if name not in dagster_errors]
     assert missing == [], f"Dagster no longer has {', '.join(missing)}: see dagster_internals.py"
+    fenced = [
+        *(rf"\.{name}\b" for _, name in MEMBERS),
+        *(rf"\.{name}\b" for name in STORAGE_MEMBERS),
+        *(re.escape(f'"{literal}"') for literal in [*TAGS, *ERROR_CLASS_NAMES]),
+    ]
     used_elsewhere = {
         str(path.relative_to(REPO)): [
-            name for _, name in MEMBERS if re.search(rf"\.{name}\b", path.read_text())
+            pattern for pattern in fenced if re.search(pattern, path.read_text())
         ]
         for path in PACKAGE.rglob("*.py")
         if path.name != "dagster_internals.py"
     }
-    assert {path: names for path, names in used_elsewhere.items() if names} == {}, (
+    assert {path: found for path, found in used_elsewhere.items() if found} == {}, (
         "only dagster_internals.py uses them"
     )
+
+
+def all_subclasses(kind: type) -> set[type]:
+    found: set[type] = set()
+    pending = [kind]
+    while pending:
+        for child in pending.pop().__subclasses__():
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    return found
+
+
+def test_dagster_still_writes_the_tags_the_stale_rule_reads_and_builds_a_tagged_range():
+    """The tag names are Dagster's own strings, not exported: a versioned asset's
+    materialization carries the code and data version tags, and a run tagged with a range
+    materializes exactly that range."""
+    from dagster import (
+        AssetKey,
+        Definitions,
+        StaticPartitionsDefinition,
+        asset,
+        define_asset_job,
+        instance_for_test,
+    )
+
+    from qwen_assets.dagster_internals import (
+        CODE_VERSION_TAG,
+        DATA_VERSION_TAG,
+        PARTITION_RANGE_END_TAG,
+        PARTITION_RANGE_START_TAG,
+    )
+
+    letters = StaticPartitionsDefinition(["a", "b", "c", "d"])
+
+    @asset(code_version="7", partitions_def=letters)
+    def lettered(context) -> None:
+        context.log.info(f"built {context.partition_keys}")
+
+    defs = Definitions(assets=[lettered], jobs=[define_asset_job("letters")])
+    with instance_for_test() as instance:
+        job = defs.resolve_job_def("letters")
+        tags = {PARTITION_RANGE_START_TAG: "b", PARTITION_RANGE_END_TAG: "c"}
+        assert job.execute_in_process(instance=instance, tags=tags).success
+        records = instance.fetch_materializations(AssetKey("lettered"), limit=10).records
+        built = sorted(record.partition_key for record in records)
+        assert built == ["b", "c"], "one run built exactly the tagged range"
+        written = records[0].asset_materialization.tags
+        assert written[CODE_VERSION_TAG] == "7" and written[DATA_VERSION_TAG]
 
 
 def test_the_private_import_check_catches_one():

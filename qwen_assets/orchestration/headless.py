@@ -58,7 +58,7 @@ LOG_FOLDER = "logs"
 LISTED = 6  # more targets with one reason than this are said in one line
 EMBEDDINGS = AssetKey("task_embeddings")
 SAMPLE = AssetKey("newsgroups_sample")
-INTERRUPTIONS = {"DagsterExecutionInterruptedError", "KeyboardInterrupt"}
+INTERRUPTIONS = {dagster_internals.INTERRUPTED_ERROR, "KeyboardInterrupt"}
 # DuckDB answers an interrupt (Ctrl-C, SIGTERM) that lands inside a query with this error of
 # its own, and the interrupt itself is gone: such a step was interrupted, it did not fail.
 DUCKDB_INTERRUPTED = "Query interrupted"
@@ -197,7 +197,7 @@ def _build(
     logs = dagster_internals.instance_folder(instance) / LOG_FOLDER
     logs.mkdir(parents=True, exist_ok=True)
     report.log_file = logs / f"build-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}.log"
-    job = defs.resolve_job_def(ASSETS_JOB)
+    job = dagster_internals.job_of(defs, ASSETS_JOB)
     built: set[str] = set()
     while not plan.empty:
         run = plan.runs()[0]
@@ -251,7 +251,7 @@ def forced_targets(defs: Definitions, names: Sequence[str]) -> dict[Target, str]
     specs = {
         spec.key.to_user_string(): spec
         for spec in defs.resolve_all_asset_specs()
-        if defs.resolve_assets_def(spec.key).is_materializable
+        if dagster_internals.materializable(dagster_internals.assets_def_of(defs, spec.key))
     }
     forced: dict[Target, str] = {}
     for name in names:
@@ -299,10 +299,10 @@ def _stop(instance: DagsterInstance, run_id: str) -> None:
 def _failure(result: ExecuteInProcessResult) -> str | None:
     """The reason of the first failed step, in one line; None when it was interrupted."""
     for event in result.all_events:
-        if event.event_type != DagsterEventType.STEP_FAILURE or event.step_failure_data is None:
+        if event.event_type != DagsterEventType.STEP_FAILURE:
             continue
         chain = []
-        error = event.step_failure_data.error
+        error = dagster_internals.step_error(event)
         while error is not None:
             chain.append(error)
             error = error.cause
@@ -313,7 +313,7 @@ def _failure(result: ExecuteInProcessResult) -> str | None:
             for error in chain
         ):
             return None
-        if chain[0].cls_name == "DagsterAssetCheckFailedError":
+        if chain[0].cls_name == dagster_internals.CHECK_FAILED_ERROR:
             return f"{event.step_key}: {_failed_checks(result)}"
         # The message written for people if there is one (the cause it wraps, an URLError,
         # say, explains less), else the innermost error.
@@ -335,7 +335,7 @@ def _failed_checks(result: ExecuteInProcessResult) -> str:
         f"blocking check {evaluation.check_name} failed ("
         + "; ".join(f"{task}: {value.value}" for task, value in evaluation.metadata.items())
         + ")"
-        for evaluation in result.get_asset_check_evaluations()
+        for evaluation in dagster_internals.check_evaluations(result)
         if not evaluation.passed
     ]
     return ", ".join(found) + "; nothing after it was built" if found else "a check failed"
@@ -381,5 +381,5 @@ def _append_log(instance: DagsterInstance, run_id: str, path: Path | None) -> No
             out.write(f"{stamp} {run_id[:8]}{step} {entry.message}\n")
             event = entry.dagster_event
             if event is not None and event.event_type == DagsterEventType.STEP_FAILURE:
-                error = event.step_failure_data.error
+                error = dagster_internals.step_error(event)
                 out.write(error.to_string() if error is not None else "")

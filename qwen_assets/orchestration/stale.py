@@ -39,10 +39,10 @@ from dagster import (
     DagsterInstance,
     Definitions,
     EventLogRecord,
-    PartitionKeyRange,
     PartitionsDefinition,
 )
 
+from qwen_assets import dagster_internals
 from qwen_assets.dagster_internals import (
     CODE_VERSION_TAG,
     DATA_VERSION_TAG,
@@ -139,10 +139,10 @@ class StalePlan:
         if self.partitions_def is None:
             return True
         ordered = self._ordered(partitions)
-        spanned = self.partitions_def.get_partition_keys_in_range(
-            PartitionKeyRange(ordered[0], ordered[-1])
+        spanned = dagster_internals.partition_keys_between(
+            self.partitions_def, ordered[0], ordered[-1]
         )
-        return {str(key) for key in spanned} == set(partitions)
+        return set(spanned) == set(partitions)
 
 
 @dataclass(frozen=True)
@@ -161,8 +161,8 @@ class _Graph:
         # Keys a multi-asset computes together: a run must select all of them.
         self.together: dict[AssetKey, set[AssetKey]] = {}
         for key in specs:
-            assets_def = defs.resolve_assets_def(key)
-            if not assets_def.is_materializable:
+            assets_def = dagster_internals.assets_def_of(defs, key)
+            if not dagster_internals.materializable(assets_def):
                 continue
             self.materializable.add(key)
             if not assets_def.can_subset:
@@ -208,7 +208,9 @@ class _Graph:
                 found.append((dep.asset_key, partition))
             else:
                 mapped = dep.partition_mapping.get_upstream_mapped_partitions_result_for_partitions(
-                    downstream.subset_with_partition_keys([partition]), downstream, upstream
+                    dagster_internals.partitions_subset(downstream, [partition]),
+                    downstream,
+                    upstream,
                 )
                 found += [
                     (dep.asset_key, str(key))
