@@ -23,7 +23,7 @@ from qwen_assets.pipeline.storage import read_table
 from qwen_assets.testing import write_settings
 from qwen_assets_tests.conftest import VARIANTS, cli_on
 from qwen_assets_tests.test_pipeline import sensor_tick
-from qwen_assets_tests.test_query import readme_query
+from qwen_assets_tests.test_query import documented_query
 
 EMBEDDINGS, MAPS = AssetKey("task_embeddings"), AssetKey("umap_coordinates")
 
@@ -218,7 +218,7 @@ def test_the_query_views_and_the_readmes_variant_query_hold_every_variant(varian
             variant: len(variants_built.settings().tasks) * variants_built.documents()
             for variant in VARIANTS
         }
-        query = readme_query("the variant whose neighbourhoods agree most")
+        query = documented_query("the variant whose neighbourhoods agree most")
         best = connection.sql(query).df().set_index("task")
         quality = connection.sql("SELECT * FROM task_quality").df()
     targeted = quality[quality["target"].notna()]
