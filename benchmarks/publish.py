@@ -2,7 +2,7 @@
 
 The builds' database is made with the project's own writers (the real corpus tables, the
 sample, and per task a FLOAT[1024] vector, Qwen3-Embedding-0.6B's size, and a map point per
-post), then copied whole by ``publish_database``, as the asset does after every complete build.
+post), then copied whole by ``copy_database``, as the asset does after every complete build.
 Vectors are random unit vectors: a copy's cost depends on the bytes, and embeddings do not
 compress either way.
 """
@@ -23,7 +23,7 @@ from qwen_assets.pipeline.corpus import load_raw_newsgroups, stratified_sample
 from qwen_assets.pipeline.query import create_views
 from qwen_assets.pipeline.storage import (
     connect,
-    publish_database,
+    copy_database,
     replace_partitions,
     replace_table,
 )
@@ -77,7 +77,7 @@ def run() -> str:
             seconds = []
             for _ in range(REPEATS):
                 started = time.monotonic()
-                published = publish_database(str(source), str(target), readable_by=storage_format)
+                published = copy_database(str(source), str(target), readable_by=storage_format)
                 seconds.append(time.monotonic() - started)
             rows.append(
                 [
@@ -89,7 +89,7 @@ def run() -> str:
                 ]
             )
     body = (
-        f"`publish_database` (what `query_database` runs) copying the builds' database whole "
+        f"`copy_database` (what `query_database` runs) copying the builds' database whole "
         f"into the file people query, median of {REPEATS}; the builds' database holds the real "
         f"corpus tables and, per task, a FLOAT[{DIMENSIONS}] vector and a map point per post.\n\n"
         + table(

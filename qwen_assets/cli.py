@@ -273,22 +273,15 @@ def command_neighbours(arguments: argparse.Namespace) -> int:
 def command_search(arguments: argparse.Namespace) -> int:
     import logging
 
-    from qwen_assets.pipeline.embedding import resolve_backend
     from qwen_assets.pipeline.query import search
     from qwen_assets.settings import load_settings
 
-    settings = load_settings()
-    embedding = settings.embedding_of(settings.check_variant(arguments.variant))
-    backend, _ = resolve_backend(embedding, os.environ)
-    log = logging.getLogger("qwen_assets.search")
     frame = search(
-        settings,
+        load_settings(),
         arguments.text,
         arguments.task,
         arguments.k,
-        backend_name=backend,
-        api_key=os.environ.get(embedding.http.api_key_env),
-        log=log,
+        log=logging.getLogger("qwen_assets.search"),
         variant=arguments.variant,
     )
     print_frame(frame, arguments.format)

@@ -100,7 +100,9 @@ def repository_outputs_untouched() -> Iterator[None]:
 def archive() -> str:
     path = os.environ.get(ARCHIVE_ENV)
     if not path or not Path(path).is_file():
-        pytest.skip(f"needs the corpus: set {ARCHIVE_ENV} to 20news-bydate.tar.gz (see docs/development.md)")
+        pytest.skip(
+            f"needs the corpus: set {ARCHIVE_ENV} to 20news-bydate.tar.gz (see docs/development.md)"
+        )
     return path
 
 

@@ -214,9 +214,9 @@ def test_builds_killed_mid_embedding_and_mid_publish_never_block_the_next(projec
 
     # The next build repairs that, embeds the rest, and is killed while it publishes: it
     # stops itself once the copy is written, before the rename (a pause point).
-    third = project.start("third", pause_at="publish_database:copied")
+    third = project.start("third", pause_at="copy_database:copied")
     pattern = f".{database.name}.publishing-*"
-    wait_until_paused(third, "publish_database:copied", lambda: project.output("third"))
+    wait_until_paused(third, "copy_database:copied", lambda: project.output("third"))
     assert list(database.parent.glob(pattern)), "stopped while writing the copy"
     third.send_signal(signal.SIGKILL)
     third.wait()

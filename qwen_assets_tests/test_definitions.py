@@ -238,7 +238,7 @@ def test_a_wheel_installed_elsewhere_builds_the_site_pages(tmp_path: Path):
     script = (
         "import sys, qwen_assets.pipeline.site as site; from pathlib import Path; "
         "assert Path(site.__file__).is_relative_to(Path(sys.argv[1])), site.__file__; "
-        "written = site.publish_pages(Path('out'), ['default', 'topic'], webgl=False); "
+        "written = site.write_pages(Path('out'), ['default', 'topic'], webgl=False); "
         "print(sorted(p.name for p in written)); "
         "print(open('out/vendor/plotly.min.js').read(200)); "
         # the settings file and the instance's dagster.yaml travel in the wheel too

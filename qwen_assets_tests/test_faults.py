@@ -140,7 +140,7 @@ BOUNDARIES = [  # in the order a build reaches them
     "site_data:staged",
     "site_data:committed",
     "asset:query_database",
-    "publish_database:copied",
+    "copy_database:copied",
     "asset:site_pages",
 ]
 COMPARED_TABLES = {

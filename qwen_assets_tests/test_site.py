@@ -20,9 +20,9 @@ from PIL import Image
 
 from qwen_assets.pipeline.site import (
     plotly_bundle,
-    publish_pages,
     read_payload,
     task_page_name,
+    write_pages,
     write_payload,
 )
 from qwen_assets.testing import CHROMIUM_ARGS, CHROMIUM_ENV, chromium_path
@@ -540,7 +540,7 @@ def large_site_dir(built, tmp_path_factory: pytest.TempPathFactory) -> Path:
     payload["texts"] = {"chunk_size": 300, "chunks": 3}
     payload["render"]["webgl_above"] = 100
     write_payload(payload, copy, texts)
-    publish_pages(copy, [task["name"] for task in payload["tasks"]], webgl=True)  # as site_pages
+    write_pages(copy, [task["name"] for task in payload["tasks"]], webgl=True)  # as site_pages
     return copy
 
 

@@ -20,7 +20,7 @@ from qwen_assets.pipeline.storage import (
     StorageError,
     append_rows,
     connect,
-    publish_database,
+    copy_database,
     read_table,
     replace_partitions,
     replace_table,
@@ -186,13 +186,13 @@ def hold_read_only(database: str) -> subprocess.Popen:
 def test_a_reader_never_delays_a_publish_and_keeps_the_state_it_opened(tmp_path: Path):
     build, published = str(tmp_path / "build.duckdb"), str(tmp_path / "query.duckdb")
     rows_table(build, 3)
-    publish_database(build, published, readable_by="v1.0.0")
+    copy_database(build, published, readable_by="v1.0.0")
     reader = hold_read_only(published)
     try:
         assert reader.stdout.readline().strip() == "3"
         rows_table(build, 5)
         # wait_seconds=0: a publish that had to wait for the reader would fail here.
-        again = publish_database(build, published, readable_by="v1.0.0", wait_seconds=0)
+        again = copy_database(build, published, readable_by="v1.0.0", wait_seconds=0)
         assert again.tables == {"rows": 5}
         assert read_table(published, "SELECT count(*) FROM rows").iloc[0, 0] == 5
         reader.stdin.write("\n")
@@ -235,7 +235,7 @@ def test_a_storage_format_duckdb_does_not_know_is_one_line_and_publishes_nothing
     build, published = str(tmp_path / "build.duckdb"), str(tmp_path / "query.duckdb")
     rows_table(build, 2)
     with pytest.raises(StorageError) as raised:
-        publish_database(build, published, readable_by="v0.0.9")
+        copy_database(build, published, readable_by="v0.0.9")
     assert str(raised.value).startswith("storage.readable_by: DuckDB ")
     assert "\n" not in str(raised.value)
     assert not Path(published).exists()
@@ -253,7 +253,7 @@ def test_readable_by_names_the_oldest_duckdb_that_opens_the_copy(tmp_path: Path)
     opened = {}
     for release in ["v1.0.0", "v1.5.0", "latest"]:
         published = tmp_path / f"{release}.duckdb"
-        publish_database(build, str(published), readable_by=release)
+        copy_database(build, str(published), readable_by=release)
         with duckdb.connect(str(published), read_only=True) as connection:
             (tags,) = connection.execute(
                 "SELECT tags FROM duckdb_databases() WHERE database_name = current_database()"

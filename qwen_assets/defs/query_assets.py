@@ -82,7 +82,7 @@ def query_assets(
                 "its last complete state; materialize what is stale first, or run "
                 "`qwen-assets build`"
             )
-        published = warehouse.publish()
+        published = warehouse.copy_to_query_database()
         context.log.info(
             "published %s (%d tables) in %.1fs",
             published.target,

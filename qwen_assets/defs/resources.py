@@ -5,7 +5,6 @@ the API key); the experiment itself (tasks, model, UMAP) comes from the settings
 """
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from pydantic import Field
 from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.defs.run_worker import RunWorker
 from qwen_assets.pipeline import storage
-from qwen_assets.pipeline.embedding import EmbeddingStats, build_backend, embed_texts
+from qwen_assets.pipeline.embedding import EmbeddingStats, embed_texts, open_backend
 from qwen_assets.pipeline.query import create_views
 from qwen_assets.settings import EmbeddingSettings
 
@@ -44,7 +43,7 @@ class Warehouse(ConfigurableResource):
         if not storage.is_local_file(self.database) or Path(self.database).exists():
             return
         if storage.is_local_file(self.published) and Path(self.published).exists():
-            storage.publish_database(
+            storage.copy_database(
                 self.published, self.database, wait_seconds=self.lock_wait_seconds
             )
             context.log.warning(
@@ -52,9 +51,9 @@ class Warehouse(ConfigurableResource):
                 f"of {self.published}"
             )
 
-    def publish(self) -> storage.PublishedDatabase:
+    def copy_to_query_database(self) -> storage.PublishedDatabase:
         """Copy every table and view to the database people query, in one step."""
-        return storage.publish_database(
+        return storage.copy_database(
             self.database,
             self.published,
             readable_by=self.readable_by,
@@ -151,7 +150,5 @@ class Embedder(ConfigurableResource):
         log: logging.Logger,
         label: str = "",
     ) -> tuple[np.ndarray, EmbeddingStats]:
-        name = self.backends[variant]
-        api_key = os.environ.get(settings.http.api_key_env) if name == "http" else None
-        backend = build_backend(name, settings, api_key, log)
+        backend = open_backend(self.backends[variant], settings, log)
         return embed_texts(texts, prefix, settings, backend, self.cache_database, log, label)

@@ -27,31 +27,21 @@ from qwen_assets.pipeline.pause import pause_point
 from qwen_assets.pipeline.publish import publish_site, redact_credentials
 from qwen_assets.pipeline.site import (
     TaskMap,
-    build_payload,
-    compared_with_reference_variant,
-    publish_pages,
     read_payload,
     sources_dir,
     sources_fingerprint,
     stage_payload,
-    task_maps,
     task_page_name,
+    write_pages,
+)
+from qwen_assets.pipeline.site_build import (
+    CLUSTER_SCHEMA,
+    cluster_rows,
+    quality_rows,
+    site_contents,
 )
 from qwen_assets.settings import PROPERTIES, SCORE_PROPERTIES, Settings, fingerprint
 
-CLUSTER_SCHEMA = pa.schema(
-    [
-        ("variant", pa.string()),
-        ("task", pa.string()),
-        ("cluster", pa.int32()),
-        ("label", pa.string()),
-        ("words", pa.list_(pa.string())),
-        ("size", pa.int32()),
-        ("x", pa.float64()),
-        ("y", pa.float64()),
-        ("doc_ids", pa.list_(pa.string())),
-    ]
-)
 SITE_BUILD_COLUMNS = {
     "built_at": "TIMESTAMP",
     "payload_sha256": "VARCHAR",
@@ -77,67 +67,12 @@ def quality_markdown(quality: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def quality_rows(maps: list[TaskMap]) -> pd.DataFrame:
-    """Table task_quality: one row per map, its figures and its headline."""
-    return pd.DataFrame(
-        [
-            {
-                "variant": m.variant,
-                "task": m.name,
-                **m.quality,
-                "target": m.target,
-                "predicts_target": m.quality.get(f"predicts_{m.target}"),
-                "headline": m.headline.sentence() if m.headline else None,
-            }
-            for m in maps
-        ]
-    )
-
-
-def cluster_rows(maps: list[TaskMap], doc_ids: list[str]) -> pd.DataFrame:
-    """One row per labelled cluster of each task's map, with the posts in it."""
-    rows = [
-        {
-            "variant": task_map.variant,
-            "task": task_map.name,
-            "cluster": cluster.number,
-            "label": cluster.label,
-            "words": list(cluster.words),
-            "size": cluster.size,
-            "x": cluster.x,
-            "y": cluster.y,
-            "doc_ids": [
-                doc_ids[i] for i in np.flatnonzero(task_map.clusters.membership == cluster.number)
-            ],
-        }
-        for task_map in maps
-        if task_map.clusters is not None
-        for cluster in task_map.clusters.clusters
-    ]
-    return pd.DataFrame(rows, columns=CLUSTER_SCHEMA.names)
-
-
 def clusters_markdown(clusters: pd.DataFrame) -> str:
     lines = ["| variant | task | posts | label |", "|---|---|---|---|"]
     ordered = clusters.sort_values(["variant", "task", "size"], ascending=[True, True, False])
     for row in ordered.itertuples():
         lines.append(f"| {row.variant} | {row.task} | {row.size} | {row.label} |")
     return "\n".join(lines)
-
-
-def variant_rows(settings: Settings) -> list[dict[str, object]]:
-    """What each variant changes, for the payload: its name and how it embeds."""
-    return [
-        {
-            "name": variant,
-            "description": settings.variants[variant].description if settings.variants else "",
-            "model": embedding.model,
-            "prompt_template": embedding.prompt_template,
-            "dimensions": embedding.dimensions,
-        }
-        for variant in settings.variant_names
-        for embedding in [settings.embedding_of(variant)]
-    ]
 
 
 def site_assets(
@@ -148,7 +83,6 @@ def site_assets(
     properties: AssetsDefinition,
 ) -> list[AssetsDefinition]:
     site = settings.site
-    reference = settings.umap.align_to
     output_dir = Path(site.output_dir)
 
     payload_version = fingerprint(
@@ -217,42 +151,18 @@ def site_assets(
             f"""SELECT {", ".join(SCORE_PROPERTIES)} FROM document_properties
                 JOIN newsgroups_sample USING (doc_id) ORDER BY position"""
         )
-        categories, texts = documents["category"].tolist(), documents["text"].tolist()
         per_document = {name: scores[name].to_numpy() for name in SCORE_PROPERTIES}
-        maps: list[TaskMap] = []
-        for variant in settings.variant_names:
-            keys = {task: grid.key(variant, task) for task in settings.task_names}
-            maps += task_maps(
-                settings,
-                categories,
-                vectors={
-                    task: load_embeddings(warehouse, grid, key)[1] for task, key in keys.items()
-                },
-                layouts={
-                    task: warehouse.read_partition(
-                        "umap_coordinates", grid, key, "t.x_aligned, t.y_aligned"
-                    )[["x_aligned", "y_aligned"]].to_numpy()
-                    for task, key in keys.items()
-                },
-                scores=per_document,
-                texts=texts,
-                variant=variant,
+
+        def read_map(variant: str, task: str) -> tuple[np.ndarray, np.ndarray]:
+            key = grid.key(variant, task)
+            layout = warehouse.read_partition(
+                "umap_coordinates", grid, key, "t.x_aligned, t.y_aligned"
             )
-        maps = compared_with_reference_variant(maps, settings.reference_variant)
-        payload = build_payload(
-            doc_ids=documents["doc_id"].tolist(),
-            categories=categories,
-            texts=texts,
-            previews=documents["preview"].tolist(),
-            tasks=maps,
-            variants=variant_rows(settings),
-            reference_task=reference,
-            coordinate_decimals=site.coordinate_decimals,
-            webgl_above=site.webgl_above,
-            preview_chars=settings.corpus.preview_chars,
-            inline_texts=len(documents) <= site.inline_texts_up_to,
-            properties=per_document,
-        )
+            vectors = load_embeddings(warehouse, grid, key)[1]
+            return vectors, layout[["x_aligned", "y_aligned"]].to_numpy()
+
+        payload, maps = site_contents(settings, documents, per_document, read_map)
+        texts = documents["text"].tolist()
         staged, written = stage_payload(payload, output_dir, texts)
 
         def label(m: TaskMap) -> str:
@@ -355,7 +265,7 @@ def site_assets(
         pause_point("asset:site_pages")
         payload = read_payload(output_dir)
         webgl = len(payload["documents"]["id"]) > payload["render"]["webgl_above"]
-        written = publish_pages(output_dir, settings.task_names, webgl=webgl)
+        written = write_pages(output_dir, settings.task_names, webgl=webgl)
         index = output_dir / "index.html"
         return MaterializeResult(
             metadata={

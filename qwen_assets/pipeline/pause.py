@@ -8,7 +8,7 @@ variable is read at each point, so a build without it pays one dictionary lookup
 Points: ``asset:<asset name>`` as an asset's body starts (its inputs were recorded and its
 own step has begun); ``site_data:staged`` once the site's new files are written beside the
 old; ``site_data:committed`` once its tables are committed and before the files are swapped
-in; ``publish_database:copied`` once the copy people will query is written, before it is
+in; ``copy_database:copied`` once the copy people will query is written, before it is
 renamed into place.
 """
 

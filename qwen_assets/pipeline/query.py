@@ -8,6 +8,8 @@ publish a new copy of it), so a query and a build never wait for each other.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -151,14 +153,13 @@ def search(
     task: str,
     k: int = 10,
     *,
-    backend_name: str,
-    api_key: str | None,
     log: logging.Logger,
     variant: str | None = None,
+    environ: Mapping[str, str] = os.environ,
 ) -> pd.DataFrame:
     """Embed ``text`` as ``task`` embeds its documents (same instruction, model and cache, as
     ``variant`` embeds them) and rank the stored documents by cosine similarity to it."""
-    from qwen_assets.pipeline.embedding import build_backend, embed_texts
+    from qwen_assets.pipeline.embedding import embed_texts, open_backend, resolve_backend
 
     if not text.strip():
         raise QueryError("the search text is empty; give a sentence or a few words")
@@ -173,7 +174,8 @@ def search(
             [variant, task],
         ).fetchall()[0][0]
     embedding = settings.embedding_of(variant)
-    backend = build_backend(backend_name, embedding, api_key, log)
+    name, _ = resolve_backend(embedding, environ)
+    backend = open_backend(name, embedding, log, environ)
     vectors, _ = embed_texts(
         [text],
         prompt_prefix(settings, task, variant),

@@ -523,7 +523,7 @@ def task_page_name(task: str) -> str:
     return f"task-{task}.html"
 
 
-def publish_pages(
+def write_pages(
     output_dir: Path, tasks: Sequence[str], sources: Path | None = None, webgl: bool = True
 ) -> list[Path]:
     """Copy the sources and plotly.js (``webgl``: the bundle that can draw with WebGL) into

@@ -2,7 +2,7 @@
 
 DuckDB lets one process write a database file, or many read it, never both. Builds therefore
 write a database of their own (``storage.build_database``), one connection and one
-transaction at a time so that runs take turns, and :func:`publish_database` copies it whole
+transaction at a time so that runs take turns, and :func:`copy_database` copies it whole
 to the database people query (``storage.database``), which is replaced, never written in
 place: a reader that holds it open never blocks a build. A process that finds a file locked
 waits and retries, then says which process holds it. A database is a file path, or
@@ -352,7 +352,7 @@ class PublishedDatabase:
     tables: dict[str, int]  # table -> rows (views are copied too, not counted)
 
 
-def publish_database(
+def copy_database(
     source: str,
     target: str,
     *,
@@ -393,7 +393,7 @@ def publish_database(
                 connection.execute(f'COPY FROM DATABASE "{name}" TO qwen_assets_published')
                 connection.execute("DETACH qwen_assets_published")
                 _fold_in_a_leftover_log(path)
-                pause_point("publish_database:copied")
+                pause_point("copy_database:copied")
                 with staging.open("rb") as written:
                     os.fsync(written.fileno())
                 os.replace(staging, path)

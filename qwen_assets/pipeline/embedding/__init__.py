@@ -33,6 +33,7 @@ __all__ = [
     "ProgressReport",
     "build_backend",
     "embed_texts",
+    "open_backend",
     "resolve_backend",
 ]
 
@@ -47,6 +48,18 @@ def resolve_backend(
     if environ.get(variable):
         return "http", f"embedding.backend is auto and {variable} is set"
     return "local", f"embedding.backend is auto and {variable} is not set"
+
+
+def open_backend(
+    name: str,
+    settings: EmbeddingSettings,
+    log: logging.Logger,
+    environ: Mapping[str, str] = os.environ,
+) -> Backend:
+    """The backend ``name`` for ``settings``; an HTTP backend reads its API key from the
+    variable the settings name (``http.api_key_env``) now, and passes it nowhere else."""
+    api_key = environ.get(settings.http.api_key_env) if name == "http" else None
+    return build_backend(name, settings, api_key, log)
 
 
 def build_backend(

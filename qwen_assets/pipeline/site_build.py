@@ -1,0 +1,132 @@
+"""What one build of the site computes from the stored sample, vectors and maps: every
+map's share of the payload, the payload itself, and the tables written beside it (a row per
+map, ``task_quality``; a row per labelled cluster, ``map_clusters``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from qwen_assets.pipeline.site import (
+    TaskMap,
+    build_payload,
+    compared_with_reference_variant,
+    task_maps,
+)
+from qwen_assets.settings import Settings
+
+CLUSTER_SCHEMA = pa.schema(
+    [
+        ("variant", pa.string()),
+        ("task", pa.string()),
+        ("cluster", pa.int32()),
+        ("label", pa.string()),
+        ("words", pa.list_(pa.string())),
+        ("size", pa.int32()),
+        ("x", pa.float64()),
+        ("y", pa.float64()),
+        ("doc_ids", pa.list_(pa.string())),
+    ]
+)
+
+
+def quality_rows(maps: list[TaskMap]) -> pd.DataFrame:
+    """Table task_quality: one row per map, its figures and its headline."""
+    return pd.DataFrame(
+        [
+            {
+                "variant": m.variant,
+                "task": m.name,
+                **m.quality,
+                "target": m.target,
+                "predicts_target": m.quality.get(f"predicts_{m.target}"),
+                "headline": m.headline.sentence() if m.headline else None,
+            }
+            for m in maps
+        ]
+    )
+
+
+def cluster_rows(maps: list[TaskMap], doc_ids: list[str]) -> pd.DataFrame:
+    """One row per labelled cluster of each task's map, with the posts in it."""
+    rows = [
+        {
+            "variant": task_map.variant,
+            "task": task_map.name,
+            "cluster": cluster.number,
+            "label": cluster.label,
+            "words": list(cluster.words),
+            "size": cluster.size,
+            "x": cluster.x,
+            "y": cluster.y,
+            "doc_ids": [
+                doc_ids[i] for i in np.flatnonzero(task_map.clusters.membership == cluster.number)
+            ],
+        }
+        for task_map in maps
+        if task_map.clusters is not None
+        for cluster in task_map.clusters.clusters
+    ]
+    return pd.DataFrame(rows, columns=CLUSTER_SCHEMA.names)
+
+
+def variant_rows(settings: Settings) -> list[dict[str, object]]:
+    """What each variant changes, for the payload: its name and how it embeds."""
+    return [
+        {
+            "name": variant,
+            "description": settings.variants[variant].description if settings.variants else "",
+            "model": embedding.model,
+            "prompt_template": embedding.prompt_template,
+            "dimensions": embedding.dimensions,
+        }
+        for variant in settings.variant_names
+        for embedding in [settings.embedding_of(variant)]
+    ]
+
+
+# (variant, task) -> that map's vectors (rows in sample order) and its aligned layout
+ReadMap = Callable[[str, str], tuple[np.ndarray, np.ndarray]]
+
+
+def site_contents(
+    settings: Settings,
+    documents: pd.DataFrame,
+    scores: Mapping[str, np.ndarray],
+    read_map: ReadMap,
+) -> tuple[dict, list[TaskMap]]:
+    """The payload and every map of it, variant by variant. ``documents``: the sample in
+    order (doc_id, category, text, preview); ``scores``: per-document values by property."""
+    categories, texts = documents["category"].tolist(), documents["text"].tolist()
+    maps: list[TaskMap] = []
+    for variant in settings.variant_names:
+        read = {task: read_map(variant, task) for task in settings.task_names}
+        maps += task_maps(
+            settings,
+            categories,
+            vectors={task: vectors for task, (vectors, _) in read.items()},
+            layouts={task: layout for task, (_, layout) in read.items()},
+            scores=scores,
+            texts=texts,
+            variant=variant,
+        )
+    maps = compared_with_reference_variant(maps, settings.reference_variant)
+    site = settings.site
+    payload = build_payload(
+        doc_ids=documents["doc_id"].tolist(),
+        categories=categories,
+        texts=texts,
+        previews=documents["preview"].tolist(),
+        tasks=maps,
+        variants=variant_rows(settings),
+        reference_task=settings.umap.align_to,
+        coordinate_decimals=site.coordinate_decimals,
+        webgl_above=site.webgl_above,
+        preview_chars=settings.corpus.preview_chars,
+        inline_texts=len(documents) <= site.inline_texts_up_to,
+        properties=scores,
+    )
+    return payload, maps
