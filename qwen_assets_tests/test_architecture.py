@@ -23,16 +23,21 @@ BIN = Path(sys.executable).parent
 SEALED = {k: v for k, v in os.environ.items() if not k.startswith("QWEN_ASSETS_")}
 
 
-def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
-    """import-linter over the qwen_assets package found first from ``root``."""
+def run_in(root: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    """``command`` in ``root``, which is where qwen_assets is imported from."""
     return subprocess.run(
-        [str(BIN / "lint-imports"), "--no-cache"],
+        command,
         cwd=root,
         env={**SEALED, "PYTHONPATH": str(root)},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    """import-linter over the qwen_assets package found first from ``root``."""
+    return run_in(root, str(BIN / "lint-imports"), "--no-cache")
 
 
 def project_copy(tmp_path: Path) -> Path:
@@ -115,14 +120,7 @@ DG = BIN / "dg"
 @pytest.mark.skipif(not DG.exists(), reason="dg (dagster-dg-cli) is not installed")
 def test_an_asset_dg_scaffolds_loads_beside_the_projects_own(tmp_path: Path):
     root = project_copy(tmp_path)
-    scaffolded = subprocess.run(
-        [str(DG), "scaffold", "defs", "dagster.asset", "scaffolded_asset.py"],
-        cwd=root,
-        env={**SEALED, "PYTHONPATH": str(root)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    scaffolded = run_in(root, str(DG), "scaffold", "defs", "dagster.asset", "scaffolded_asset.py")
     assert scaffolded.returncode == 0, scaffolded.stderr
     assert (root / "qwen_assets" / "defs" / "scaffolded_asset.py").is_file()
     listing = (
@@ -130,14 +128,7 @@ def test_an_asset_dg_scaffolds_loads_beside_the_projects_own(tmp_path: Path):
         "assert d.__file__.startswith(sys.argv[1]), d.__file__; "
         "print(sorted(s.key.to_user_string() for s in d.defs.resolve_all_asset_specs()))"
     )
-    loaded = subprocess.run(
-        [sys.executable, "-c", listing, str(root)],
-        cwd=root,
-        env={**SEALED, "PYTHONPATH": str(root)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    loaded = run_in(root, sys.executable, "-c", listing, str(root))
     assert loaded.returncode == 0, loaded.stderr
     keys = loaded.stdout
     assert "'scaffolded_asset'" in keys and "'task_embeddings'" in keys, keys
