@@ -267,3 +267,11 @@ def test_a_wheel_installed_elsewhere_builds_the_site_pages(tmp_path: Path):
     assert "(basic - minified)" in pages.stdout, "the wheel ships the basic plotly.js bundle"
     assert "tasks: default,topic,sentiment,toxicity" in pages.stdout, "and its settings file"
     assert "max_concurrent_runs: 1" in pages.stdout, "and the instance settings it copies"
+
+
+def test_the_repositorys_dagster_home_holds_the_packages_instance_settings():
+    """`export DAGSTER_HOME=$PWD/.dagster` (the README) finds the instance settings the
+    package ships and `qwen-assets build` copies; no dagster.yaml sits in the repository
+    root, where Dagster would warn that it is ignored."""
+    assert (REPO / ".dagster" / "dagster.yaml").resolve() == (PACKAGE / "dagster.yaml").resolve()
+    assert not (REPO / "dagster.yaml").exists()

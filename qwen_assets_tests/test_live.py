@@ -441,6 +441,7 @@ def test_people_query_through_a_cold_build_an_edit_and_a_sensor_run(
         assert failed["runId"][:8] in refusals[0]["skipReason"]
         assert len(ui.runs()) == launched_before + 1, "no site run was queued behind it"
         assert (site.read_bytes(), run_sql(read_side, FINAL_STATE)) == published
+        assert "dagster.yaml) in the current folder" not in (tmp_path / "dg-dev.log").read_text()
     except BaseException:
         if holder is not None:
             holder.kill()
