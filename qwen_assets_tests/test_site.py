@@ -257,6 +257,19 @@ def test_the_explorer_loads_cleanly_and_stays_on_its_origin(page_on_each_origin,
     assert rows == len(payload["tasks"])
 
 
+def test_what_the_page_hides_takes_no_room(page, payload):
+    """Without variants the variant buttons are hidden, and so is every element the page
+    marks hidden, whatever display its class gives it."""
+    page.open()
+    assert len(payload["variants"]) == 1, "a project without variants"
+    assert not page.page.locator("#variant-buttons").is_visible()
+    shown = page.page.evaluate(
+        "() => [...document.querySelectorAll('[hidden]')]"
+        ".filter(e => getComputedStyle(e).display !== 'none').map(e => e.id || e.className)"
+    )
+    assert shown == []
+
+
 def test_every_task_button_moves_the_points_and_renders_a_picture(page, payload):
     page.open()
     seen, pictures = [], set()

@@ -319,7 +319,10 @@ def _failure(result: ExecuteInProcessResult) -> str | None:
         # say, explains less), else the innermost error.
         people = [error for error in chain if error.cls_name in error_names()]
         error = people[0] if people else chain[-1]
-        message = error.message.strip().splitlines()[0] if error.message.strip() else ""
+        lines = [line.strip() for line in error.message.splitlines() if line.strip()]
+        # A message written for people is said whole (its advice may sit on a later line);
+        # another error, by its first line.
+        message = " ".join(lines) if people else (lines[0] if lines else "")
         message = message.split(": ", 1)[1] if ": " in message else message
         shown = message if people else f"{error.cls_name}: {message}"
         return f"{event.step_key}: {shown}"

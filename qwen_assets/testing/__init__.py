@@ -1,7 +1,7 @@
 """Helpers the test suite and the benchmarks share: a real OpenAI-compatible embeddings
 server on 127.0.0.1, the small model that stands in for Qwen3-Embedding, the browser that
-opens the site, and project scaffolding (a settings file pointing at one folder). Needs the
-``dev`` extra."""
+opens the site, and project scaffolding (a settings file pointing at one folder). The server
+needs the ``dev`` extra; the small model, the ``try`` extra (``qwen-assets try`` uses it)."""
 
 from __future__ import annotations
 

@@ -69,9 +69,12 @@ def load_model(
     try:
         model = SentenceTransformer(name_or_path, device=device, model_kwargs=kwargs)
     except OSError as error:
+        why = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
         raise EmbeddingConfigError(
-            f"cannot load the model {name_or_path!r} ({error}); name a sentence-transformers "
-            "model or a local folder in embedding.local.model"
+            f"cannot load the model {name_or_path!r} ({why.rstrip('.')}): name a "
+            "sentence-transformers model or a folder holding one in embedding.local.model (on "
+            "a machine without internet, a folder), or use the HTTP backend with an API key; "
+            "to see it all work with a small model first: qwen-assets try"
         ) from None
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
