@@ -102,13 +102,13 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         cache_database=settings.storage.embedding_cache,
     )
     job = assets_job()
-    sensor, schedule, continuation = build_automation(settings, lambda: made[0], job)
+    rebuild, observe, schedule, continuation = build_automation(settings, lambda: made[0], job)
     run_worker = RunWorker()
     defs = Definitions(
         assets=assets,
         jobs=[job],
         schedules=[schedule],
-        sensors=[sensor, continuation],
+        sensors=[rebuild, observe, continuation],
         resources={
             "warehouse": Warehouse(
                 database=settings.storage.build_database,

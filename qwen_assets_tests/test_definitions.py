@@ -174,6 +174,7 @@ def test_definitions_load_without_the_heavy_libraries_with_every_asset_in_its_st
     assert groups == STAGES
     assert {sensor.name for sensor in defs.sensors} == {
         "rebuild_stale_assets",
+        "observe_task_instructions",
         "continue_daily_rebuild",
     }
     assert {schedule.name for schedule in defs.schedules} == {"daily_rebuild"}

@@ -225,14 +225,30 @@ class DagsterUI:
             "endTime tags { key value } } } } }"
         )["runsOrError"]["results"]
 
-    def sensor_ticks(self) -> list[dict]:
+    def _sensor(self, name: str, fields: str) -> dict:
+        return self.query(
+            "query($name: String!) { sensorOrError(sensorSelector: {repositoryLocationName: "
+            '"qwen_assets", repositoryName: "__repository__", sensorName: $name}) '
+            f"{{ ... on Sensor {{ {fields} }} }} }}",
+            name=name,
+        )["sensorOrError"]
+
+    def sensor_ticks(self, name: str = "rebuild_stale_assets") -> list[dict]:
         """The sensor's ticks, newest first: when, and why it skipped."""
-        found = self.query(
-            '{ sensorOrError(sensorSelector: {repositoryLocationName: "qwen_assets", '
-            'repositoryName: "__repository__", sensorName: "rebuild_stale_assets"}) '
-            "{ ... on Sensor { sensorState { ticks(limit: 20) { timestamp status skipReason } } } } }"
+        found = self._sensor(
+            name, "sensorState { ticks(limit: 20) { timestamp status skipReason } }"
         )
-        return found["sensorOrError"]["sensorState"]["ticks"]
+        return found["sensorState"]["ticks"]
+
+    def stop_sensor(self, name: str) -> None:
+        """As the UI's toggle does."""
+        sensor_id = self._sensor(name, "id")["id"]
+        stopped = self.query(
+            "mutation($id: String!) { stopSensor(id: $id) { __typename "
+            "... on StopSensorMutationResult { instigationState { status } } } }",
+            id=sensor_id,
+        )["stopSensor"]
+        assert stopped["instigationState"]["status"] == "STOPPED", stopped
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -442,6 +458,28 @@ def test_people_query_through_a_cold_build_an_edit_and_a_sensor_run(
         assert len(ui.runs()) == launched_before + 1, "no site run was queued behind it"
         assert (site.read_bytes(), run_sql(read_side, FINAL_STATE)) == published
         assert "dagster.yaml) in the current folder" not in (tmp_path / "dg-dev.log").read_text()
+
+        # 6. The rebuild sensor off (the daily schedule's setup): an edit shows stale in the
+        # UI, that partition only, within an interval of the reload, and nothing is built.
+        ui.stop_sensor("rebuild_stale_assets")
+        launched_before = len(ui.runs())
+        edit(project, 'or neutral, and why"', 'or neutral, and how strongly"')
+        ui.reload()
+        wait_until(
+            lambda: ui.stale_partitions("task_embeddings") == ["sentiment"],
+            60,
+            "the UI shows the edited partition stale with the rebuild sensor off",
+        )
+        observed_at = time.time()
+        wait_until(
+            lambda: any(
+                t["timestamp"] > observed_at for t in ui.sensor_ticks("observe_task_instructions")
+            ),
+            60,
+            "another observing tick",
+        )
+        assert ui.stale_partitions("task_embeddings") == ["sentiment"], "still that one only"
+        assert len(ui.runs()) == launched_before, "nothing was built"
     except BaseException:
         if holder is not None:
             holder.kill()

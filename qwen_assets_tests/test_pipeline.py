@@ -319,6 +319,26 @@ def test_the_sensor_builds_an_edit_a_run_at_a_time_and_waits_for_a_run_in_progre
     assert waiting.skip_message.startswith(f"run {running.run_id[:8]} is started")
 
 
+def test_the_observing_sensor_records_exactly_the_edited_prompt_and_builds_nothing(
+    project_copy,
+):
+    """With the rebuild sensor off, this is what makes the UI show the edited partition stale."""
+    project = project_copy()
+    settings_file, instance = project.settings_path, project.instance
+
+    def observe():
+        defs = build_definitions(load_settings(settings_file))
+        sensor = defs.resolve_sensor_def("observe_task_instructions")
+        with build_sensor_context(instance=instance, definitions=defs) as context:
+            return sensor.evaluate_tick(context)
+
+    assert observe().skip_message == "no prompt changed"
+    edit(settings_file, "Classify the given text as either toxic or not toxic", "Is it rude?")
+    seen = observe()
+    assert [str(event.partition) for event in seen.asset_events] == ["toxicity"]
+    assert seen.run_requests == []
+
+
 def test_a_sensor_run_that_fails_its_check_keeps_the_site_out_until_the_settings_change(
     project_copy, server, monkeypatch
 ):

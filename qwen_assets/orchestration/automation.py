@@ -1,10 +1,13 @@
-"""The two ways the daemon keeps the site current; one is on at a time.
+"""How the daemon keeps the site current: two ways to build (one is on at a time), and a
+sensor that keeps the UI's stale badges true.
 
 - ``rebuild_stale_assets`` (on by default): every 30 s (``automation.sensor_interval_seconds``),
   builds what a settings edit made stale, so an edit is built and published within minutes.
 - ``daily_rebuild`` (off by default): at 05:00 UTC, the same once a day, for a deployment
   that batches the day's edits into one build (and one bill): turn the sensor off and the
   schedule on. ``continue_daily_rebuild`` launches the rest of its plan, a run at a time.
+- ``observe_task_instructions`` (on by default): records each changed prompt, so the UI
+  shows the edited partitions stale with the rebuild sensor on or off.
 
 They build the way `qwen-assets build` does: plan with the one stale rule
 (:mod:`qwen_assets.orchestration.stale`), launch the plan's first run only, and plan again
@@ -131,6 +134,20 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions], job
             run_requests=[run_request(first, settings, SENSOR)], asset_events=observations
         )
 
+    @sensor(
+        name="observe_task_instructions",
+        minimum_interval_seconds=settings.automation.sensor_interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Records each task's changed prompt as an observation of "
+        "task_instructions, so the UI shows exactly the edited partitions stale within one "
+        "interval of a reload, whether rebuild_stale_assets is on or off. Builds nothing.",
+    )
+    def observe_task_instructions(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+        observations = changed_instruction_observations(context.instance, settings)
+        if not observations:
+            return SkipReason("no prompt changed")
+        return SensorResult(asset_events=observations)
+
     @schedule(
         name="daily_rebuild",
         cron_schedule="0 5 * * *",
@@ -173,4 +190,4 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions], job
             return SkipReason("the day's build is done")
         return run_request(plan.runs()[0], settings, SCHEDULE)
 
-    return rebuild_stale_assets, daily_rebuild, continue_daily_rebuild
+    return rebuild_stale_assets, observe_task_instructions, daily_rebuild, continue_daily_rebuild
