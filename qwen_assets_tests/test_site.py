@@ -369,6 +369,38 @@ def test_clicking_a_point_opens_its_neighbours_and_the_link_restores_the_view(pa
     assert page.errors == []
 
 
+def longest_word(text: str) -> int:
+    return max((len(word) for word in text.split()), default=0)
+
+
+def test_a_post_whose_neighbours_hold_the_longest_unbroken_strings_fits_its_panel(page, payload):
+    """Texts carry unbroken runs (ASCII art, ^^^^ underlines, URLs): the neighbour cards
+    wrap them inside the panel."""
+    documents = payload["documents"]
+    chars = payload["preview_chars"]
+    previews = [text[:chars] for text in documents.get("text") or documents["preview"]]
+    topic = next(task for task in payload["tasks"] if task["name"] == "topic")
+
+    def widest(d: int) -> int:  # the post's preview, and its neighbours' cards (90 characters)
+        cards = [longest_word(previews[n][:90]) for n in topic["neighbours"][d]]
+        return max(longest_word(previews[d]), *cards)
+
+    doc = max(range(len(previews)), key=widest)
+    assert widest(doc) > 30, "a long unbroken string to wrap"
+    page.open(f"index.html#task=topic&doc={documents['id'][doc]}")
+    page.page.locator("#panel").wait_for(state="visible")
+    outside = page.page.evaluate(
+        """() => {
+          const box = document.getElementById('panel').getBoundingClientRect();
+          return [...document.querySelectorAll('#panel, #panel *')]
+            .filter(e => e.getBoundingClientRect().right > box.right + 1
+                         || e.scrollWidth > e.clientWidth + 1)
+            .map(e => e.tagName + '.' + e.className);
+        }"""
+    )
+    assert outside == []
+
+
 def test_the_change_colours_are_each_posts_share_of_neighbours_kept(page, payload):
     """Coloured by neighbourhood change, each post's value is the Jaccard index of its
     neighbours on this map and on the reference task's, worked out here from the payload."""
