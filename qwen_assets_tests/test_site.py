@@ -356,6 +356,19 @@ def test_clicking_a_point_opens_its_neighbours_and_the_link_restores_the_view(pa
         f"Kept {kept} of its {payload['neighbours']} {reference}-task neighbours"
     )
 
+    # Each card shows its post's preview whole, or cut after a whole word with an ellipsis.
+    chars = payload["preview_chars"]
+    texts = payload["documents"].get("text") or payload["documents"]["preview"]
+    for card, index in zip(neighbours.all_inner_texts(), topic["neighbours"][doc], strict=True):
+        shown = card.split(" · ", 1)[1]
+        whole = " ".join(texts[index][:chars].split())
+        if not shown.endswith("…"):
+            assert " ".join(shown.split()) == whole
+            continue
+        kept = " ".join(shown[:-1].split())
+        assert whole.startswith(kept), (kept, whole)
+        assert len(whole) == len(kept) or whole[len(kept)] == " " or len(kept) < 60, (kept, whole)
+
     neighbours.first.click()
     assert page.page.inner_text("#doc-id") == payload["documents"]["id"][first]
     url = page.page.url

@@ -372,6 +372,16 @@
     }
   }
 
+  // At most `length` characters, cut after the last whole word when one ends in the last
+  // third, and marked with an ellipsis when anything was cut.
+  function shorten(text, length) {
+    const trimmed = text.replace(/…$/, "");
+    if (trimmed.length <= length && trimmed === text) return text;
+    const cut = trimmed.slice(0, length);
+    const space = cut.search(/\s\S*$/);
+    return (space > (length * 2) / 3 ? cut.slice(0, space) : cut).replace(/\s+$/, "") + "…";
+  }
+
   function formatFigure(value) {
     return typeof value === "number" ? value.toFixed(3) : "–";
   }
@@ -379,7 +389,7 @@
   window.QwenSite = {
     data, documents, count, tasksByName, mapOf, mapKey, mapTitle, mapFileName, variantNames, taskNames, gridded, docIndex, byCategory, colourOf, prefersDark,
     baseLayout, plotConfig, traceType, categoryTraces, neighbourhoodChange, keptNeighbours,
-    hoverText, fillTaskPageLinks, formatFigure, textOf, allTexts, escapeMarkup, detailsReady, DOCUMENTS,
+    hoverText, fillTaskPageLinks, formatFigure, shorten, textOf, allTexts, escapeMarkup, detailsReady, DOCUMENTS,
     DIMMED, SHOWN, MARKER_SIZE, labelTrace, onLabelHover, clusterMembers, dimmedUnlessIn, restyleOpacity, mostMoved, followBox,
   };
 })();

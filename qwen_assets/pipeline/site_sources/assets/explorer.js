@@ -315,7 +315,7 @@
     }
     const category = document.createElement("strong");
     category.textContent = data.categories[documents.category[index]];
-    button.append(category, " · " + documents.preview[index].slice(0, 90));
+    button.append(category, " · " + site.shorten(documents.preview[index], 90));
     button.addEventListener("click", () => select(index));
     return button;
   }
