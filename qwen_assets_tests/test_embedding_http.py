@@ -439,3 +439,30 @@ def test_only_a_400_about_the_model_is_reported_as_a_missing_model(
         run(fresh_server, cache)
     assert ("does not serve the model" in str(caught.value)) is about_the_model
     assert detail in str(caught.value)
+
+
+def test_the_run_log_says_measuring_speed_until_a_speed_is_known(monkeypatch):
+    """The line the Dagster UI shows: no "0.0 texts/s, about unknown time left" before the
+    second batch, a speed and the time left once there is one."""
+    import logging
+
+    from qwen_assets.pipeline.embedding import core
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    log = logging.getLogger("test-progress")
+    log.addHandler(Collect())
+    log.setLevel(logging.INFO)
+    now = [100.0]
+    monkeypatch.setattr(core.time, "monotonic", lambda: now[0])
+    stats = core.EmbeddingStats(backend="http", model="m", computed=32)
+    progress = core.Progress(stats, log, to_compute=96, interval=0.0)
+    progress.update()  # the first batch: no speed yet
+    stats.computed, now[0] = 64, 104.0
+    progress.update()  # 32 texts in 4 s
+    assert "measuring speed" in lines[0] and "texts/s" not in lines[0], lines[0]
+    assert "8.0 texts/s, about 4s left" in lines[1], lines[1]

@@ -180,14 +180,19 @@ class Progress:
             return
         self.last = now
         rate = self.rate(now)
+        # No speed before a second batch has arrived: said so, not as 0 texts/s.
+        speed = (
+            f"{rate:.1f} texts/s, about "
+            f"{duration((self.to_compute - self.stats.computed) / rate)} left"
+            if rate
+            else "measuring speed"
+        )
         self.log.info(
-            "embedded %d/%d texts (%.0f%%), %.1f texts/s, about %s left, %d requests, %d retries, "
-            "%d tokens",
+            "embedded %d/%d texts (%.0f%%), %s, %d requests, %d retries, %d tokens",
             self.stats.computed,
             self.to_compute,
             100 * self.stats.computed / max(self.to_compute, 1),
-            rate,
-            duration((self.to_compute - self.stats.computed) / rate) if rate else "unknown time",
+            speed,
             self.stats.requests,
             self.stats.retries,
             self.stats.tokens,
