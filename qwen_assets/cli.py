@@ -218,10 +218,19 @@ TRIAL_SAYS = (
 )
 
 
+# The first line of a settings file `qwen-assets try` wrote: only such a file is built from.
+TRIAL_MARK = "# written by `qwen-assets try`: a trial project, all of it in this folder"
+
+
 def trial_settings(folder: Path) -> Path:
     """``folder``/settings.toml for the trial, written once (a person may edit it after)."""
     path = folder / "settings.toml"
     if path.exists():
+        if not path.read_text().startswith(TRIAL_MARK):
+            raise SettingsError(
+                f"{path} was not written by qwen-assets try: a trial builds only in a folder "
+                "of its own; name another FOLDER"
+            )
         return path
     try:
         from qwen_assets.testing import minilm_path, settings_dict, write_settings
@@ -250,13 +259,23 @@ def trial_settings(folder: Path) -> Path:
         site={"output_dir": str(folder / "site")},
     )
     data.mkdir(parents=True, exist_ok=True)
-    return write_settings(path, raw)
+    write_settings(path, raw)
+    path.write_text(f"{TRIAL_MARK}\n{path.read_text()}")
+    return path
 
 
 def command_try(arguments: argparse.Namespace) -> int:
     folder = Path(arguments.folder).resolve()
     settings = trial_settings(folder)
     print(f"qwen-assets: {TRIAL_SAYS}; its settings: {settings}")
+    # The trial's files are all in its folder: variables that point a project's files
+    # elsewhere (a person's own database, cache or site) do not apply to it.
+    # (The corpus archive is only read: it stays.)
+    from qwen_assets.settings import ENVIRONMENT_OVERRIDES
+
+    for variable, (section, _) in ENVIRONMENT_OVERRIDES.items():
+        if section != "corpus" and os.environ.pop(variable, None) is not None:
+            print(f"qwen-assets: {variable} is set aside for the trial")
     os.environ["QWEN_ASSETS_SETTINGS"] = str(settings)
     os.environ["DAGSTER_HOME"] = str(folder / ".dagster")
     built = command_build(argparse.Namespace(dry_run=False, verbose=False, force=[]))

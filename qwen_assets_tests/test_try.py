@@ -16,11 +16,11 @@ from qwen_assets.cli import TRIAL_GROUPS, TRIAL_PER_GROUP
 from qwen_assets_tests.conftest import REPO
 
 
-def qwen_assets(cwd: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+def qwen_assets(cwd: Path, *arguments: str, **variables: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "qwen_assets.cli", *arguments],
         cwd=cwd,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **variables},
         capture_output=True,
         text=True,
         timeout=600,
@@ -41,14 +41,37 @@ def test_a_trial_builds_everything_in_its_folder_and_a_bad_model_says_what_to_do
     assert first_line in tried.stdout, "a first build opens with the line the docs show"
     folder = tmp_path / "trial"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["trial"], "nothing elsewhere"
+    assert (folder / "settings.toml").read_text().startswith("# written by `qwen-assets try`")
     payload = json.loads((folder / "site" / "data.json").read_text())
     assert len(payload["documents"]["id"]) == len(TRIAL_GROUPS) * TRIAL_PER_GROUP
     assert (folder / "site" / "index.html").is_file()
     assert f"open {folder / 'site' / 'index.html'}" in tried.stdout
 
-    again = qwen_assets(tmp_path, "try", "trial")
+    # A person's own database and site, exported as the docs show: the trial keeps to its folder.
+    theirs = tmp_path / "theirs"
+    again = qwen_assets(
+        tmp_path,
+        "try",
+        "trial",
+        QWEN_ASSETS_DATABASE=str(theirs / "warehouse.duckdb"),
+        QWEN_ASSETS_SITE_DIR=str(theirs / "site"),
+    )
     assert again.returncode == 0, again.stderr
     assert "everything is fresh: nothing to build" in again.stdout
+    assert "QWEN_ASSETS_DATABASE is set aside for the trial" in again.stdout
+    assert not theirs.exists()
+
+    # A folder holding a settings file the trial did not write is not built from.
+    elsewhere = tmp_path / "project"
+    elsewhere.mkdir()
+    (elsewhere / "settings.toml").write_text('[embedding]\nbackend = "http"\n')
+    refused = qwen_assets(tmp_path, "try", "project")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().endswith(
+        "was not written by qwen-assets try: a trial "
+        "builds only in a folder of its own; name another FOLDER"
+    )
+    assert sorted(path.name for path in elsewhere.iterdir()) == ["settings.toml"]
 
     # The quick start's model, offline: the build's last line says why and what to do, whole.
     settings = folder / "settings.toml"
