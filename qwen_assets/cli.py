@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,17 +59,33 @@ def dagster_instance():
 
 class BuildDisplay(logging.Handler):
     """What `qwen-assets build` shows: its own lines, and the embedding progress reports
-    (see ``qwen_assets.pipeline.embedding.core``) as a live bar with rate and ETA on a terminal, or a
-    line per quarter elsewhere (logs, CI)."""
+    (see ``qwen_assets.pipeline.embedding.core``) as live bars on a terminal, or a line per
+    quarter elsewhere (logs, CI).
+
+    On a terminal a task's bar lives only while it embeds: when it is done, the bar gives way
+    to one line saying what it took, and once no task embeds there is no live display left to
+    redraw under later lines. The bars redirect nothing: every line goes through ``line``,
+    and what the build sets aside (stderr) stays set aside."""
 
     def __init__(self, live: bool) -> None:
         super().__init__()
         from rich.console import Console
 
-        self.console = Console(highlight=False, soft_wrap=True)
-        self.live = live and self.console.is_terminal
-        self.bar = None
+        # A terminal is written through a copy of its descriptor, taken now: while a step
+        # runs, Dagster points descriptor 1 at its compute log file and echoes that file to
+        # the terminal later, out of order with anything written directly.
+        self.terminal = (
+            open(os.dup(sys.stdout.fileno()), "w", encoding=sys.stdout.encoding, errors="replace")  # noqa: SIM115 (closed in finish)
+            if live and sys.stdout.isatty()
+            else None
+        )
+        self.console = Console(file=self.terminal or sys.stdout, highlight=False)
+        self.live = self.terminal is not None and self.console.is_terminal
+        # A terminal wraps long lines at words; a log keeps each line whole.
+        self.console.soft_wrap = not self.live
+        self.bars = None  # rich Progress, while a task embeds
         self.tasks: dict[str, int] = {}  # label -> bar task id, or last quarter printed
+        self.started: dict[str, float] = {}
 
     def line(self, text: str) -> None:
         self.console.print(text, markup=False)
@@ -76,42 +93,63 @@ class BuildDisplay(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         note = getattr(record, "embedding_note", None)
         if note is not None:
-            self.line(f"  {note}")  # printed above a live bar, which shares the console
+            self.line(f"  {note}")  # printed above the live bars, which share the console
             return
         report = getattr(record, "embedding_progress", None)
         if report is None:
             return
-        from qwen_assets.pipeline.embedding.core import duration
-
-        rate = report.rate
         if report.label not in self.tasks:
             self.line(
                 f"  embedding {report.label or 'texts'}: {report.total} to embed, {report.cached} "
                 f"from the cache ({report.backend}, model {report.model})"
             )
+            self.started[report.label] = time.monotonic()
             self.tasks[report.label] = self._add_bar(report) if self.live else 0
-            return
-        if self.live and self.bar is not None:
-            self.bar.update(
-                self.tasks[report.label],
+        if self.live:
+            self._live(report)
+        else:
+            self._quarter(report)
+
+    def _live(self, report) -> None:
+        task = self.tasks[report.label]
+        if self.bars is None or task not in self.bars.task_ids:
+            return  # its bar is gone: it finished, or the display closed
+        if not report.finished:
+            self.bars.update(
+                task,
+                total=report.total,
                 completed=report.done,
-                rate=f"{rate:.1f}",
+                rate=f"{report.rate:.1f}",
                 retries=report.retries,
             )
             return
+        self.bars.remove_task(task)
+        if not self.bars.task_ids:
+            self._stop_bars()
+        seconds = time.monotonic() - self.started[report.label]
+        self.line(
+            f"  embedded {report.label or 'texts'}: {report.done} texts in "
+            f"{seconds:.1f}s, {report.retries} retries"
+        )
+
+    def _quarter(self, report) -> None:
+        from qwen_assets.pipeline.embedding.core import duration
+
         quarter = 4 * report.done // max(report.total, 1)
-        if quarter > self.tasks[report.label]:
-            self.tasks[report.label] = quarter
-            # The speed is known once a second batch is back; before that, no figure at all.
-            speed = (
-                f"{rate:.1f} texts/s, about {duration((report.total - report.done) / rate)} left"
-                if rate
-                else "measuring speed"
-            )
-            self.line(
-                f"  embedding {report.label}: {report.done}/{report.total} texts, {speed}, "
-                f"{report.retries} retries"
-            )
+        if quarter <= self.tasks[report.label]:
+            return
+        self.tasks[report.label] = quarter
+        rate = report.rate
+        # The speed is known once a second batch is back; before that, no figure at all.
+        speed = (
+            f"{rate:.1f} texts/s, about {duration((report.total - report.done) / rate)} left"
+            if rate
+            else "measuring speed"
+        )
+        self.line(
+            f"  embedding {report.label}: {report.done}/{report.total} texts, {speed}, "
+            f"{report.retries} retries"
+        )
 
     def _add_bar(self, report) -> int:
         from rich.progress import (
@@ -122,8 +160,8 @@ class BuildDisplay(logging.Handler):
             TimeRemainingColumn,
         )
 
-        if self.bar is None:
-            self.bar = Progress(
+        if self.bars is None:
+            self.bars = Progress(
                 TextColumn("  {task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
@@ -131,15 +169,26 @@ class BuildDisplay(logging.Handler):
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[retries]} retries"),
                 console=self.console,
+                transient=True,  # a stopped display leaves no bar behind
+                redirect_stdout=False,
+                redirect_stderr=False,
             )
-            self.bar.start()
-        return self.bar.add_task(report.label, total=report.total, rate="0.0", retries=0)
+            self.bars.start()
+        return self.bars.add_task(report.label, total=report.total, rate="0.0", retries=0)
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
-        super().close()
+    def _stop_bars(self) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+            self.bars = None
+
+    def finish(self) -> None:
+        """Ends the display (not ``close``: the logging module closes every handler when
+        anything, alembic migrating an instance say, configures logging anew)."""
+        self._stop_bars()
+        if self.terminal is not None:
+            self.terminal.close()
+            self.terminal = None
+            self.console.file = sys.stdout
 
 
 def rebuild_stale(
@@ -188,7 +237,7 @@ def command_build(arguments: argparse.Namespace) -> int:
                 log=display.line,
             )
     except KeyboardInterrupt:
-        display.close()
+        display.finish()
         print(
             "qwen-assets: build interrupted; a run it had started is marked canceled, and "
             "what was embedded is cached",
@@ -197,7 +246,7 @@ def command_build(arguments: argparse.Namespace) -> int:
         return INTERRUPTED
     finally:
         PROGRESS_LOGGER.removeHandler(display)
-        display.close()
+        display.finish()
         _keep(chatter.getvalue(), report.log_file if report else None)
     where = f" (Dagster's full log: {report.log_file})" if report.log_file else ""
     if report.failure:

@@ -132,6 +132,7 @@ class ProgressReport:
     cached: int
     retries: int
     rate: float  # texts/s since the first batch; 0 until a second one arrives
+    finished: bool = False  # the last report of a task that embedded all it had to
 
 
 @dataclass
@@ -149,7 +150,7 @@ class Progress:
     first_done: int = 0
     first_at: float | None = None
 
-    def report(self) -> None:
+    def report(self, finished: bool = False) -> None:
         PROGRESS_LOGGER.info(
             "embedding progress",
             extra={
@@ -162,6 +163,7 @@ class Progress:
                     cached=self.stats.cache_hits,
                     retries=self.stats.retries,
                     rate=self.rate(time.monotonic()),
+                    finished=finished,
                 )
             },
         )
@@ -436,6 +438,7 @@ def embed_prompts(
             "cached; a rerun asks only for the rest)"
         ) from None
     stats.seconds = time.monotonic() - started
+    progress.report(finished=True)
     log.info(
         "done: %d texts (%d cached, %d embedded) in %.1fs, %d requests, %d retries, %d tokens",
         stats.total,
