@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import pandas as pd
 
@@ -57,6 +57,12 @@ def dagster_instance():
     return DagsterInstance.get()
 
 
+def _terminal_copy() -> TextIO:
+    """The terminal on a descriptor of its own (the display closes it in ``finish``)."""
+    fd = os.dup(sys.stdout.fileno())
+    return open(fd, "w", encoding=sys.stdout.encoding, errors="replace")
+
+
 class BuildDisplay(logging.Handler):
     """What `qwen-assets build` shows: its own lines, and the embedding progress reports
     (see ``qwen_assets.pipeline.embedding.core``) as live bars on a terminal, or a line per
@@ -74,11 +80,7 @@ class BuildDisplay(logging.Handler):
         # A terminal is written through a copy of its descriptor, taken now: while a step
         # runs, Dagster points descriptor 1 at its compute log file and echoes that file to
         # the terminal later, out of order with anything written directly.
-        self.terminal = (
-            open(os.dup(sys.stdout.fileno()), "w", encoding=sys.stdout.encoding, errors="replace")  # noqa: SIM115 (closed in finish)
-            if live and sys.stdout.isatty()
-            else None
-        )
+        self.terminal = _terminal_copy() if live and sys.stdout.isatty() else None
         self.console = Console(file=self.terminal or sys.stdout, highlight=False)
         self.live = self.terminal is not None and self.console.is_terminal
         # A terminal wraps long lines at words; a log keeps each line whole.
