@@ -11,9 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from qwen_assets.cli import TRIAL_GROUPS, TRIAL_PER_GROUP
 from qwen_assets_tests.conftest import REPO
+
+TASKS = ("default", "topic", "sentiment", "toxicity")
+TOPIC = "Identify the topic or theme of the given text"
 
 
 def qwen_assets(cwd: Path, *arguments: str, **variables: str) -> subprocess.CompletedProcess[str]:
@@ -39,6 +43,11 @@ def test_a_trial_builds_everything_in_its_folder_and_a_bad_model_says_what_to_do
         (REPO / "docs" / "rebuilds.md").read_text().replace("\n", " "),
     )
     assert first_line in tried.stdout, "a first build opens with the line the docs show"
+    texts = len(TRIAL_GROUPS) * TRIAL_PER_GROUP * len(TASKS)
+    assert (
+        f"time: up to {texts} texts for the in-process model, whose speed on this machine "
+        "is not measured yet" in tried.stdout
+    ), "a first build says its time is not known yet"
     folder = tmp_path / "trial"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["trial"], "nothing elsewhere"
     assert (folder / "settings.toml").read_text().startswith("# written by `qwen-assets try`")
@@ -61,6 +70,33 @@ def test_a_trial_builds_everything_in_its_folder_and_a_bad_model_says_what_to_do
     assert "QWEN_ASSETS_DATABASE is set aside for the trial" in again.stdout
     assert not theirs.exists()
 
+    # Once built, the time an edit costs is said before it is paid, at the speed Dagster
+    # recorded for the trial's embeddings.
+    settings = folder / "settings.toml"
+    settings.write_text(settings.read_text().replace(TOPIC, "Name the subject of the given text"))
+    planned = qwen_assets(
+        tmp_path,
+        "build",
+        "--dry-run",
+        QWEN_ASSETS_SETTINGS=str(settings),
+        DAGSTER_HOME=str(folder / ".dagster"),
+    )
+    assert planned.returncode == 0, planned.stderr
+    (said,) = re.findall(
+        r"time: (\d+) texts for the in-process model, about .* at ([\d.]+) texts/s", planned.stdout
+    )
+    assert int(said[0]) == TRIAL_PER_GROUP * len(TRIAL_GROUPS), "the topic map's texts"
+    with DagsterInstance.from_config(str(folder / ".dagster")) as instance:
+        newest = (
+            instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=AssetKey("task_embeddings")), limit=1
+            )
+            .records[0]
+            .asset_materialization.metadata
+        )
+    recorded = newest["computed"].value / newest["embedding_seconds"].value
+    assert float(said[1]) == pytest.approx(recorded, abs=0.006)
+
     # A folder holding a settings file the trial did not write is not built from.
     elsewhere = tmp_path / "project"
     elsewhere.mkdir()
@@ -73,17 +109,19 @@ def test_a_trial_builds_everything_in_its_folder_and_a_bad_model_says_what_to_do
     )
     assert sorted(path.name for path in elsewhere.iterdir()) == ["settings.toml"]
 
-    # The quick start's model, offline: the build's last line says why and what to do, whole.
-    settings = folder / "settings.toml"
+    # The quick start's model, offline: the build's last line says why and what to do, whole;
+    # before it, what such a build would cost on this machine, and the faster ways.
     lines = settings.read_text().splitlines()
     (model,) = [i for i, line in enumerate(lines) if line.startswith("model = ")]
     lines[model] = 'model = "Qwen/Qwen3-Embedding-0.6B"'
     settings.write_text("\n".join(lines) + "\n")
     failed = qwen_assets(tmp_path, "try", "trial")
     assert failed.returncode == 1
-    said = failed.stderr.strip()
-    assert "\n" not in said, said
-    assert said.startswith("qwen-assets: task_embeddings")
-    assert "cannot load the model 'Qwen/Qwen3-Embedding-0.6B'" in said
-    assert "embedding.local.model" in said and "HTTP backend" in said, said
-    assert said.count("(") == said.count(")"), said
+    ended = failed.stderr.strip()
+    assert "\n" not in ended, ended
+    assert ended.startswith("qwen-assets: task_embeddings")
+    assert "cannot load the model 'Qwen/Qwen3-Embedding-0.6B'" in ended
+    assert "embedding.local.model" in ended and "HTTP backend" in ended, ended
+    assert ended.count("(") == ended.count(")"), ended
+    assert "2 CPU cores take about 1.8 h" in failed.stdout
+    assert "faster: an API" in failed.stdout

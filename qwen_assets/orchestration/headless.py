@@ -34,7 +34,7 @@ from qwen_assets import dagster_internals
 from qwen_assets.defs.jobs import ASSETS_JOB
 from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.errors import PlanError, error_names
-from qwen_assets.orchestration.cost import embedding_cost
+from qwen_assets.orchestration.cost import embedding_cost, measured_speed
 from qwen_assets.orchestration.plan import project_plan
 from qwen_assets.orchestration.prompts import (
     changed_instruction_observations,
@@ -137,11 +137,13 @@ def _plan_only(
     except DatabaseDamagedError as error:
         log(f"{error.damage}: a build moves it aside and rebuilds it")
         return BuildReport(plan=StalePlan(), changed_instructions=changed)
-    _describe(plan, changed, settings, log)
+    _describe(plan, changed, settings, instance, log)
     return BuildReport(plan=plan, changed_instructions=changed)
 
 
-def _describe(plan: StalePlan, changed: list[str], settings: Settings, log: Log) -> None:
+def _describe(
+    plan: StalePlan, changed: list[str], settings: Settings, instance: DagsterInstance, log: Log
+) -> None:
     if plan.reasons and all(why == "never materialized" for why in plan.reasons.values()):
         runs = len(plan.runs())
         log(
@@ -169,8 +171,13 @@ def _describe(plan: StalePlan, changed: list[str], settings: Settings, log: Log)
                 for target in targets:
                     log(f"rebuild {target}: {reason}")
     embedded = [key for key, assets in plan.by_task.items() if EMBEDDINGS in assets]
-    for line in embedding_cost(settings, embedded, sample_rebuilt=SAMPLE in plan.before):
-        log(f"cost {line}")
+    for line in embedding_cost(
+        settings,
+        embedded,
+        sample_rebuilt=SAMPLE in plan.before,
+        speed_of=lambda model: measured_speed(instance, model),
+    ):
+        log(line)
 
 
 def _build(
@@ -190,7 +197,7 @@ def _build(
         aside = move_aside(settings.storage.build_database)
         log(f"{error.damage}: moved it to {aside}; rebuilding it")
         plan = project_plan(defs, instance, settings, forced)
-    _describe(plan, changed, settings, log)
+    _describe(plan, changed, settings, instance, log)
     report = BuildReport(plan=plan, changed_instructions=changed)
     if plan.empty:
         return report
