@@ -17,7 +17,8 @@
     "#9c755f", "#bab0ac", "#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a",
     "#d62728", "#ff9896", "#9467bd", "#c5b0d5",
   ];
-  const HOVER_WRAP = 70;
+  // Characters per line of a hover label: on a phone a label fits beside a point at either edge.
+  const HOVER_WRAP = narrow() ? 34 : 70;
 
   const documents = data.documents;
   const count = documents.id.length;
@@ -164,7 +165,8 @@
       paper_bgcolor: "rgba(0,0,0,0)",
       plot_bgcolor: "rgba(0,0,0,0)",
       font: { color: fg, family: "system-ui, -apple-system, Segoe UI, Roboto, sans-serif" },
-      margin: { l: 10, r: 10, t: 10, b: 10 },
+      // Room above the map for Plotly's mode bar, which would cover the legend's first entry.
+      margin: { l: 10, r: 10, t: narrow() ? 10 : 34, b: 10 },
       xaxis: { visible: false, scaleanchor: "y" },
       yaxis: { visible: false },
       hovermode: "closest",
@@ -197,7 +199,10 @@
    * Not hoverable by Plotly, so they never steal a post's hover; `onLabelHover` watches
    * them. Label words come from post texts: escaped like them. */
   function labelTrace(task, visible) {
-    const labels = (task.clusters && task.clusters.labels) || [];
+    // The biggest cluster first: where labels overlap, the first drawn stays (keepLabelsApart).
+    const labels = [...((task.clusters && task.clusters.labels) || [])].sort(
+      (a, b) => b.size - a.size || a.number - b.number
+    );
     // A label near the map's left or right edge runs inwards, so it stays inside the panel.
     const low = Math.min(...task.x);
     const span = Math.max(...task.x) - low || 1;
@@ -233,12 +238,48 @@
     if (!trace || trace.visible === false) return null;
     const texts = plot.querySelectorAll(".textpoint text");
     for (let position = 0; position < texts.length; position++) {
+      if (texts[position].style.visibility === "hidden") continue; // set aside by keepLabelsApart
       const box = texts[position].getBoundingClientRect();
       if (x >= box.left && x <= box.right && y >= box.top && y <= box.bottom) {
         return trace.customdata[position];
       }
     }
     return null;
+  }
+
+  /* After every draw (zoom and pan included), a label that would overlap a bigger cluster's
+   * is hidden: the labels are drawn biggest first, and each is kept only where it is clear
+   * of those kept before it. Zooming in makes room, and hidden labels come back. */
+  function keepLabelsApart(plot) {
+    const GAP = 2; // pixels between two labels' boxes
+    const apart = () => {
+      const kept = [];
+      for (const text of plot.querySelectorAll(".textpoint text")) {
+        text.style.visibility = "";
+        const box = text.getBoundingClientRect();
+        const clear = kept.every(
+          (other) =>
+            box.right + GAP <= other.left || other.right + GAP <= box.left ||
+            box.bottom + GAP <= other.top || other.bottom + GAP <= box.top
+        );
+        if (clear) kept.push(box);
+        else text.style.visibility = "hidden";
+      }
+    };
+    plot.on("plotly_afterplot", apart);
+    apart(); // the draw already made
+  }
+
+  /* Each table that scrolls sideways says so, while it is wider than its box. */
+  function hintScrolling() {
+    const check = () => {
+      for (const box of document.querySelectorAll(".scrolls")) {
+        const hint = box.querySelector(".scroll-hint");
+        if (hint) hint.hidden = box.scrollWidth <= box.clientWidth + 1;
+      }
+    };
+    window.addEventListener("resize", check);
+    check();
   }
 
   /* Calls `changed(cluster number or null)` when the pointer enters or leaves a label. */
@@ -390,6 +431,6 @@
     data, documents, count, tasksByName, mapOf, mapKey, mapTitle, mapFileName, variantNames, taskNames, gridded, docIndex, byCategory, colourOf, prefersDark,
     baseLayout, plotConfig, traceType, categoryTraces, neighbourhoodChange, keptNeighbours,
     hoverText, fillTaskPageLinks, formatFigure, shorten, textOf, allTexts, escapeMarkup, detailsReady, DOCUMENTS,
-    DIMMED, SHOWN, MARKER_SIZE, labelTrace, onLabelHover, clusterMembers, dimmedUnlessIn, restyleOpacity, mostMoved, followBox,
+    DIMMED, SHOWN, MARKER_SIZE, labelTrace, onLabelHover, keepLabelsApart, hintScrolling, clusterMembers, dimmedUnlessIn, restyleOpacity, mostMoved, followBox,
   };
 })();

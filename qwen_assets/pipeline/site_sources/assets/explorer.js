@@ -682,6 +682,8 @@
         hoveredCluster = number;
         site.restyleOpacity(plot, opacities());
       });
+      site.keepLabelsApart(plot);
+      site.hintScrolling();
       plot.on("plotly_selected", (event) => {
         if (!event || !event.points || redrawing) return;
         const picked = new Set();

@@ -179,6 +179,7 @@
         site.dimmedUnlessIn(number === null ? selection : site.clusterMembers(task, number))
       )
     );
+    site.keepLabelsApart(plot);
     plot.on("plotly_selected", (event) => {
       if (!event || !event.points || clearing) return;
       const picked = new Set();
