@@ -125,15 +125,47 @@ def test_map_neighbours_never_include_the_point_itself():
     assert not (neighbours == np.arange(50)[:, None]).any()
 
 
-def test_the_headline_says_more_or_less_and_by_how_much():
-    from qwen_assets.pipeline.metrics import Headline
-
-    more = Headline("sentiment", "sentiment", 0.30, "default", 0.20)
-    assert more.change == pytest.approx(0.5)
-    assert more.sentence().startswith(
-        "The sentiment instruction makes neighbourhoods agree on sentiment 50% more than default"
+def test_the_headline_says_the_change_in_its_own_units_and_whether_chance_explains_it():
+    """A headline gives the difference in the figure's units (no percentages of tiny
+    figures) and sets it against what shuffled scores give: neighbourhoods sorted by a score
+    differ from random ones beyond chance; two random sets of neighbourhoods do not."""
+    from qwen_assets.pipeline.metrics import (
+        Headline,
+        chance_difference,
+        map_neighbours,
+        score_agreement,
     )
-    less = Headline("topic", "category", 0.45, "default", 0.60)
-    assert "25% less than default (k-NN accuracy 0.450 against 0.600)" in less.sentence()
-    near_zero = Headline("toxicity", "hostility", 0.05, "default", 0.001)
-    assert near_zero.change is None and "by +0.049" in near_zero.sentence()
+
+    rng = np.random.default_rng(11)
+    scores = rng.normal(size=400)
+    by_score = map_neighbours(np.column_stack([scores, np.zeros(400)]), 10)
+    random_a, random_b = (map_neighbours(rng.normal(size=(400, 2)), 10) for _ in range(2))
+
+    def headline(neighbours, reference) -> Headline:
+        chance = chance_difference(neighbours, reference, scores, category=False)
+        return Headline(
+            "sentiment",
+            "sentiment",
+            score_agreement(neighbours, scores),
+            "default",
+            score_agreement(reference, scores),
+            chance,
+        )
+
+    real = headline(by_score, random_a)
+    assert real.sentence().endswith("so this is beyond chance.")
+    assert f"by {real.difference:+.3f} (rank agreement" in real.sentence()
+    assert "%" not in real.sentence()
+    # Random neighbourhoods against random ones: the real difference is one draw of the
+    # shuffled ones, beyond the band about one time in twenty.
+    pairs = [(map_neighbours(rng.normal(size=(400, 2)), 10), random_a) for _ in range(20)]
+    noise = [headline(one, other) for one, other in pairs]
+    beyond = [line for line in noise if line.sentence().endswith("so this is beyond chance.")]
+    assert len(beyond) <= 3, [line.sentence() for line in beyond]
+    assert all(0 < line.chance < 0.3 for line in noise), "chance moves a figure a little"
+    assert chance_difference(random_a, random_a, scores, category=False) == 0, "itself: none"
+
+    labels = rng.integers(0, 4, size=400)
+    shuffled_labels = chance_difference(random_a, random_b, labels, category=True)
+    assert 0 < shuffled_labels < 0.2
+    assert "shuffled labels" in Headline("topic", "category", 0.5, "default", 0.4, 0.05).sentence()

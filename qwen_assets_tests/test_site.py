@@ -511,7 +511,7 @@ def test_colour_by_a_property_shows_its_values_on_a_colour_bar(page, payload):
     assert "colour=sentiment" in page.page.url, "the colour mode is part of the link"
     headlines = page.page.locator("#headlines li").all_inner_texts()
     assert len(headlines) == 3 and all(
-        "than default" in line or "compared with default" in line for line in headlines
+        "for default); shuffled" in line and line.endswith(" chance.") for line in headlines
     )
     assert page.errors == []
 

@@ -71,8 +71,9 @@ def knn_accuracy(neighbours: np.ndarray, labels: np.ndarray) -> float:
     own (ties go to the category listed first)."""
     labels = np.asarray(labels)
     votes = labels[neighbours]
-    predicted = np.array([np.bincount(row, minlength=labels.max() + 1).argmax() for row in votes])
-    return float((predicted == labels).mean())
+    counts = np.zeros((len(labels), labels.max() + 1), dtype=np.int32)
+    np.add.at(counts, (np.arange(len(labels))[:, None], votes), 1)
+    return float((counts.argmax(axis=1) == labels).mean())
 
 
 def _sample(n: int, size: int, seed: int) -> np.ndarray:
@@ -164,35 +165,61 @@ def property_agreement(
     return figures
 
 
+CHANCE_ROUNDS = 200  # shuffles behind a headline's chance band
+CHANCE_QUANTILE = 0.95
+
+
+def chance_difference(
+    neighbours: np.ndarray,
+    reference_neighbours: np.ndarray,
+    values: np.ndarray,
+    *,
+    category: bool,
+    rounds: int = CHANCE_ROUNDS,
+    seed: int = 0,
+) -> float:
+    """How far two sets of neighbourhoods' figures on a property differ by chance: the 95th
+    percentile of the absolute difference between them when the property's values are
+    shuffled across posts (the neighbourhoods kept). A real difference lies beyond it."""
+    figure = knn_accuracy if category else score_agreement
+    rng = np.random.default_rng(seed)
+    differences = []
+    for _ in range(rounds):
+        shuffled = rng.permutation(values)
+        differences.append(
+            abs(figure(neighbours, shuffled) - figure(reference_neighbours, shuffled))
+        )
+    return float(np.quantile(differences, CHANCE_QUANTILE))
+
+
 @dataclass(frozen=True)
 class Headline:
-    """A task's figure on the property it aims at, against the reference (no instruction)."""
+    """A task's figure on the property it aims at, against the reference (no instruction),
+    in the figure's own units, with how far chance alone moves it (``chance_difference``)."""
 
     task: str
     target: str
     figure: float
     reference_task: str
     reference_figure: float
+    chance: float | None = None
 
     @property
-    def change(self) -> float | None:
-        """Relative change; None when the reference figure is too close to 0 to divide by."""
-        if abs(self.reference_figure) < 0.01:
-            return None
-        return (self.figure - self.reference_figure) / abs(self.reference_figure)
+    def difference(self) -> float:
+        return self.figure - self.reference_figure
 
     def sentence(self) -> str:
         measure = "k-NN accuracy" if self.target == "category" else "rank agreement"
-        figures = f"{measure} {self.figure:.3f} against {self.reference_figure:.3f}"
-        change = self.change
-        if change is None:
-            amount = f"{self.figure - self.reference_figure:+.3f}"
-            return (
-                f"The {self.task} instruction changes how far neighbourhoods agree on "
-                f"{self.target} by {amount} compared with {self.reference_task} ({figures})."
-            )
-        direction = "more" if change >= 0 else "less"
+        said = (
+            f"The {self.task} instruction changes how far neighbourhoods agree on {self.target} "
+            f"by {self.difference:+.3f} ({measure} {self.figure:.3f} against "
+            f"{self.reference_figure:.3f} for {self.reference_task})"
+        )
+        if self.chance is None:
+            return said + "."
+        shuffled = "labels" if self.target == "category" else f"{self.target} scores"
+        verdict = "beyond" if abs(self.difference) > self.chance else "within"
         return (
-            f"The {self.task} instruction makes neighbourhoods agree on {self.target} "
-            f"{abs(change):.0%} {direction} than {self.reference_task} ({figures})."
+            f"{said}; shuffled {shuffled} change it by up to {self.chance:.3f}, so this is "
+            f"{verdict} chance."
         )

@@ -58,6 +58,7 @@ from qwen_assets.errors import SiteError
 from qwen_assets.pipeline.clusters import MapClusters, cluster_map, min_cluster_size
 from qwen_assets.pipeline.metrics import (
     Headline,
+    chance_difference,
     map_neighbours,
     nearest_neighbours,
     neighbourhood_overlap,
@@ -157,7 +158,7 @@ def task_maps(
                 **agreement[task],
             },
             target=settings.tasks[task].target,
-            headline=_headline(task, settings, agreement),
+            headline=_headline(task, settings, agreement, neighbours, labels, scores),
             clusters=None
             if texts is None
             else cluster_map(layouts[task], texts, min_size=label_size, words=site.label_words),
@@ -184,7 +185,12 @@ def compared_with_reference_variant(maps: Sequence[TaskMap], reference: str) -> 
 
 
 def _headline(
-    task: str, settings: Settings, agreement: Mapping[str, Mapping[str, float]]
+    task: str,
+    settings: Settings,
+    agreement: Mapping[str, Mapping[str, float]],
+    neighbours: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    labels: np.ndarray,
+    scores: Mapping[str, np.ndarray],
 ) -> Headline | None:
     target = settings.tasks[task].target
     figure = f"predicts_{target}"
@@ -192,8 +198,19 @@ def _headline(
         return None
     if figure not in agreement[task]:
         return None
+    chance = chance_difference(
+        neighbours[task][0],
+        neighbours[DEFAULT_TASK][0],
+        labels if target == "category" else np.asarray(scores[target]),
+        category=target == "category",
+    )
     return Headline(
-        task, target, agreement[task][figure], DEFAULT_TASK, agreement[DEFAULT_TASK][figure]
+        task,
+        target,
+        agreement[task][figure],
+        DEFAULT_TASK,
+        agreement[DEFAULT_TASK][figure],
+        round(chance, 4),
     )
 
 
