@@ -315,9 +315,9 @@ def test_hovering_a_point_shows_its_category_and_preview(page, payload):
     assert first_words in " ".join(text.split())
 
 
-def isolated_doc(page: Page) -> int:
-    """The post whose point is farthest from any other point and any label on the drawn map:
-    a click there can only land on it."""
+def isolated_doc(page: Page, among: list[int] | None = None) -> int:
+    """The post (of ``among``, default all) whose point is farthest from any other point and
+    any label on the drawn map: a click there can only land on it."""
     positions = page.all_positions()
     labels = [
         page.label_position(i) for i in range(page.page.locator("#plot .textpoint text").count())
@@ -331,7 +331,7 @@ def isolated_doc(page: Page) -> int:
             if other != doc
         )
 
-    return max(range(len(positions)), key=room)
+    return max(range(len(positions)) if among is None else among, key=room)
 
 
 def test_clicking_a_point_opens_its_neighbours_and_the_link_restores_the_view(page, payload):
@@ -589,15 +589,20 @@ def test_the_explorer_reads_at_every_size(browser, site_dir, payload, size):
         assert labels["shown"] > 0 and labels["over"] == [], labels
 
         positions = opened.all_positions()
-        legend = page.evaluate(RECT, "#plot .legend")
-        clear = [  # on screen, and clear of the legend (which takes the pointer over the map)
-            doc
-            for doc, (x, y) in enumerate(positions)
-            if y < height - 5
-            and not (
-                legend["left"] <= x <= legend["right"] and legend["top"] <= y <= legend["bottom"]
-            )
-        ]
+        page.mouse.move(*positions[0])  # the pointer over the map shows Plotly's mode bar
+        page.locator("#plot .modebar").wait_for(timeout=5_000)
+        clear = page.evaluate(  # posts a pointer reaches: on screen, under no legend, bar or label
+            """(at) => {
+              const labels = [...document.querySelectorAll('#plot .textpoint text')]
+                .map((text) => text.getBoundingClientRect());
+              return at.map(([x, y], doc) => [x, y, doc]).filter(([x, y]) => {
+                const found = document.elementFromPoint(x, y);
+                return found !== null && found.classList.contains('nsewdrag') && !labels.some(
+                  (box) => x >= box.left - 4 && x <= box.right + 4 && y >= box.top - 4 && y <= box.bottom + 4);
+              }).map(([x, y, doc]) => doc);
+            }""",
+            positions,
+        )
         rightmost = max(clear, key=lambda doc: positions[doc][0])
         page.mouse.move(*positions[rightmost])
         page.locator(".hoverlayer .hovertext").wait_for(timeout=5_000)
@@ -615,11 +620,15 @@ def test_the_explorer_reads_at_every_size(browser, site_dir, payload, size):
             assert apart, f"the mode bar {bar} covers the legend's first entry {entry}"
         page.mouse.move(1, height - 1)
 
-        doc = isolated_doc(opened)
+        doc = isolated_doc(opened, among=clear)
+        at = opened.point_position(doc)
         if phone:
-            page.touchscreen.tap(*opened.point_position(doc))
-        else:
-            page.mouse.click(*opened.point_position(doc))
+            page.touchscreen.tap(*at)
+        else:  # as a person does: the pointer over the post (its label shows), then a click
+            page.mouse.move(*at)
+            page.locator(".hoverlayer .hovertext").wait_for(timeout=5_000)
+            page.mouse.down()
+            page.mouse.up()
         page.locator("#panel").wait_for(state="visible", timeout=5_000)
         panel = page.evaluate(RECT, "#panel")
         assert 0 <= panel["top"] < height - 100, f"the panel opens in view: {panel}"
