@@ -310,8 +310,11 @@ def trial_settings(folder: Path) -> Path:
         site={"output_dir": str(folder / "site")},
     )
     data.mkdir(parents=True, exist_ok=True)
-    write_settings(path, raw)
-    path.write_text(f"{TRIAL_MARK}\n{path.read_text()}")
+    # Written whole or not at all: a trial killed half-way leaves no settings file that the
+    # next one would refuse as someone else's (only a .partial, written over next time).
+    partial = write_settings(path.with_name(path.name + ".partial"), raw)
+    partial.write_text(f"{TRIAL_MARK}\n{partial.read_text()}")
+    partial.replace(path)
     return path
 
 

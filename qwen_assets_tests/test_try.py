@@ -125,3 +125,18 @@ def test_a_trial_builds_everything_in_its_folder_and_a_bad_model_says_what_to_do
     assert ended.count("(") == ended.count(")"), ended
     assert "2 CPU cores take about 1.8 h" in failed.stdout
     assert "faster: an API" in failed.stdout
+
+
+def test_a_trial_killed_while_writing_its_settings_is_not_refused_next_time(tmp_path: Path):
+    """The settings file appears whole or not at all: what a kill mid-write leaves (a
+    .partial) is written over, and the next trial builds in the folder instead of refusing
+    it as someone else's."""
+    from qwen_assets.cli import TRIAL_MARK, trial_settings
+
+    folder = tmp_path / "trial"
+    folder.mkdir()
+    (folder / "settings.toml.partial").write_text("[corpus]\nper_cat")  # cut off by a kill
+    written = trial_settings(folder)
+    assert written.read_text().startswith(TRIAL_MARK)
+    assert sorted(path.name for path in folder.iterdir()) == ["data", "settings.toml"]
+    assert trial_settings(folder) == written, "and the next trial uses it"
