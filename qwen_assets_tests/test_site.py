@@ -591,18 +591,23 @@ def test_the_explorer_reads_at_every_size(browser, site_dir, payload, size):
         positions = opened.all_positions()
         page.mouse.move(*positions[0])  # the pointer over the map shows Plotly's mode bar
         page.locator("#plot .modebar").wait_for(timeout=5_000)
-        clear = page.evaluate(  # posts a pointer reaches: on screen, under no legend, bar or label
+        reach = page.evaluate(  # posts a pointer reaches (on screen, under no legend or bar),
+            # and those of them a cluster label is drawn across
             """(at) => {
               const labels = [...document.querySelectorAll('#plot .textpoint text')]
+                .filter((text) => text.style.visibility !== 'hidden')
                 .map((text) => text.getBoundingClientRect());
-              return at.map(([x, y], doc) => [x, y, doc]).filter(([x, y]) => {
+              const clear = at.map(([x, y], doc) => [x, y, doc]).filter(([x, y]) => {
                 const found = document.elementFromPoint(x, y);
-                return found !== null && found.classList.contains('nsewdrag') && !labels.some(
-                  (box) => x >= box.left - 4 && x <= box.right + 4 && y >= box.top - 4 && y <= box.bottom + 4);
-              }).map(([x, y, doc]) => doc);
+                return found !== null && found.classList.contains('nsewdrag');
+              });
+              const labelled = clear.filter(([x, y]) => labels.some((box) =>
+                x >= box.left && x <= box.right && y >= box.top && y <= box.bottom));
+              return [clear.map(([x, y, doc]) => doc), labelled.map(([x, y, doc]) => doc)];
             }""",
             positions,
         )
+        clear, under_labels = reach
         rightmost = max(clear, key=lambda doc: positions[doc][0])
         page.mouse.move(*positions[rightmost])
         page.locator(".hoverlayer .hovertext").wait_for(timeout=5_000)
@@ -620,7 +625,10 @@ def test_the_explorer_reads_at_every_size(browser, site_dir, payload, size):
             assert apart, f"the mode bar {bar} covers the legend's first entry {entry}"
         page.mouse.move(1, height - 1)
 
-        doc = isolated_doc(opened, among=clear)
+        # A post a label is drawn across opens like any other (the label lights its cluster
+        # as the pointer arrives, a redraw after which Plotly names no post on the click).
+        assert under_labels, "the real sample's maps have posts under their labels"
+        doc = under_labels[0]
         at = opened.point_position(doc)
         if phone:
             page.touchscreen.tap(*at)
@@ -630,6 +638,7 @@ def test_the_explorer_reads_at_every_size(browser, site_dir, payload, size):
             page.mouse.down()
             page.mouse.up()
         page.locator("#panel").wait_for(state="visible", timeout=5_000)
+        assert page.inner_text("#doc-id") == payload["documents"]["id"][doc], "that post"
         panel = page.evaluate(RECT, "#panel")
         assert 0 <= panel["top"] < height - 100, f"the panel opens in view: {panel}"
         out = page.evaluate(

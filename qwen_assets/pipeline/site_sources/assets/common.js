@@ -282,6 +282,28 @@
     check();
   }
 
+  /* The post of `task` drawn under page point (x, y), within a marker's size; null if none.
+   * From the axes' ranges Plotly writes back into the layout, and the plot area's box. */
+  function postAt(plot, task, x, y) {
+    const area = plot.querySelector(".nsewdrag");
+    const xRange = plot.layout.xaxis && plot.layout.xaxis.range;
+    const yRange = plot.layout.yaxis && plot.layout.yaxis.range;
+    if (!area || !xRange || !yRange) return null;
+    const box = area.getBoundingClientRect();
+    const toX = (value) => box.left + ((value - xRange[0]) / (xRange[1] - xRange[0])) * box.width;
+    const toY = (value) => box.bottom - ((value - yRange[0]) / (yRange[1] - yRange[0])) * box.height;
+    let best = null;
+    let nearest = MARKER_SIZE;
+    for (let doc = 0; doc < task.x.length; doc++) {
+      const away = Math.hypot(toX(task.x[doc]) - x, toY(task.y[doc]) - y);
+      if (away <= nearest) {
+        nearest = away;
+        best = doc;
+      }
+    }
+    return best;
+  }
+
   /* Calls `changed(cluster number or null)` when the pointer enters or leaves a label. */
   function onLabelHover(plot, changed) {
     let current = null;
@@ -431,6 +453,6 @@
     data, documents, count, tasksByName, mapOf, mapKey, mapTitle, mapFileName, variantNames, taskNames, gridded, docIndex, byCategory, colourOf, prefersDark,
     baseLayout, plotConfig, traceType, categoryTraces, neighbourhoodChange, keptNeighbours,
     hoverText, fillTaskPageLinks, formatFigure, shorten, textOf, allTexts, escapeMarkup, detailsReady, DOCUMENTS,
-    DIMMED, SHOWN, MARKER_SIZE, labelTrace, onLabelHover, keepLabelsApart, hintScrolling, clusterMembers, dimmedUnlessIn, restyleOpacity, mostMoved, followBox,
+    DIMMED, SHOWN, MARKER_SIZE, labelTrace, onLabelHover, postAt, keepLabelsApart, hintScrolling, clusterMembers, dimmedUnlessIn, restyleOpacity, mostMoved, followBox,
   };
 })();

@@ -674,9 +674,23 @@
   runSearch()
     .then(() => update())
     .then(() => {
+      let clickedPost = false;
       plot.on("plotly_click", (event) => {
         const point = event.points && event.points[0];
-        if (point && point.data.meta === site.DOCUMENTS) select(point.customdata);
+        if (point && point.data.meta === site.DOCUMENTS) {
+          clickedPost = true;
+          select(point.customdata);
+        }
+      });
+      // Plotly's click comes first. Where it named no post (a label over the post lit its
+      // cluster, and Plotly's redraw dropped what it was hovering), the post drawn under the
+      // pointer, if any, is opened all the same.
+      plot.addEventListener("click", (event) => {
+        const missed = !clickedPost && (plot.layout.dragmode || "pan") === "pan";
+        clickedPost = false;
+        if (!missed) return;
+        const doc = site.postAt(plot, current(), event.clientX, event.clientY);
+        if (doc !== null) select(doc);
       });
       site.onLabelHover(plot, (number) => {
         hoveredCluster = number;
