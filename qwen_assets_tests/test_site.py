@@ -270,6 +270,35 @@ def test_what_the_page_hides_takes_no_room(page, payload):
     assert shown == []
 
 
+def top_level_rules(css: str) -> int:
+    """How many rules a stylesheet holds at its top level (an @media block is one)."""
+    css = re.sub(r"/\*.*?\*/", "", css, flags=re.S)
+    depth = rules = 0
+    for character in css:
+        if character == "{":
+            rules += depth == 0
+            depth += 1
+        elif character == "}":
+            depth -= 1
+    return rules
+
+
+def test_the_browser_reads_every_rule_of_the_stylesheet(browser, http_root, site_dir):
+    """A stray brace makes the browser drop the rule after it, silently: every rule written
+    in the stylesheet is one the page has (over HTTP: a file page may not read its rules)."""
+    page = Page(browser, http_root)
+    try:
+        page.open()
+        read = page.page.evaluate(
+            "() => [...document.styleSheets].find((sheet) => sheet.href.endsWith('style.css'))"
+            ".cssRules.length"
+        )
+    finally:
+        page.close()
+    written = (site_dir / "assets" / "style.css").read_text()
+    assert read == top_level_rules(written)
+
+
 def test_every_task_button_moves_the_points_and_renders_a_picture(page, payload):
     page.open()
     seen, pictures = [], set()
