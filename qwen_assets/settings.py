@@ -73,6 +73,7 @@ SLUG_RULE = "lowercase letter first, then lowercase letters, digits, '-' or '_';
 BASE_VARIANT = "base"
 UMAP_METRICS = ("euclidean", "cosine", "manhattan", "chebyshev", "correlation")
 DEFAULT_TASK = "default"
+DEFAULT_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 # What a task may aim at (``tasks.<name>.target``): the newsgroup, or a score per post
 # (see qwen_assets/pipeline/properties.py).
 CATEGORY_PROPERTY = "category"
@@ -216,7 +217,7 @@ PromptTemplate = Annotated[str, AfterValidator(_check_template)]
 
 
 class EmbeddingSettings(_Section):
-    model: str = "Qwen/Qwen3-Embedding-0.6B"
+    model: str = DEFAULT_MODEL
     dimensions: Annotated[int, Field(ge=32, le=8192)] | None = None
     prompt_template: PromptTemplate = "Instruct: {instruction}\nQuery:{text}"
     backend: Literal["auto", "http", "local"] = "auto"

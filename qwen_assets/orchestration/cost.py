@@ -18,13 +18,12 @@ from qwen_assets.pipeline.embedding.cache import EmbeddingCache, prompt_key
 from qwen_assets.pipeline.embedding.core import duration
 from qwen_assets.pipeline.embedding.identity import cache_model, prompt_prefix
 from qwen_assets.pipeline.storage import StorageError, read_table
-from qwen_assets.settings import Settings
+from qwen_assets.settings import DEFAULT_MODEL, Settings
 
 SAMPLE_SQL = "SELECT text FROM newsgroups_sample ORDER BY position"
 EMBEDDINGS = AssetKey("task_embeddings")
 TIMED_AT_LEAST = 16  # texts: a materialization that embedded fewer says little of the speed
 LOOKED_AT = 50  # the newest embedding materializations searched for a speed
-QWEN3_06B = "Qwen/Qwen3-Embedding-0.6B"
 LONG_SECONDS = 10 * 60  # a build longer than this is told the faster ways
 FASTER = (
     'faster: an API (embedding.backend = "http" with a key), a GPU, or '
@@ -71,13 +70,13 @@ def local_time(
     or said to be unknown until the first batches; with the faster ways when it is long (or,
     for the default model, not measured yet). ``texts`` None: not counted before the sample
     is drawn."""
+    count = f"{'up to ' if at_most else ''}{texts} texts" if texts else "the sample's texts"
     if speed is None:
-        count = f"{'up to ' if at_most else ''}{texts} texts" if texts else "the sample's texts"
         said = [
             f"time: {count} for the in-process model, whose speed on this machine is not "
             "measured yet: the progress line says the time left after two batches"
         ]
-        if model == QWEN3_06B:  # what the benchmarks measured (benchmarks/RESULTS.md)
+        if model == DEFAULT_MODEL:  # what the benchmarks measured (benchmarks/RESULTS.md)
             said[0] += " (2 CPU cores take about 1.8 h for the default 800 posts x 4 maps)"
             said.append(FASTER)
         return said
@@ -85,9 +84,8 @@ def local_time(
         f"{speed.texts_per_second:.2f} texts/s, as its last build here measured ({speed.runs_on})"
     )
     if texts is None:  # "all" the posts of each group: counted once the sample is drawn
-        return [f"time: the sample's texts for the in-process model at {rate}", FASTER]
+        return [f"time: {count} for the in-process model at {rate}", FASTER]
     seconds = texts / speed.texts_per_second
-    count = f"{'up to ' if at_most else ''}{texts} texts"
     lines = [f"time: {count} for the in-process model, about {duration(seconds)} at {rate}"]
     return [*lines, FASTER] if seconds > LONG_SECONDS else lines
 
