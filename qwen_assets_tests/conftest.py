@@ -73,8 +73,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # What the project writes in the folder it runs from (the default settings' data/ and site/,
-# `qwen-assets build`'s .dagster, `qwen-assets try`'s try/, the temporary homes of a `dg dev` without DAGSTER_HOME):
-# a developer's own, which no test may touch.
+# `qwen-assets build`'s .dagster, `qwen-assets try`'s try/, the temporary homes of a `dg dev`
+# without DAGSTER_HOME): a developer's own, which no test may touch.
 def repository_outputs() -> dict[str, tuple[int, int]]:
     found = [REPO / name for name in ("data", "site", ".dagster", "try")]
     found += REPO.glob(".tmp_dagster_home_*")

@@ -117,6 +117,9 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions], job
         busy = busy_reason(context.instance)
         if busy:
             return SkipReason(busy)
+        # Recorded here too, not only by observe_task_instructions: in the tick that launches
+        # the run, so the prompt's new version is on record before the run's embeddings are
+        # (recorded after them, it would mark the fresh partition stale in the UI).
         observations = changed_instruction_observations(context.instance, settings)
         plan = project_plan(defs_of(), context.instance, settings)
         if plan.empty:
