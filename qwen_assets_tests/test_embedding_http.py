@@ -138,8 +138,9 @@ def test_a_batch_too_large_is_split_in_half(fresh_server, cache):
         (Fault(drop_vector=True), "got 7 vectors for 8 texts|indices"),
         (Fault(nan=True), "NaN"),
         (Fault(zero_vector=True), "1 all-zero vector"),
+        (Fault(same_vector=True), "one vector for 8 different texts"),
     ],
-    ids=["missing-vector", "nan", "zero-vector"],
+    ids=["missing-vector", "nan", "zero-vector", "one-vector-for-all"],
 )
 def test_a_malformed_batch_is_refused_and_never_cached(fresh_server, cache, fault, says):
     fresh_server.faults.extend([Fault(), fault])

@@ -11,6 +11,11 @@ NORM_TOLERANCE = 1e-3
 SAME_VECTOR_TOLERANCE = 1e-5  # two float32 unit vectors this close are one
 
 
+def all_the_same(vectors: np.ndarray) -> bool:
+    """Several unit vectors that are one: the texts did not reach the model."""
+    return len(vectors) > 1 and float(np.ptp(vectors, axis=0).max()) < SAME_VECTOR_TOLERANCE
+
+
 def embedding_problems(
     vectors: np.ndarray, expected_rows: int, expected_dimension: int | None
 ) -> list[str]:
@@ -26,7 +31,7 @@ def embedding_problems(
         off = int((np.abs(norms - 1) > NORM_TOLERANCE).sum())
         if off:
             problems.append(f"{off} vectors are not unit length")
-        if len(vectors) > 1 and float(np.ptp(vectors, axis=0).max()) < SAME_VECTOR_TOLERANCE:
+        if all_the_same(vectors):
             problems.append(
                 f"all {len(vectors)} vectors are the same: the texts did not reach the model "
                 "(an instruction that fills its token limit?)"

@@ -40,7 +40,7 @@ class Fault:
     nan: bool = False
     wrong_dimension: bool = False
     zero_vector: bool = False
-    same_vector: bool = False  # every text gets one unit vector (what a blocking check refuses)
+    same_vector: bool = False  # every text gets one unit vector (a broken server)
 
 
 @dataclass

@@ -22,6 +22,7 @@ import duckdb
 import numpy as np
 
 from qwen_assets.errors import EmbeddingError
+from qwen_assets.pipeline.checks import all_the_same
 from qwen_assets.pipeline.embedding.cache import CacheUnreadableError, EmbeddingCache, prompt_key
 from qwen_assets.pipeline.storage import StorageError, move_aside, shown
 
@@ -286,6 +287,15 @@ class _Answers:
         raw = np.asarray(raw, dtype=np.float32)
         check_batch(batch, raw if self.dimensions is None else raw[:, : self.dimensions])
         vectors = normalise(raw, self.dimensions)
+        different = len(set(batch.texts))
+        if different > 1 and all_the_same(vectors):
+            # Cached, one such answer (a server's glitch) would fail the partition's check
+            # on every rebuild until the instruction changed.
+            raise EmbeddingResponseError(
+                f"{batch.label}: one vector for {different} different texts: they did not "
+                "reach the model (an instruction that fills the token limit, or a faulty "
+                "server); nothing of it was cached"
+            )
         width = vectors.shape[1]
         if self.size is None:
             self.held.setdefault(width, []).append((batch, vectors, tokens))
