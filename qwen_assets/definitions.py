@@ -102,11 +102,13 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         cache_database=settings.storage.embedding_cache,
     )
     job = assets_job()
-    rebuild, observe, schedule, continuation = build_automation(settings, lambda: made[0], job)
+    rebuild, observe, schedule, rebuild_job, continuation = build_automation(
+        settings, lambda: made[0], job
+    )
     run_worker = RunWorker()
     defs = Definitions(
         assets=assets,
-        jobs=[job],
+        jobs=[job, rebuild_job],
         schedules=[schedule],
         sensors=[rebuild, observe, continuation],
         resources={

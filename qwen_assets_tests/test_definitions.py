@@ -168,6 +168,7 @@ def test_definitions_load_without_the_heavy_libraries_with_every_asset_in_its_st
     assert loaded.stdout.split("\n")[-2] == "[]", loaded.stdout
     defs = build_definitions(load_settings())
     defs.resolve_job_def("build_assets")  # the one job resolves over every asset
+    assert {job.name for job in defs.jobs} == {"build_assets", "rebuild_stale"}
     groups: dict[str, set[str]] = {}
     for spec in defs.resolve_all_asset_specs():
         groups.setdefault(spec.group_name, set()).add(spec.key.to_user_string())
@@ -175,7 +176,7 @@ def test_definitions_load_without_the_heavy_libraries_with_every_asset_in_its_st
     assert {sensor.name for sensor in defs.sensors} == {
         "rebuild_stale_assets",
         "observe_task_instructions",
-        "continue_daily_rebuild",
+        "continue_rebuild",
     }
     assert {schedule.name for schedule in defs.schedules} == {"daily_rebuild"}
 

@@ -250,6 +250,24 @@ class DagsterUI:
         )["stopSensor"]
         assert stopped["instigationState"]["status"] == "STOPPED", stopped
 
+    def launch(self, job: str) -> str:
+        """Launch run on a job with no config, as the UI's button does; the run's id."""
+        launched = self.query(
+            "mutation($params: ExecutionParams!) { launchRun(executionParams: $params) "
+            "{ __typename ... on LaunchRunSuccess { run { runId } } "
+            "... on PythonError { message } } }",
+            params={
+                "selector": {
+                    "repositoryLocationName": "qwen_assets",
+                    "repositoryName": "__repository__",
+                    "jobName": job,
+                },
+                "runConfigData": {},
+            },
+        )["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        return launched["run"]["runId"]
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -425,8 +443,8 @@ def test_people_query_through_a_cold_build_an_edit_and_a_sensor_run(
         assert all(run["status"] == "SUCCESS" for run in ui.runs())
         assert len(server.received) == math.ceil(documents / batch), "toxicity, embedded once"
 
-        # 5. An edit whose vectors fail their blocking check: the sensor's run stops there,
-        # and no site run follows it, tick after tick; what people read stays as it was.
+        # 5. An edit the server answers wrongly (one vector for every text): the sensor's
+        # run fails, and no site run follows it, tick after tick; what people read stays.
         site = Path(load_settings(project["QWEN_ASSETS_SETTINGS"]).site.output_dir) / "data.json"
         published = (site.read_bytes(), run_sql(read_side, FINAL_STATE))
         server.reset()
@@ -460,13 +478,15 @@ def test_people_query_through_a_cold_build_an_edit_and_a_sensor_run(
         assert "dagster.yaml) in the current folder" not in (tmp_path / "dg-dev.log").read_text()
 
         # 6. The rebuild sensor off (the daily schedule's setup): an edit shows stale in the
-        # UI, that partition only, within an interval of the reload, and nothing is built.
+        # UI within an interval of the reload (beside toxicity, whose rebuild failed, and
+        # nothing else), and nothing is built.
         ui.stop_sensor("rebuild_stale_assets")
         launched_before = len(ui.runs())
+        assert ui.stale_partitions("task_embeddings") == ["toxicity"], "its rebuild failed"
         edit(project, 'or neutral, and why"', 'or neutral, and how strongly"')
         ui.reload()
         wait_until(
-            lambda: ui.stale_partitions("task_embeddings") == ["sentiment"],
+            lambda: ui.stale_partitions("task_embeddings") == ["sentiment", "toxicity"],
             60,
             "the UI shows the edited partition stale with the rebuild sensor off",
         )
@@ -478,8 +498,42 @@ def test_people_query_through_a_cold_build_an_edit_and_a_sensor_run(
             60,
             "another observing tick",
         )
-        assert ui.stale_partitions("task_embeddings") == ["sentiment"], "still that one only"
+        assert ui.stale_partitions("task_embeddings") == ["sentiment", "toxicity"], "only"
         assert len(ui.runs()) == launched_before, "nothing was built"
+
+        # 7. One action in the UI builds what is stale (the edit, and the failed rebuild,
+        # the server healthy again): Launch run on the rebuild_stale job.
+        server.reset()
+        published = site.read_bytes()
+        launched_run = ui.launch("rebuild_stale")
+        wait_until(
+            lambda: (
+                len(ui.runs()) >= launched_before + 3
+                and all(run["status"] in ("SUCCESS", "FAILURE") for run in ui.runs())
+            ),
+            240,
+            "the job's run and the runs of its plan finish",
+        )
+        runs = ui.runs()[: len(ui.runs()) - launched_before]
+        assert runs[-1]["runId"] == launched_run
+        assert {run["status"] for run in runs} == {"SUCCESS"}, (
+            tmp_path / "dg-dev.log"
+        ).read_text()[-3000:]
+        assert all(
+            {"key": "qwen_assets/trigger", "value": "rebuild_stale job"} in run["tags"]
+            for run in runs
+        )
+        asked = [
+            "how strongly" if "how strongly" in texts[0] else "merely blunt"
+            for texts in server.received
+        ]
+        assert all(("how strongly" in t) or ("merely blunt" in t) for t in server.texts_received)
+        assert asked.count("how strongly") == math.ceil(documents / batch), "sentiment's texts"
+        assert 1 <= asked.count("merely blunt") <= math.ceil(documents / batch), (
+            "toxicity's, less what its failed run cached"
+        )
+        assert ui.stale_partitions("task_embeddings") == []
+        assert site.read_bytes() != published, "and the site was published"
     except BaseException:
         if holder is not None:
             holder.kill()
@@ -495,7 +549,7 @@ def test_people_query_through_a_cold_build_an_edit_and_a_sensor_run(
     assert summary["failures"] == []
     assert summary["passes"] > 10
     final = run_sql(read_side, FINAL_STATE)
-    assert len(summary["states"]) == 4, "cold build, sentiment, topic and toxicity edits"
+    assert len(summary["states"]) == 5, "cold build; sentiment, topic, toxicity, sentiment edits"
     assert list(final) in summary["states"], "and the last one"
 
     # 6. The held connection still sees the first state; a new one sees the edited vectors.

@@ -389,16 +389,16 @@ def schedule_tick(settings_file: Path, instance):
 
 
 def continuation_tick(settings_file: Path, instance, result):
-    """What continue_daily_rebuild does when the run ``result`` ended."""
+    """What continue_rebuild does when the run ``result`` ended."""
     defs = build_definitions(load_settings(settings_file))
-    sensor = defs.resolve_sensor_def("continue_daily_rebuild")
+    sensor = defs.resolve_sensor_def("continue_rebuild")
     (ended,) = [
         event
         for event in result.all_events
         if event.event_type in (DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE)
     ]
     context = build_run_status_sensor_context(
-        sensor_name="continue_daily_rebuild",
+        sensor_name="continue_rebuild",
         dagster_event=ended,
         dagster_instance=instance,
         dagster_run=instance.get_run_by_id(result.run_id),
@@ -406,35 +406,89 @@ def continuation_tick(settings_file: Path, instance, result):
     return sensor(context)
 
 
-def test_the_schedule_starts_the_plan_and_its_continuation_builds_the_rest(project_copy):
+def launch_rebuild_stale(settings_file: Path, instance):
+    """A run of the rebuild_stale job, as the UI's Launch run starts it."""
+    job = build_definitions(load_settings(settings_file)).resolve_job_def("rebuild_stale")
+    return job.execute_in_process(instance=instance, raise_on_error=False)
+
+
+def logged(instance, run_id: str) -> list[str]:
+    return [entry.user_message for entry in instance.all_logs(run_id)]
+
+
+def scheduled(settings_file: Path, instance):
+    """The schedule's tick: its run request, or why it requested nothing."""
+    tick = schedule_tick(settings_file, instance)
+    (request,) = tick.run_requests or [None]
+    return request or tick.skip_message
+
+
+def launched(settings_file: Path, instance):
+    """The rebuild_stale job's run, then the continuation's answer to it."""
+    ran = launch_rebuild_stale(settings_file, instance)
+    assert ran.success, logged(instance, ran.run_id)
+    following = continuation_tick(settings_file, instance, ran)
+    return following if hasattr(following, "partition_key") else following.skip_message
+
+
+@pytest.mark.parametrize(
+    ("start", "trigger", "quiet"),
+    [
+        (scheduled, "daily_rebuild schedule", "everything is fresh"),
+        (launched, "rebuild_stale job", "the rebuild_stale job's build is done"),
+    ],
+    ids=["the daily schedule", "the rebuild_stale job"],
+)
+def test_a_plan_started_by_the_schedule_or_the_job_is_carried_on_a_run_at_a_time(
+    project_copy, start, trigger, quiet
+):
+    """The two ways to build what is stale with the rebuild sensor off: the daily schedule,
+    and the job a person launches from the UI. Each starts with the plan's first run (the
+    edited task only), and continue_rebuild launches the rest once it has succeeded."""
     project = project_copy()
     settings_file, instance = project.settings_path, project.instance
-    result = schedule_tick(settings_file, instance)
-    assert result.run_requests == [] and result.skip_message == "everything is fresh"
+    assert start(settings_file, instance) == quiet, "nothing is stale: nothing is requested"
 
     edit(
         settings_file, "Classify the given text as either toxic or not toxic", "Is this text rude?"
     )
-    result = schedule_tick(settings_file, instance)
-    requested = [(r.partition_key, r.asset_selection) for r in result.run_requests]
-    assert requested == [
-        ("toxicity", [AssetKey("task_embeddings"), AssetKey("umap_coordinates")])
-    ], "the edited task first"
-    ran = execute(result.run_requests[0], settings_file, instance)
+    first = start(settings_file, instance)
+    assert (first.partition_key, first.asset_selection) == (
+        "toxicity",
+        [AssetKey("task_embeddings"), AssetKey("umap_coordinates")],
+    ), "the edited task first"
+    assert first.tags["qwen_assets/trigger"] == trigger
+    ran = execute(first, settings_file, instance)
     assert ran.success
     following = continuation_tick(settings_file, instance, ran)
     assert following.partition_key is None and set(following.asset_selection) == AFTER_THE_MAPS
-    assert following.tags["qwen_assets/trigger"] == "daily_rebuild schedule"
+    assert following.tags["qwen_assets/trigger"] == trigger
     done = execute(following, settings_file, instance)
     assert done.success
     assert continuation_tick(settings_file, instance, done).skip_message == (
-        "the day's build is done"
+        f"the {trigger}'s build is done"
     )
 
 
-def test_the_schedule_and_the_sensor_stand_aside_while_a_build_holds_its_lock(project_copy):
+def test_the_rebuild_stale_job_says_what_it_will_build_and_runs_with_no_config(project_copy):
+    """What a person sees in the job's run log: the plan, by run."""
+    project = project_copy()
+    settings_file, instance = project.settings_path, project.instance
+    ran = launch_rebuild_stale(settings_file, instance)
+    assert "everything is fresh: nothing to build" in logged(instance, ran.run_id)
+    edit(settings_file, "positive, negative, or neutral", "positive, negative or neutral")
+    ran = launch_rebuild_stale(settings_file, instance)
+    (plan,) = [line for line in logged(instance, ran.run_id) if "continue_rebuild" in line]
+    assert plan.startswith("continue_rebuild launches 2 run(s), one after another:"), plan
+    assert "[sentiment]" in plan and "[topic]" not in plan, plan
+
+
+def test_the_schedule_the_sensor_and_the_job_stand_aside_while_a_build_holds_its_lock(
+    project_copy,
+):
     """While `qwen-assets build` holds its lock, neither the schedule nor the sensor requests
-    anything, and each says why; once it lets go they plan the edit."""
+    anything, and each says why, and the rebuild_stale job fails saying when to launch it
+    again; once it lets go they plan the edit."""
     project = project_copy()
     settings_file, instance = project.settings_path, project.instance
     edit(
@@ -448,6 +502,12 @@ def test_the_schedule_and_the_sensor_stand_aside_while_a_build_holds_its_lock(pr
         for tick in ticks():
             assert tick.run_requests == []
             assert tick.skip_message.startswith("a qwen-assets build is running")
+        refused = launch_rebuild_stale(settings_file, instance)
+        assert not refused.success
+        assert any(
+            "a qwen-assets build is running: launch rebuild_stale again once it is done" in line
+            for line in logged(instance, refused.run_id)
+        )
 
     for tick in ticks():
         assert tick.run_requests[0].partition_key == "toxicity"

@@ -1,11 +1,15 @@
-"""How the daemon keeps the site current: two ways to build (one is on at a time), and a
-sensor that keeps the UI's stale badges true.
+"""How the daemon keeps the site current: three ways to build what is stale (a sensor, a
+schedule, a job a person launches), and a sensor that keeps the UI's stale badges true.
 
 - ``rebuild_stale_assets`` (on by default): every 30 s (``automation.sensor_interval_seconds``),
   builds what a settings edit made stale, so an edit is built and published within minutes.
 - ``daily_rebuild`` (off by default): at 05:00 UTC, the same once a day, for a deployment
   that batches the day's edits into one build (and one bill): turn the sensor off and the
-  schedule on. ``continue_daily_rebuild`` launches the rest of its plan, a run at a time.
+  schedule on.
+- ``rebuild_stale`` (a job): the same at once, for a person in the UI (Jobs → rebuild_stale →
+  Launch run). Its one step plans and says what will be built; it builds nothing itself, since
+  its own run would hold the one writer's turn that the plan's runs need.
+- ``continue_rebuild`` carries the plan of the schedule, or of the job, on: a run at a time.
 - ``observe_task_instructions`` (on by default): records each changed prompt, so the UI
   shows the edited partitions stale with the rebuild sensor on or off.
 
@@ -29,6 +33,8 @@ from dagster import (
     DefaultScheduleStatus,
     DefaultSensorStatus,
     Definitions,
+    Failure,
+    OpExecutionContext,
     RunRecord,
     RunRequest,
     RunsFilter,
@@ -37,6 +43,8 @@ from dagster import (
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
+    job,
+    op,
     run_status_sensor,
     schedule,
     sensor,
@@ -48,12 +56,20 @@ from qwen_assets.orchestration.prompts import (
     changed_instruction_observations,
     record_instruction_versions,
 )
-from qwen_assets.orchestration.runs import TRIGGER_TAG, build_running, fail_dead_runs, waiting_runs
+from qwen_assets.orchestration.runs import (
+    TRIGGER_TAG,
+    build_running,
+    fail_dead_runs,
+    waiting_runs,
+)
 from qwen_assets.orchestration.stale import PlannedRun
 from qwen_assets.settings import Settings, fingerprint
 
 SENSOR = "rebuild_stale_assets sensor"
 SCHEDULE = "daily_rebuild schedule"
+MANUAL = "rebuild_stale job"
+# The triggers whose plan continue_rebuild carries on once a run of it has succeeded.
+CONTINUED = {SCHEDULE, MANUAL}
 # On each run a trigger launches: which run of which settings it is, so that a run that
 # failed is not launched again, the same, until the settings change.
 PLANNED_TAG = "qwen_assets/planned"
@@ -98,10 +114,10 @@ def failed_before(instance: DagsterInstance, trigger: str, tag: str) -> RunRecor
     return last if last.dagster_run.tags.get(PLANNED_TAG) == tag else None
 
 
-def build_automation(settings: Settings, defs_of: Callable[[], Definitions], job: Any):
-    """The rebuild sensor, the daily schedule and the sensor that continues the schedule's
-    plan, over the Definitions ``defs_of`` returns; their runs are of ``job`` (the one job
-    of :mod:`qwen_assets.defs.jobs`)."""
+def build_automation(settings: Settings, defs_of: Callable[[], Definitions], assets: Any):
+    """The rebuild sensor, the observing sensor, the daily schedule, the rebuild_stale job
+    and the sensor that continues the plans of those two, over the Definitions ``defs_of``
+    returns; the runs they launch are of ``assets`` (the job of :mod:`qwen_assets.defs.jobs`)."""
 
     @sensor(
         name="rebuild_stale_assets",
@@ -158,7 +174,7 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions], job
         default_status=DefaultScheduleStatus.STOPPED,
         description="Once a day, builds whatever the day's edits made stale and publishes the "
         "site: turn rebuild_stale_assets off and this on to batch edits into one daily build. "
-        "Launches the plan's first run; continue_daily_rebuild launches the rest, a run at a "
+        "Launches the plan's first run; continue_rebuild launches the rest, a run at a "
         "time. A day with nothing changed launches nothing.",
     )
     def daily_rebuild(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
@@ -173,24 +189,75 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions], job
         # A schedule's run needs a key unique within its tick.
         return run_request(first, settings, SCHEDULE, run_key=first.describe())
 
-    @run_status_sensor(
-        name="continue_daily_rebuild",
-        run_status=DagsterRunStatus.SUCCESS,
-        monitored_jobs=[job],
-        request_job=job,
-        default_status=DefaultSensorStatus.RUNNING,
-        description="When a run of daily_rebuild succeeds, plans again and launches the next "
-        "run of its plan; a failed run ends the day's build there.",
+    @op(
+        name="plan_stale_rebuild",
+        required_resource_keys={"run_worker"},  # records its process, as every run does
+        description="Records changed prompts, plans what is stale and logs the plan; "
+        "continue_rebuild launches its runs once this step has succeeded.",
     )
-    def continue_daily_rebuild(context: RunStatusSensorContext) -> RunRequest | SkipReason:
-        if context.dagster_run.tags.get(TRIGGER_TAG) != SCHEDULE:
-            return SkipReason("not a run of daily_rebuild")
+    def plan_stale_rebuild(context: OpExecutionContext) -> None:
+        fail_dead_runs(context.instance)
+        if build_running(context.instance):
+            raise Failure(
+                "a qwen-assets build is running: launch rebuild_stale again once it is done"
+            )
+        others = [
+            record.dagster_run
+            for record in waiting_runs(context.instance)
+            if record.dagster_run.run_id != context.run_id
+        ]
+        if others:
+            raise Failure(
+                f"run {others[-1].run_id[:8]} is {others[-1].status.value.lower()}: launch "
+                "rebuild_stale again once it is done (DuckDB takes one writer)"
+            )
+        record_instruction_versions(context.instance, settings)
+        plan = project_plan(defs_of(), context.instance, settings)
+        if plan.empty:
+            context.log.info("everything is fresh: nothing to build")
+            return
+        runs = plan.runs()
+        context.log.info(
+            f"continue_rebuild launches {len(runs)} run(s), one after another: "
+            + "; ".join(run.describe() for run in runs)
+        )
+
+    @job(
+        name="rebuild_stale",
+        tags={TRIGGER_TAG: MANUAL},
+        description="Launch it (Launch run, no config) to build exactly what is stale now and "
+        "publish the site, as the rebuild_stale_assets sensor would: for when the sensor is "
+        "off. Its step plans; continue_rebuild launches the plan's runs, a run at a time.",
+    )
+    def rebuild_stale() -> None:
+        plan_stale_rebuild()
+
+    @run_status_sensor(
+        name="continue_rebuild",
+        run_status=DagsterRunStatus.SUCCESS,
+        monitored_jobs=[assets, rebuild_stale],
+        request_job=assets,
+        minimum_interval_seconds=settings.automation.sensor_interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="When a run of daily_rebuild or of the rebuild_stale job succeeds, plans "
+        "again and launches the next run of its plan; a failed run ends that build there.",
+    )
+    def continue_rebuild(context: RunStatusSensorContext) -> RunRequest | SkipReason:
+        trigger = context.dagster_run.tags.get(TRIGGER_TAG)
+        if trigger not in CONTINUED:
+            return SkipReason("not a run of daily_rebuild or of rebuild_stale")
         busy = busy_reason(context.instance)
         if busy:
             return SkipReason(busy)
         plan = project_plan(defs_of(), context.instance, settings)
         if plan.empty:
-            return SkipReason("the day's build is done")
-        return run_request(plan.runs()[0], settings, SCHEDULE)
+            return SkipReason(f"the {trigger}'s build is done")
+        return run_request(plan.runs()[0], settings, trigger)
 
-    return rebuild_stale_assets, observe_task_instructions, daily_rebuild, continue_daily_rebuild
+    return (
+        rebuild_stale_assets,
+        observe_task_instructions,
+        daily_rebuild,
+        rebuild_stale,
+        continue_rebuild,
+    )
