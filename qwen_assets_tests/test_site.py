@@ -4,6 +4,7 @@ from disk and from a loopback HTTP server, built from the session's real pipelin
 import csv
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -549,9 +550,11 @@ SIZES = {"desktop": (1400, 900), "laptop": (1024, 768), "phone": (390, 844)}
 
 
 @pytest.mark.parametrize("size", list(SIZES))
-def test_every_map_fits_its_panel_when_first_drawn(browser, site_dir, payload, size):
-    """No plot wider than its card on first draw (no resize), at each size; screenshots of
-    every page at that size are kept in test-artifacts/ for a person to look at."""
+def test_every_map_and_its_hover_labels_fit_its_panel(browser, site_dir, payload, size):
+    """No plot wider than its card on first draw (no resize), at each size, and the hover
+    label of a post at the left, the middle or the right of a map stays inside the map;
+    screenshots of every page at that size are kept in test-artifacts/ for a person to look
+    at."""
     width, height = SIZES[size]
     ARTIFACTS.mkdir(exist_ok=True)
     paths = ["index.html", "compare.html", task_page_name(payload["tasks"][1]["name"])]
@@ -569,6 +572,25 @@ def test_every_map_fits_its_panel_when_first_drawn(browser, site_dir, payload, s
                 }).filter((found) => found.out)"""
             )
             assert overflow == [], f"{path} at {size}: plots overflow their panels: {overflow}"
+            plot = ".js-plotly-plot"  # the page's first map
+            opened.page.locator(plot).first.scroll_into_view_if_needed()
+            box = opened.page.evaluate(RECT, plot)
+            positions = opened.all_positions(plot)
+            reached = opened.page.evaluate(  # on screen, under no legend, bar or other map
+                """(at) => at.filter(([x, y]) => {
+                  const found = document.elementFromPoint(x, y);
+                  return found !== null && found.classList.contains('nsewdrag');
+                })""",
+                [at for at in positions if box["left"] < at[0] < box["right"]],
+            )
+            across = sorted(reached, key=lambda at: at[0])
+            for share in (0.02, 0.5, 0.98):
+                tooltip = hover_label(opened.page, across[round(share * (len(across) - 1))])
+                inside = box["left"] - 1 <= tooltip["x"] <= tooltip["x"] + tooltip["width"]
+                assert inside and tooltip["x"] + tooltip["width"] <= box["right"] + 1, (
+                    f"{path} at {size}: a hover label runs out of its map: {tooltip}, {box}"
+                )
+                opened.page.mouse.move(0, 0)
             opened.page.screenshot(
                 path=str(ARTIFACTS / f"{path.removesuffix('.html')}-{size}.png"), full_page=True
             )
@@ -590,6 +612,30 @@ RECT = (
     "(selector) => { const r = document.querySelector(selector).getBoundingClientRect(); "
     "return {left: r.left, right: r.right, top: r.top, bottom: r.bottom}; }"
 )
+
+
+# Posts a pointer reaches (on screen, under no legend or bar), and those of them a cluster
+# label is drawn across.
+REACHED = """(at) => {
+  const labels = [...document.querySelectorAll('#plot .textpoint text')]
+    .filter((text) => text.style.visibility !== 'hidden')
+    .map((text) => text.getBoundingClientRect());
+  const clear = at.map(([x, y], doc) => [x, y, doc]).filter(([x, y]) => {
+    const found = document.elementFromPoint(x, y);
+    return found !== null && found.classList.contains('nsewdrag');
+  });
+  const labelled = clear.filter(([x, y]) => labels.some((box) =>
+    x >= box.left && x <= box.right && y >= box.top && y <= box.bottom));
+  return [clear.map(([x, y, doc]) => doc), labelled.map(([x, y, doc]) => doc)];
+}"""
+
+
+def hover_label(page, at: tuple[float, float]) -> dict:
+    """The box of the hover label the pointer over ``at`` shows."""
+    page.mouse.move(*at)
+    label = page.locator(".hoverlayer .hovertext")
+    label.wait_for(timeout=5_000)
+    return label.bounding_box()
 
 
 @pytest.mark.parametrize("size", list(SIZES))
@@ -620,27 +666,9 @@ def test_the_explorer_reads_at_every_size(browser, site_dir, payload, size):
         positions = opened.all_positions()
         page.mouse.move(*positions[0])  # the pointer over the map shows Plotly's mode bar
         page.locator("#plot .modebar").wait_for(timeout=5_000)
-        reach = page.evaluate(  # posts a pointer reaches (on screen, under no legend or bar),
-            # and those of them a cluster label is drawn across
-            """(at) => {
-              const labels = [...document.querySelectorAll('#plot .textpoint text')]
-                .filter((text) => text.style.visibility !== 'hidden')
-                .map((text) => text.getBoundingClientRect());
-              const clear = at.map(([x, y], doc) => [x, y, doc]).filter(([x, y]) => {
-                const found = document.elementFromPoint(x, y);
-                return found !== null && found.classList.contains('nsewdrag');
-              });
-              const labelled = clear.filter(([x, y]) => labels.some((box) =>
-                x >= box.left && x <= box.right && y >= box.top && y <= box.bottom));
-              return [clear.map(([x, y, doc]) => doc), labelled.map(([x, y, doc]) => doc)];
-            }""",
-            positions,
-        )
-        clear, under_labels = reach
+        clear, under_labels = page.evaluate(REACHED, positions)
         rightmost = max(clear, key=lambda doc: positions[doc][0])
-        page.mouse.move(*positions[rightmost])
-        page.locator(".hoverlayer .hovertext").wait_for(timeout=5_000)
-        tooltip = page.locator(".hoverlayer .hovertext").bounding_box()
+        tooltip = hover_label(page, positions[rightmost])
         assert tooltip["x"] >= 0 and tooltip["x"] + tooltip["width"] <= width + 1, tooltip
         if not phone:  # the mode bar shows while the pointer is over the map
             bar = page.evaluate(RECT, "#plot .modebar")
@@ -656,8 +684,18 @@ def test_the_explorer_reads_at_every_size(browser, site_dir, payload, size):
 
         # A post a label is drawn across opens like any other (the label lights its cluster
         # as the pointer arrives, a redraw after which Plotly names no post on the click).
-        assert under_labels, "the real sample's maps have posts under their labels"
-        doc = under_labels[0]
+        # One a finger can tell apart: no other post drawn within a point's width of it.
+        apart = [
+            doc
+            for doc in under_labels
+            if all(
+                math.dist(positions[doc], at) > 8
+                for other, at in enumerate(positions)
+                if other != doc
+            )
+        ]
+        assert apart, "the real sample's maps have posts under their labels"
+        doc = apart[0]
         at = opened.point_position(doc)
         if phone:
             page.touchscreen.tap(*at)
@@ -678,6 +716,19 @@ def test_the_explorer_reads_at_every_size(browser, site_dir, payload, size):
             }"""
         )
         assert out == 0, "nothing in the panel runs out of it"
+        if not phone:  # the open panel narrows the map: a label beside any post stays whole
+            positions = opened.all_positions()
+            clear, _ = page.evaluate(REACHED, positions)
+            box = page.evaluate(RECT, "#plot")
+            middle = (box["left"] + box["right"]) / 2
+            for doc in (
+                max(clear, key=lambda doc: positions[doc][0]),
+                min(clear, key=lambda doc: abs(positions[doc][0] - middle)),
+            ):
+                tooltip = hover_label(page, positions[doc])
+                assert box["left"] - 1 <= tooltip["x"], (tooltip, box)
+                assert tooltip["x"] + tooltip["width"] <= box["right"] + 1, (tooltip, box)
+                page.mouse.move(1, height - 1)
         assert page.evaluate("() => document.documentElement.scrollWidth") <= width
 
         hints = page.evaluate(

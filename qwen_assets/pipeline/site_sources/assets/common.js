@@ -17,8 +17,14 @@
     "#9c755f", "#bab0ac", "#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a",
     "#d62728", "#ff9896", "#9467bd", "#c5b0d5",
   ];
-  // Characters per line of a hover label: on a phone a label fits beside a point at either edge.
-  const HOVER_WRAP = narrow() ? 34 : 70;
+  /* Characters per line of a hover label, from the narrowest map on the page: a label at
+   * most two thirds of the map's width, which Plotly then keeps inside the map, so it stays
+   * whole in a grid of maps (the comparison's), beside the explorer's panel and on a phone. */
+  const CHAR_PX = 7.2; // a generous average for Plotly's 13 px label font
+  function hoverWrapFor(width) {
+    return Math.max(24, Math.min(70, Math.floor(((2 / 3) * width) / CHAR_PX)));
+  }
+  let hoverWrap = hoverWrapFor(window.innerWidth);
 
   const documents = data.documents;
   const count = documents.id.length;
@@ -81,7 +87,7 @@
             );
           }
           documents.preview.forEach((preview, index) => {
-            hoverText[index] += "<br>" + wrap(preview, HOVER_WRAP).map(escapeMarkup).join("<br>");
+            hoverText[index] += "<br>" + wrap(preview, hoverWrap).map(escapeMarkup).join("<br>");
           });
           resolve();
         };
@@ -351,14 +357,49 @@
    * and a needless redraw of a large WebGL map costs half a second. Call it before the
    * first draw, which then happens at the size it records. */
   function followBox(plot) {
+    followed.add(plot);
+    fitHoverLabels();
     if (!window.ResizeObserver) return;
     let last = [plot.clientWidth, plot.clientHeight];
     new ResizeObserver(() => {
       const size = [plot.clientWidth, plot.clientHeight];
       if (size[0] === last[0] && size[1] === last[1]) return;
       last = size;
+      fitHoverLabels();
       if (plot.data) window.Plotly.Plots.resize(plot);
     }).observe(plot);
+  }
+  const followed = new Set();
+
+  /* Wrap the hover labels for the narrowest followed plot: the texts to come, and those of
+   * the traces already drawn (a label's first line, its category, and its last lines in
+   * italics, a page's own, stay as they are). */
+  function fitHoverLabels() {
+    const widths = [...followed].map((plot) => plot.clientWidth).filter((width) => width > 0);
+    const fitting = widths.length ? hoverWrapFor(Math.min(...widths)) : hoverWrap;
+    if (fitting === hoverWrap) return;
+    hoverWrap = fitting;
+    hoverText.forEach((text, index) => {
+      hoverText[index] = rewrapHover(text, hoverWrap);
+    });
+    for (const plot of followed) {
+      if (!plot.data) continue;
+      const indices = [];
+      const texts = [];
+      plot.data.forEach((trace, position) => {
+        if (trace.meta !== DOCUMENTS || !Array.isArray(trace.text)) return;
+        indices.push(position);
+        texts.push(trace.text.map((text) => rewrapHover(text, hoverWrap)));
+      });
+      if (indices.length) window.Plotly.restyle(plot, { text: texts }, indices);
+    }
+  }
+
+  function rewrapHover(text, width) {
+    const lines = text.split("<br>");
+    const own = lines.slice(1).filter((line) => line.startsWith("<i>"));
+    const preview = lines.slice(1).filter((line) => !line.startsWith("<i>")).join(" ");
+    return [lines[0], ...(preview ? wrap(preview, width) : []), ...own].join("<br>");
   }
 
   /* The posts whose neighbourhood changed most against the reference task: fewest
