@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 BENCHMARKS = {
     "http": "benchmarks.http_throughput",
     "incremental": "benchmarks.incremental",
+    "edit-to-site": "benchmarks.edit_to_site",
     "growth": "benchmarks.growth",
     "render-scale": "benchmarks.render_scale",
     "local-cpu": "benchmarks.local_cpu",

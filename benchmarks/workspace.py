@@ -33,6 +33,7 @@ def project(
     embedding: dict | None = None,
     *,
     own_cache: bool = False,
+    automation: dict | None = None,
 ) -> Path:
     """A settings file for a project under the work folder; the small local model unless
     ``embedding`` says otherwise, and the shared cache unless ``own_cache``. Returns the
@@ -57,5 +58,6 @@ def project(
             "embedding_cache": str((root if own_cache else work_dir()) / "cache.duckdb"),
         },
         site={"output_dir": str(root / "site")},
+        automation=automation or {},
     )
     return write_settings(root / "settings.toml", raw)

@@ -320,7 +320,7 @@ def build_database_for(database: str) -> str:
 class AutomationSettings(_Section):
     # How often the rebuild sensor looks for what an edit made stale (Dagster's minimum
     # interval between its ticks).
-    sensor_interval_seconds: Annotated[int, Field(ge=1, le=86400)] = 30
+    sensor_interval_seconds: Annotated[int, Field(ge=1, le=86400)] = 10
 
 
 class StorageSettings(_Section):

@@ -1,15 +1,17 @@
 """How the daemon keeps the site current: three ways to build what is stale (a sensor, a
 schedule, a job a person launches), and a sensor that keeps the UI's stale badges true.
 
-- ``rebuild_stale_assets`` (on by default): every 30 s (``automation.sensor_interval_seconds``),
-  builds what a settings edit made stale, so an edit is built and published within minutes.
+- ``rebuild_stale_assets`` (on by default): every 10 s (``automation.sensor_interval_seconds``),
+  builds what a settings edit made stale, so an edit is published a minute or so after it is
+  reloaded.
 - ``daily_rebuild`` (off by default): at 05:00 UTC, the same once a day, for a deployment
   that batches the day's edits into one build (and one bill): turn the sensor off and the
   schedule on.
 - ``rebuild_stale`` (a job): the same at once, for a person in the UI (Jobs → rebuild_stale →
   Launch run). Its one step plans and says what will be built; it builds nothing itself, since
   its own run would hold the one writer's turn that the plan's runs need.
-- ``continue_rebuild`` carries the plan of the schedule, or of the job, on: a run at a time.
+- ``continue_rebuild`` carries each of their plans on, a run at a time: it launches the next
+  run as soon as the daemon sees one succeed (within about 5 s), not a tick later.
 - ``observe_task_instructions`` (on by default): records each changed prompt, so the UI
   shows the edited partitions stale with the rebuild sensor on or off.
 
@@ -69,7 +71,10 @@ SENSOR = "rebuild_stale_assets sensor"
 SCHEDULE = "daily_rebuild schedule"
 MANUAL = "rebuild_stale job"
 # The triggers whose plan continue_rebuild carries on once a run of it has succeeded.
-CONTINUED = {SCHEDULE, MANUAL}
+CONTINUED = {SENSOR, SCHEDULE, MANUAL}
+# How often continue_rebuild looks for a run that succeeded: at every turn of the sensor
+# daemon's loop (about every 5 s, its floor), so the next run of a plan follows at once.
+CONTINUE_INTERVAL_SECONDS = 1
 # On each run a trigger launches: which run of which settings it is, so that a run that
 # failed is not launched again, the same, until the settings change.
 PLANNED_TAG = "qwen_assets/planned"
@@ -237,15 +242,16 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions], ass
         run_status=DagsterRunStatus.SUCCESS,
         monitored_jobs=[assets, rebuild_stale],
         request_job=assets,
-        minimum_interval_seconds=settings.automation.sensor_interval_seconds,
+        minimum_interval_seconds=CONTINUE_INTERVAL_SECONDS,
         default_status=DefaultSensorStatus.RUNNING,
-        description="When a run of daily_rebuild or of the rebuild_stale job succeeds, plans "
-        "again and launches the next run of its plan; a failed run ends that build there.",
+        description="When a run that rebuild_stale_assets, daily_rebuild or the rebuild_stale "
+        "job launched succeeds, plans again and launches the next run of its plan at once; a "
+        "failed run ends that build there.",
     )
     def continue_rebuild(context: RunStatusSensorContext) -> RunRequest | SkipReason:
         trigger = context.dagster_run.tags.get(TRIGGER_TAG)
         if trigger not in CONTINUED:
-            return SkipReason("not a run of daily_rebuild or of rebuild_stale")
+            return SkipReason("not a run of rebuild_stale_assets, daily_rebuild or rebuild_stale")
         busy = busy_reason(context.instance)
         if busy:
             return SkipReason(busy)
