@@ -22,12 +22,9 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 from benchmarks.results import table, write_section
-from benchmarks.workspace import project, work_dir
-from qwen_assets.testing import TEST_MAX_SEQ_LENGTH, TEST_MODEL_NAME, minilm_path
-from qwen_assets.testing.embedding_server import EmbeddingServer
+from benchmarks.workspace import minilm_server, project, through, work_dir
 
 REPO = Path(__file__).resolve().parents[1]
 INTERVALS = [10, 30]  # the default sensor interval, and the one before it
@@ -121,12 +118,7 @@ def one_edit(url: str, settings: Path, site: Path, old: str, new: str, instance)
 def run() -> str:
     from dagster import DagsterInstance
 
-    from qwen_assets.pipeline.embedding.local import load_model
-
-    model = load_model(minilm_path(), "cpu", TEST_MAX_SEQ_LENGTH)
-    server = EmbeddingServer(
-        lambda texts: np.asarray(model.encode(texts, batch_size=16, show_progress_bar=False))
-    ).start()
+    server = minilm_server()
     rows = []
     try:
         for interval in INTERVALS:
@@ -134,11 +126,7 @@ def run() -> str:
             shutil.rmtree(work_dir() / name, ignore_errors=True)  # a new project each time
             settings = project(
                 name,
-                embedding={
-                    "model": TEST_MODEL_NAME,
-                    "backend": "http",
-                    "http": {"base_url": server.base_url, "max_in_flight": 4},
-                },
+                embedding=through(server),
                 automation={"sensor_interval_seconds": interval},
             )
             root = settings.parent

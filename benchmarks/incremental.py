@@ -11,12 +11,8 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
-
 from benchmarks.results import table, write_section
-from benchmarks.workspace import project
-from qwen_assets.testing import TEST_MAX_SEQ_LENGTH, TEST_MODEL_NAME, minilm_path
-from qwen_assets.testing.embedding_server import EmbeddingServer
+from benchmarks.workspace import minilm_server, project, through
 
 PROJECT = "incremental"  # its folder under the benchmarks' work folder
 
@@ -25,20 +21,12 @@ def run() -> str:
     from dagster import instance_for_test
 
     from qwen_assets.cli import rebuild_stale
-    from qwen_assets.pipeline.embedding.local import load_model
     from qwen_assets.settings import load_settings
 
-    model = load_model(minilm_path(), "cpu", TEST_MAX_SEQ_LENGTH)
-    server = EmbeddingServer(
-        lambda texts: np.asarray(model.encode(texts, batch_size=16, show_progress_bar=False))
-    ).start()
+    server = minilm_server()
     settings_path = project(
         PROJECT,
-        embedding={
-            "model": TEST_MODEL_NAME,
-            "backend": "http",
-            "http": {"base_url": server.base_url, "max_in_flight": 4},
-        },
+        embedding=through(server),
         own_cache=True,  # a cold build pays for every vector
     )
     for name in ["warehouse.duckdb", "cache.duckdb"]:

@@ -7,7 +7,14 @@ import os
 from pathlib import Path
 
 from qwen_assets.settings import ENVIRONMENT_OVERRIDES
-from qwen_assets.testing import TEST_MAX_SEQ_LENGTH, minilm_path, settings_dict, write_settings
+from qwen_assets.testing import (
+    TEST_MAX_SEQ_LENGTH,
+    TEST_MODEL_NAME,
+    minilm_path,
+    settings_dict,
+    write_settings,
+)
+from qwen_assets.testing.embedding_server import EmbeddingServer
 
 ARCHIVE_ENV = next(
     variable for variable, key in ENVIRONMENT_OVERRIDES.items() if key == ("corpus", "archive")
@@ -61,3 +68,25 @@ def project(
         automation=automation or {},
     )
     return write_settings(root / "settings.toml", raw)
+
+
+def minilm_server() -> EmbeddingServer:
+    """A started loopback OpenAI-compatible server answering with the small real model, so a
+    benchmark counts real requests and pays a real model's time."""
+    import numpy as np
+
+    from qwen_assets.pipeline.embedding.local import load_model
+
+    model = load_model(minilm_path(), "cpu", TEST_MAX_SEQ_LENGTH)
+    return EmbeddingServer(
+        lambda texts: np.asarray(model.encode(texts, batch_size=16, show_progress_bar=False))
+    ).start()
+
+
+def through(server: EmbeddingServer) -> dict:
+    """The ``embedding`` settings of a project embedding through ``server``."""
+    return {
+        "model": TEST_MODEL_NAME,
+        "backend": "http",
+        "http": {"base_url": server.base_url, "max_in_flight": 4},
+    }
