@@ -16,6 +16,7 @@ BENCHMARKS = {
     "http": "benchmarks.http_throughput",
     "incremental": "benchmarks.incremental",
     "edit-to-site": "benchmarks.edit_to_site",
+    "slow-server": "benchmarks.slow_server",
     "growth": "benchmarks.growth",
     "render-scale": "benchmarks.render_scale",
     "local-cpu": "benchmarks.local_cpu",

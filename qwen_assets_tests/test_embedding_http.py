@@ -3,8 +3,11 @@
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import duckdb
+import httpx
 import numpy as np
 import pytest
 
@@ -17,7 +20,7 @@ from qwen_assets.pipeline.embedding import (
 from qwen_assets.pipeline.embedding.http import HttpBackend
 from qwen_assets.settings import parse_settings
 from qwen_assets.testing import settings_dict
-from qwen_assets.testing.embedding_server import Fault
+from qwen_assets.testing.embedding_server import EmbeddingServer, Fault
 from qwen_assets_tests.conftest import SmallDisk
 
 TEXTS = [
@@ -211,7 +214,6 @@ def test_a_bad_batch_does_not_throw_away_the_answers_in_flight_beside_it(fresh_s
 
 
 def test_an_unreadable_cache_is_moved_aside_with_one_line(fresh_server, cache, caplog):
-    from pathlib import Path
 
     run(fresh_server, cache)
     path = Path(cache)
@@ -467,3 +469,35 @@ def test_the_run_log_says_measuring_speed_until_a_speed_is_known(monkeypatch):
     progress.update()  # 32 texts in 4 s
     assert "measuring speed" in lines[0] and "texts/s" not in lines[0], lines[0]
     assert "8.0 texts/s, about 4s left" in lines[1], lines[1]
+
+
+def test_the_loopback_server_models_a_busy_self_hosted_one(cache):
+    """What the slow-server benchmark leans on: a server of one worker computes a request its
+    client gave up on to the end, so the retry queues behind it and the texts are computed
+    twice; with a request queued past its limit it answers 503."""
+
+    def hashed(texts: list[str]) -> np.ndarray:
+        return np.asarray([[len(text), 1.0, i % 3] for i, text in enumerate(texts)], np.float32)
+
+    batch = TEXTS[:8]
+    server = EmbeddingServer(hashed, workers=1, seconds_per_text=0.1).start()  # 0.8 s a batch
+    try:
+        with pytest.raises(EmbeddingError, match="gave up after 2 attempts, last ReadTimeout"):
+            run(server, cache, texts=batch, timeout_seconds=0.3, max_attempts=2)
+        deadline = time.monotonic() + 5
+        while server.abandoned < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.abandoned == 2, "both attempts were computed after the client left"
+        assert all(server.computed[text] == 2 for text in batch), server.computed
+
+        server.queue_limit = 0  # nothing may wait for the busy worker
+        with httpx.Client(base_url=server.base_url, timeout=5) as client:
+            body = {"model": "m", "input": batch}
+            with ThreadPoolExecutor(2) as pool:
+                first = pool.submit(client.post, "/embeddings", json=body)
+                time.sleep(0.2)  # the first holds the worker
+                second = pool.submit(client.post, "/embeddings", json=body)
+                statuses = sorted([first.result().status_code, second.result().status_code])
+        assert statuses == [200, 503]
+    finally:
+        server.stop()

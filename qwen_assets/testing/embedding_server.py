@@ -5,6 +5,12 @@ from a real model (any callable texts -> matrix). Faults are scripted per reques
 request is recorded, so tests can assert what the server saw. ``hold()`` keeps every request
 waiting until ``release()``, so a test can act while a client is certainly mid-request. A
 request answered after ``reset()`` (one a client gave up on) is not recorded.
+
+With ``workers`` set it models a real self-hosted server's capacity: that many requests are
+computed at once, each for ``seconds_per_text`` per text (times ``slowness``, which a test may
+raise mid-run), the rest wait in a queue (answered 503 past ``queue_limit``), and a request
+whose client gave up is still computed to the end, as a real server does: ``abandoned`` counts
+those, and ``computed`` counts how often each text was computed.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import json
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -56,6 +62,14 @@ class EmbeddingServer:
     headers_seen: list[dict[str, str]] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each request
     waiting: int = 0  # requests held at the gate now
+    workers: int | None = None  # requests computed at once; None: no capacity model
+    seconds_per_text: float = 0.0  # compute time per text, with ``workers``
+    slowness: float = 1.0  # a multiplier of that time, which may change mid-run
+    queue_limit: int | None = None  # answer 503 when this many already wait for a worker
+    queued: int = 0  # requests waiting for a worker now
+    abandoned: int = 0  # requests computed whose client had gone by the answer
+    computed: Counter[str] = field(default_factory=Counter)  # texts computed, with repeats
+    _workers: asyncio.Semaphore | None = None
     _window: deque[float] = field(default_factory=deque)
     _generation: int = 0
 
@@ -101,6 +115,8 @@ class EmbeddingServer:
             self.statuses.clear()
             self.headers_seen.clear()
             self.arrivals.clear()
+            self.computed.clear()
+            self.abandoned = 0
         self.release()
 
     def hold(self) -> None:
@@ -165,6 +181,10 @@ class EmbeddingServer:
             return answer(fault.status, {"error": {"message": fault.message}}, headers)
         if self.latency is not None:
             await asyncio.sleep(self.latency())
+        if self.workers is not None:
+            busy = await self._compute(texts, request)
+            if busy is not None:
+                return answer(503, {"error": {"message": busy}}, {"Retry-After": "1"})
         vectors = await asyncio.to_thread(self.vectorise, texts)
         vectors = np.asarray(vectors, dtype=np.float32)
         if payload.get("dimensions"):  # Matryoshka, as Qwen3-Embedding's APIs do it: the
@@ -198,6 +218,30 @@ class EmbeddingServer:
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             },
         )
+
+    async def _compute(self, texts: list[str], request: Request) -> str | None:
+        """Wait for a worker and hold it for the texts' compute time; why not, if the queue
+        is full. A client that has gone by then leaves a computed, unanswered request."""
+        if self._workers is None:
+            self._workers = asyncio.Semaphore(self.workers or 1)
+        full = self.queue_limit is not None and self.queued >= self.queue_limit
+        if full and self._workers.locked():
+            return "server overloaded: too many requests queued"
+        self.queued += 1
+        try:
+            await self._workers.acquire()
+        finally:
+            self.queued -= 1
+        try:
+            await asyncio.sleep(self.seconds_per_text * self.slowness * len(texts))
+            with self.lock:
+                self.computed.update(texts)
+        finally:
+            self._workers.release()
+        if await request.is_disconnected():
+            with self.lock:
+                self.abandoned += 1
+        return None
 
     @staticmethod
     def _encode(vector: np.ndarray, payload: dict) -> object:
