@@ -118,8 +118,7 @@ def _loaded_minilm():
 
 
 def load_minilm():
-    """The small model, loaded once a process when first needed (a session whose vectors all
-    come from the store loads it only to spot-check them)."""
+    """The small model, loaded once a process (the loopback server loads it as it starts)."""
     with _model_loading:
         return _loaded_minilm()
 
@@ -173,6 +172,9 @@ def server(
         vectors_folder,
         spot_checks=SPOT_CHECKS if checks else 0,
     )
+    # Loaded before the first request, so no request pays for it: a test's short client
+    # timeout would take the load for a hung server, run alone or first.
+    load_minilm()
     running = EmbeddingServer(vectors).start()
     yield running
     running.stop()
