@@ -18,6 +18,7 @@ from qwen_assets.pipeline.embedding import (
     embed_texts,
 )
 from qwen_assets.pipeline.embedding.http import HttpBackend
+from qwen_assets.pipeline.embedding.in_flight import InFlightLimit
 from qwen_assets.settings import parse_settings
 from qwen_assets.testing import settings_dict
 from qwen_assets.testing.embedding_server import EmbeddingServer, Fault
@@ -501,3 +502,47 @@ def test_the_loopback_server_models_a_busy_self_hosted_one(cache):
         assert statuses == [200, 503]
     finally:
         server.stop()
+
+
+def test_a_server_slower_than_the_timeout_slows_the_build_and_never_fails_it(cache, caplog):
+    """A self-hosted server whose one answer takes longer than the client's timeout: the
+    client sends fewer requests at once, gives a batch that timed out more time, and
+    finishes, with at most the first batch's two tries left computing on the server."""
+
+    def hashed(texts: list[str]) -> np.ndarray:
+        return np.asarray([[len(text), 1.0, i % 3] for i, text in enumerate(texts)], np.float32)
+
+    # Two workers; a batch of 8 takes 0.5 s, more than the client's 0.2 s timeout.
+    server = EmbeddingServer(hashed, workers=2, seconds_per_text=0.5 / 8).start()
+    try:
+        with caplog.at_level(logging.INFO):
+            vectors, _ = run(server, cache, timeout_seconds=0.2, max_attempts=6, max_in_flight=4)
+        assert len(vectors) == len(TEXTS)
+        assert cached_rows(cache) == len(TEXTS)
+        time.sleep(1.0)  # what the server computes for a request given up on ends by now
+        assert server.abandoned <= 2, server.abandoned
+        assert "server slowing: 4 → 2 in flight (a request timed out" in caplog.text
+    finally:
+        server.stop()
+
+
+def test_the_in_flight_limit_halves_once_a_burst_and_grows_back_a_window_at_a_time():
+    said: list[str] = []
+    limit = InFlightLimit(most=8, timeout_seconds=10.0, say=said.append)
+    limit.answered(0.5, 32, epoch=0)  # fast, and quiet (under a tenth of the timeout)
+    limit.answered(0.9, 32, epoch=0)  # slower than the fastest, but still quiet: no change
+    assert limit.allowed == 8
+
+    for _ in range(5):  # five requests of one burst time out: one halving
+        limit.behind("a request timed out", epoch=0)
+    assert limit.allowed == 4 and said == ["server slowing: 8 → 4 in flight (a request timed out)"]
+    limit.answered(0.5, 32, epoch=0)  # sent before the decrease: it says nothing of 4
+    assert limit.allowed == 4
+
+    for _ in range(4):  # a window of 4 good answers at 4: one more
+        limit.answered(0.5, 32, epoch=limit.epoch)
+    assert limit.allowed == 5
+
+    limit.answered(4.0, 32, epoch=limit.epoch)  # 8x the fastest, and over a tenth of 10 s
+    assert limit.allowed == 2 and "slower than the fastest" in said[-1]
+    assert limit.timeout_for(32, timeouts_before=1) >= 2 * limit.timeout_for(32, 0)

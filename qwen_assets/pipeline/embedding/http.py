@@ -1,11 +1,13 @@
 """An OpenAI-compatible ``/v1/embeddings`` client: SiliconFlow by default, or any vLLM, TEI,
 Infinity, Ollama or llama.cpp server.
 
-Batches flow through a fixed number of in-flight slots as a continuous pipeline (a slot takes
-the next batch the moment it is free), under a client-side requests-per-minute limit
-(aiolimiter) and optional tokens-per-minute limit. Retries use tenacity: exponential backoff
-with jitter, honouring ``Retry-After``. The first batch is sent alone, so a wrong key or model
-fails in one request rather than after many.
+Batches flow through in-flight slots as a continuous pipeline (a slot takes the next batch
+the moment it is free), as many at once as the server sustains (:mod:`.in_flight`: at most
+``max_in_flight``, fewer while the server is behind), under a client-side requests-per-minute
+limit (aiolimiter) and optional tokens-per-minute limit. Retries use tenacity: exponential
+backoff with jitter, honouring ``Retry-After``; a retry waits for a free place, and a batch
+that timed out gets twice the time on its next try. The first batch is sent alone, so a wrong
+key or model fails in one request rather than after many.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import base64
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -41,6 +44,7 @@ from qwen_assets.pipeline.embedding.core import (
     announce,
     make_batches,
 )
+from qwen_assets.pipeline.embedding.in_flight import InFlightLimit
 from qwen_assets.pipeline.redaction import redact_credentials, redact_secrets
 from qwen_assets.settings import HttpSettings
 
@@ -126,6 +130,9 @@ class HttpBackend:
         self._requests = AsyncLimiter(1, 60 / rpm)
         tpm = settings.tokens_per_minute
         self._tokens = AsyncLimiter(tpm, 60.0) if tpm else None
+        self.in_flight = InFlightLimit(
+            settings.max_in_flight, settings.timeout_seconds, lambda line: log.info("%s", line)
+        )
 
     def batches(self, texts: Sequence[str], prefix: str, batch_size: int) -> list[Batch]:
         return make_batches(texts, batch_size)
@@ -217,9 +224,13 @@ class HttpBackend:
                 return seconds
             return wait_random_exponential(multiplier=0.5, max=30)(state)
 
+        timeouts = 0  # of this batch: each gives its next try twice the time
+
         def before_sleep(state: RetryCallState) -> None:
+            nonlocal timeouts
             self.retries += 1
             error = state.outcome.exception() if state.outcome else None
+            timeouts += isinstance(error, httpx.TimeoutException)
             self.log.warning(
                 "%s: %s; retry %d in %.1fs",
                 batch.label,
@@ -242,7 +253,7 @@ class HttpBackend:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._post(client, batch, prefix)
+                    return await self._post(client, batch, prefix, timeouts)
         except RetryableStatus as error:
             raise EmbeddingError(
                 f"{batch.label}: gave up after {self.settings.max_attempts} attempts, last {error}"
@@ -255,7 +266,7 @@ class HttpBackend:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _post(
-        self, client: httpx.AsyncClient, batch: Batch, prefix: str
+        self, client: httpx.AsyncClient, batch: Batch, prefix: str, timeouts: int = 0
     ) -> tuple[np.ndarray, int]:
         body: dict[str, Any] = {
             "model": self.model,
@@ -267,9 +278,23 @@ class HttpBackend:
         if self._tokens is not None:
             estimate = sum(len(text) for text in body["input"]) // CHARS_PER_TOKEN + 1
             await self._tokens.acquire(min(estimate, self.settings.tokens_per_minute or estimate))
-        async with self._requests:
-            self.requests += 1
-            response = await client.post("/embeddings", json=body)
+        limit = self.in_flight
+        epoch = await limit.acquire()
+        timeout = limit.timeout_for(len(batch.texts), timeouts)
+        try:
+            async with self._requests:
+                self.requests += 1
+                sent = time.monotonic()
+                response = await client.post("/embeddings", json=body, timeout=timeout)
+        except httpx.TimeoutException:
+            limit.behind(f"a request timed out after {timeout:.0f}s", epoch)
+            raise
+        finally:
+            await limit.release()
+        if response.status_code in RETRY_STATUSES:
+            limit.behind(f"HTTP {response.status_code}", epoch)
+        elif response.status_code < 400:
+            limit.answered(time.monotonic() - sent, len(batch.texts), epoch)
         if response.status_code >= 400:
             self._raise_for_status(response, batch)
         return self._parse(response, batch)
