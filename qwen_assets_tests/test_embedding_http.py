@@ -1,5 +1,6 @@
 """The HTTP backend against a real server on 127.0.0.1 serving real model vectors."""
 
+import asyncio
 import logging
 import math
 import time
@@ -546,3 +547,23 @@ def test_the_in_flight_limit_halves_once_a_burst_and_grows_back_a_window_at_a_ti
     limit.answered(4.0, 32, epoch=limit.epoch)  # 8x the fastest, and over a tenth of 10 s
     assert limit.allowed == 2 and "slower than the fastest" in said[-1]
     assert limit.timeout_for(32, timeouts_before=1) >= 2 * limit.timeout_for(32, 0)
+
+
+def test_the_limit_makes_requests_wait_in_each_event_loop_it_is_bound_to():
+    """Each call of the backend runs its own event loop (the size probes and the re-asks
+    after the main run do), and binds the limit to it first: a request waits for a place in
+    the second loop as in the first, instead of failing on the first loop's condition."""
+    limit = InFlightLimit(most=1, timeout_seconds=10.0, say=lambda line: None)
+
+    async def a_request_waits() -> None:
+        limit.bind()  # as HttpBackend.embed_batches does
+        await limit.acquire()
+        second = asyncio.create_task(limit.acquire())
+        await asyncio.sleep(0.05)
+        assert not second.done(), "one place: the second request waits"
+        await limit.release()
+        await second
+        await limit.release()
+
+    for _ in range(2):
+        asyncio.run(a_request_waits())

@@ -143,6 +143,7 @@ class HttpBackend:
         return redact_secrets(text, self._api_key)
 
     async def embed_batches(self, batches: Sequence[Batch], prefix: str, deliver: Deliver) -> None:
+        self.in_flight.bind()
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         limits = httpx.Limits(
             max_connections=self.settings.max_in_flight,

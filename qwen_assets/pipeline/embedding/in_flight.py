@@ -52,6 +52,12 @@ class InFlightLimit:
     def allowed(self) -> int:
         return max(1, min(self.most, math.floor(self.limit)))
 
+    def bind(self) -> None:
+        """A fresh place to wait, for a new event loop: each call of the backend runs in one
+        of its own, and an asyncio condition belongs to the loop that first waited on it."""
+        self._free = asyncio.Condition()
+        self.in_flight = 0
+
     async def acquire(self) -> int:
         """Wait for a place; the epoch the request is sent in."""
         if self._free is None:
