@@ -288,7 +288,7 @@ class HttpBackend:
                 sent = time.monotonic()
                 response = await client.post("/embeddings", json=body, timeout=timeout)
         except httpx.TimeoutException:
-            limit.behind(f"a request timed out after {timeout:.0f}s", epoch)
+            limit.behind(f"a request timed out after {timeout:.3g}s", epoch)
             raise
         finally:
             await limit.release()

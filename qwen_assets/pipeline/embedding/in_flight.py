@@ -41,8 +41,6 @@ class InFlightLimit:
     fastest: float | None = None  # seconds per text
     usual: float | None = None  # seconds per text, smoothed
     good_answers: int = 0  # since the last change
-    changes: list[str] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)
     _free: asyncio.Condition | None = None
 
     def __post_init__(self) -> None:
@@ -81,7 +79,6 @@ class InFlightLimit:
 
     def answered(self, seconds: float, texts: int, epoch: int) -> None:
         per_text = seconds / max(1, texts)
-        self.latencies.append(seconds)
         self.fastest = per_text if self.fastest is None else min(self.fastest, per_text)
         self.usual = per_text if self.usual is None else 0.8 * self.usual + 0.2 * per_text
         queued = seconds > QUIET_SHARE * self.timeout_seconds and per_text > SLOW * self.fastest
@@ -92,10 +89,8 @@ class InFlightLimit:
             return
         self.good_answers += 1
         if self.good_answers >= self.allowed and self.allowed < self.most:
-            before = self.allowed
             self.limit += 1
             self.good_answers = 0
-            self.changes.append(f"{before} → {self.allowed}")
 
     def behind(self, why: str, epoch: int) -> None:
         """The server is behind: fewer in flight, once per burst."""
@@ -106,5 +101,4 @@ class InFlightLimit:
         self.epoch += 1
         self.good_answers = 0
         if self.allowed != before:
-            self.changes.append(f"{before} → {self.allowed}")
             self.say(f"server slowing: {before} → {self.allowed} in flight ({why})")
