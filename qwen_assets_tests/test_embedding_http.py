@@ -473,16 +473,20 @@ def test_the_run_log_says_measuring_speed_until_a_speed_is_known(monkeypatch):
     assert "8.0 texts/s, about 4s left" in lines[1], lines[1]
 
 
+def cheap_vectors(texts: list[str]) -> np.ndarray:
+    """Vectors at no cost, for a server whose time is all in its modelled compute."""
+    return np.asarray([[len(text), 1.0, i % 3] for i, text in enumerate(texts)], np.float32)
+
+
 def test_the_loopback_server_models_a_busy_self_hosted_one(cache):
     """What the slow-server benchmark leans on: a server of one worker computes a request its
     client gave up on to the end, so the retry queues behind it and the texts are computed
     twice; with a request queued past its limit it answers 503."""
 
-    def hashed(texts: list[str]) -> np.ndarray:
-        return np.asarray([[len(text), 1.0, i % 3] for i, text in enumerate(texts)], np.float32)
-
     batch = TEXTS[:8]
-    server = EmbeddingServer(hashed, workers=1, seconds_per_text=0.1).start()  # 0.8 s a batch
+    server = EmbeddingServer(
+        cheap_vectors, workers=1, seconds_per_text=0.1
+    ).start()  # 0.8 s a batch
     try:
         with pytest.raises(EmbeddingError, match="gave up after 2 attempts, last ReadTimeout"):
             run(server, cache, texts=batch, timeout_seconds=0.3, max_attempts=2)
@@ -510,11 +514,8 @@ def test_a_server_slower_than_the_timeout_slows_the_build_and_never_fails_it(cac
     client sends fewer requests at once, gives a batch that timed out more time, and
     finishes, with at most the first batch's two tries left computing on the server."""
 
-    def hashed(texts: list[str]) -> np.ndarray:
-        return np.asarray([[len(text), 1.0, i % 3] for i, text in enumerate(texts)], np.float32)
-
     # Two workers; a batch of 8 takes 0.5 s, more than the client's 0.2 s timeout.
-    server = EmbeddingServer(hashed, workers=2, seconds_per_text=0.5 / 8).start()
+    server = EmbeddingServer(cheap_vectors, workers=2, seconds_per_text=0.5 / 8).start()
     try:
         with caplog.at_level(logging.INFO):
             vectors, _ = run(server, cache, timeout_seconds=0.2, max_attempts=6, max_in_flight=4)
