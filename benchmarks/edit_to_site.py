@@ -151,8 +151,7 @@ def run() -> str:
             try:
                 wait(lambda: served(URL), 180, "dg dev")
                 time.sleep(interval + 5)  # the sensors' first ticks, which find nothing to do
-                os.environ["DAGSTER_HOME"] = str(home)
-                with DagsterInstance.get() as instance:
+                with DagsterInstance.from_config(str(home)) as instance:
                     settings_text = settings.read_text()
                     old = "or neutral"
                     for new in (edit.format(f"{interval} s") for edit in EDITS):

@@ -586,8 +586,8 @@ def test_every_map_and_its_hover_labels_fit_its_panel(browser, site_dir, payload
             across = sorted(reached, key=lambda at: at[0])
             for share in (0.02, 0.5, 0.98):
                 tooltip = hover_label(opened.page, across[round(share * (len(across) - 1))])
-                inside = box["left"] - 1 <= tooltip["x"] <= tooltip["x"] + tooltip["width"]
-                assert inside and tooltip["x"] + tooltip["width"] <= box["right"] + 1, (
+                left, right = tooltip["x"], tooltip["x"] + tooltip["width"]
+                assert box["left"] - 1 <= left and right <= box["right"] + 1, (
                     f"{path} at {size}: a hover label runs out of its map: {tooltip}, {box}"
                 )
                 opened.page.mouse.move(0, 0)

@@ -41,10 +41,11 @@ class InFlightLimit:
     fastest: float | None = None  # seconds per text
     usual: float | None = None  # seconds per text, smoothed
     good_answers: int = 0  # since the last change
-    _free: asyncio.Condition | None = None
+    _free: asyncio.Condition = field(init=False)
 
     def __post_init__(self) -> None:
         self.limit = float(self.most)
+        self._free = asyncio.Condition()
 
     @property
     def allowed(self) -> int:
@@ -58,15 +59,12 @@ class InFlightLimit:
 
     async def acquire(self) -> int:
         """Wait for a place; the epoch the request is sent in."""
-        if self._free is None:
-            self._free = asyncio.Condition()
         async with self._free:
             await self._free.wait_for(lambda: self.in_flight < self.allowed)
             self.in_flight += 1
         return self.epoch
 
     async def release(self) -> None:
-        assert self._free is not None
         async with self._free:
             self.in_flight -= 1
             self._free.notify_all()
