@@ -10,7 +10,8 @@ With ``workers`` set it models a real self-hosted server's capacity: that many r
 computed at once, each for ``seconds_per_text`` per text (times ``slowness``, which a test may
 raise mid-run), the rest wait in a queue (answered 503 past ``queue_limit``), and a request
 whose client gave up is still computed to the end, as a real server does: ``abandoned`` counts
-those, and ``computed`` counts how often each text was computed.
+those, and ``computed`` counts how often each text was computed. ``wait_idle()`` returns once
+no request is being handled, so a test reads those counts after the last one is done.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class EmbeddingServer:
     statuses: list[int] = field(default_factory=list)
     headers_seen: list[dict[str, str]] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each request
+    handled_seconds: list[float] = field(default_factory=list)  # from arrival to answer
     waiting: int = 0  # requests held at the gate now
     workers: int | None = None  # requests computed at once; None: no capacity model
     seconds_per_text: float = 0.0  # compute time per text, with ``workers``
@@ -69,12 +71,14 @@ class EmbeddingServer:
     queued: int = 0  # requests waiting for a worker now
     abandoned: int = 0  # requests computed whose client had gone by the answer
     computed: Counter[str] = field(default_factory=Counter)  # texts computed, with repeats
+    handling: int = 0  # requests being handled now
     _workers: asyncio.Semaphore | None = None
     _window: deque[float] = field(default_factory=deque)
     _generation: int = 0
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
         self.gate = threading.Event()
         self.gate.set()
         app = Starlette(routes=[Route("/v1/embeddings", self._embeddings, methods=["POST"])])
@@ -107,6 +111,13 @@ class EmbeddingServer:
         self._thread.join(timeout=10)
         self._socket.close()
 
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Until no request is being handled: a request a client gave up on is still being
+        computed, and its count lands when it ends."""
+        with self.idle:
+            if not self.idle.wait_for(lambda: self.handling == 0, timeout):
+                raise TimeoutError(f"the test server still handles {self.handling} requests")
+
     def reset(self) -> None:
         with self.lock:
             self._generation += 1
@@ -115,6 +126,7 @@ class EmbeddingServer:
             self.statuses.clear()
             self.headers_seen.clear()
             self.arrivals.clear()
+            self.handled_seconds.clear()
             self.computed.clear()
             self.abandoned = 0
         self.release()
@@ -140,6 +152,18 @@ class EmbeddingServer:
         return Response(json.dumps(body), status, headers, media_type="application/json")
 
     async def _embeddings(self, request: Request) -> Response:
+        with self.lock:
+            self.handling += 1
+        started = time.monotonic()
+        try:
+            return await self._handle(request)
+        finally:
+            with self.idle:
+                self.handled_seconds.append(time.monotonic() - started)
+                self.handling -= 1
+                self.idle.notify_all()
+
+    async def _handle(self, request: Request) -> Response:
         payload = await request.json()
         texts = list(payload["input"])
         with self.lock:
