@@ -123,6 +123,7 @@ class BuildDisplay(logging.Handler):
                 completed=report.done,
                 rate=f"{report.rate:.1f}",
                 retries=report.retries,
+                in_flight=_in_flight(report),
             )
             return
         self.bars.remove_task(task)
@@ -150,7 +151,7 @@ class BuildDisplay(logging.Handler):
         )
         self.line(
             f"  embedding {report.label}: {report.done}/{report.total} texts, {speed}, "
-            f"{report.retries} retries"
+            f"{report.retries} retries{_in_flight(report)}"
         )
 
     def _add_bar(self, report) -> int:
@@ -169,14 +170,16 @@ class BuildDisplay(logging.Handler):
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]} texts/s"),
                 TimeRemainingColumn(),
-                TextColumn("{task.fields[retries]} retries"),
+                TextColumn("{task.fields[retries]} retries{task.fields[in_flight]}"),
                 console=self.console,
                 transient=True,  # a stopped display leaves no bar behind
                 redirect_stdout=False,
                 redirect_stderr=False,
             )
             self.bars.start()
-        return self.bars.add_task(report.label, total=report.total, rate="0.0", retries=0)
+        return self.bars.add_task(
+            report.label, total=report.total, rate="0.0", retries=0, in_flight=_in_flight(report)
+        )
 
     def _stop_bars(self) -> None:
         if self.bars is not None:
@@ -191,6 +194,11 @@ class BuildDisplay(logging.Handler):
             self.terminal.close()
             self.terminal = None
             self.console.file = sys.stdout
+
+
+def _in_flight(report) -> str:
+    """ ", 4 in flight" for a client of a server; nothing for a model in this process."""
+    return "" if report.in_flight is None else f", {report.in_flight} in flight"
 
 
 def rebuild_stale(

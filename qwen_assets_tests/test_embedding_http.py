@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import math
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,14 +13,16 @@ import httpx
 import numpy as np
 import pytest
 
+from qwen_assets.cli import BuildDisplay
 from qwen_assets.pipeline.embedding import (
     EmbeddingConfigError,
     EmbeddingError,
     EmbeddingResponseError,
     embed_texts,
 )
+from qwen_assets.pipeline.embedding.core import PROGRESS_LOGGER
 from qwen_assets.pipeline.embedding.http import HttpBackend
-from qwen_assets.pipeline.embedding.in_flight import InFlightLimit
+from qwen_assets.pipeline.embedding.in_flight import RECENT, InFlightLimit
 from qwen_assets.settings import parse_settings
 from qwen_assets.testing import settings_dict
 from qwen_assets.testing.embedding_server import EmbeddingServer, Fault
@@ -124,7 +127,7 @@ def test_a_long_retry_after_is_said_where_people_look(fresh_server, cache, monke
     caplog.set_level(logging.INFO, logger="qwen_assets.progress")
     run(fresh_server, cache)
     notes = [r.embedding_note for r in caplog.records if hasattr(r, "embedding_note")]
-    assert notes == [
+    assert [note for note in notes if note.startswith("batch")] == [
         "batch 1: the server asks to wait 100000s (HTTP 429, Retry-After); "
         "waiting 0.5s, the most this client waits"
     ]
@@ -231,12 +234,35 @@ def test_an_unreadable_cache_is_moved_aside_with_one_line(fresh_server, cache, c
     assert cached_rows(cache) == len(TEXTS), "a new cache holds what this run was answered"
 
 
-def test_giving_up_says_the_status_and_what_was_kept(fresh_server, cache):
-    fresh_server.faults.extend([Fault()] + [Fault(status=503, retry_after="0")] * 3)
+@pytest.mark.parametrize(
+    ("status", "said"),
+    [
+        (500, r"gave up after 3 attempts, last HTTP 500"),
+        (
+            503,
+            r"gave up after \d+ attempts, with no answer from the server for \d+s "
+            r"\(embedding.http.patience_seconds = 1\), last HTTP 503",
+        ),
+    ],
+)
+def test_giving_up_says_the_status_and_what_was_kept(fresh_server, cache, status, said):
+    """A 500 fails this request outright: max_attempts tries. A 503 says the server is behind:
+    tried on until it has answered nothing for patience_seconds."""
+    fresh_server.faults.extend([Fault()] + [Fault(status=status, retry_after="0.1")] * 60)
     with pytest.raises(
-        EmbeddingError, match=r"HTTP 503.*8 of 40 new texts were embedded and are cached"
-    ):
-        run(fresh_server, cache, max_in_flight=1)
+        EmbeddingError, match=said + r".*8 of 40 new texts were embedded and are cached"
+    ) as caught:
+        run(fresh_server, cache, max_in_flight=1, patience_seconds=1)
+    attempts = int(re.search(r"gave up after (\d+) attempts", str(caught.value)).group(1))
+    assert attempts == 3 if status == 500 else attempts > 3, attempts
+
+
+def test_a_server_behind_is_tried_past_max_attempts_while_it_answers(fresh_server, cache):
+    """Six 503s for one batch, three attempts allowed: the server answered moments ago, so
+    waiting helps, and the build finishes."""
+    fresh_server.faults.extend([Fault()] + [Fault(status=503, retry_after="0")] * 6)
+    vectors, stats = run(fresh_server, cache, max_in_flight=1)
+    assert len(vectors) == len(TEXTS) and stats.retries == 6
 
 
 def test_a_refused_key_fails_on_the_first_request(fresh_server, cache):
@@ -320,7 +346,7 @@ def test_a_hung_request_given_up_on_is_never_counted_later(fresh_server, cache):
     fresh_server.faults.append(Fault(hang_seconds=HUNG_TIMEOUT + 1))
     run(fresh_server, cache, timeout_seconds=HUNG_TIMEOUT)
     statuses = list(fresh_server.statuses)
-    time.sleep(1.5)  # past the end of the hang: an answer would have been recorded by now
+    fresh_server.wait_idle()  # the hung request is over: an answer would be recorded now
     assert fresh_server.statuses == statuses, "the given-up request recorded nothing"
     assert len(fresh_server.headers_seen) == len(statuses) + 1, "it was seen, not answered"
     assert sorted(fresh_server.texts_received) == sorted(TEXTS), "each text counted once"
@@ -488,11 +514,9 @@ def test_the_loopback_server_models_a_busy_self_hosted_one(cache):
         cheap_vectors, workers=1, seconds_per_text=0.1
     ).start()  # 0.8 s a batch
     try:
-        with pytest.raises(EmbeddingError, match="gave up after 2 attempts, last ReadTimeout"):
-            run(server, cache, texts=batch, timeout_seconds=0.3, max_attempts=2)
-        deadline = time.monotonic() + 5
-        while server.abandoned < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        with pytest.raises(EmbeddingError, match=r"gave up after 2 attempts, .* last ReadTimeout"):
+            run(server, cache, texts=batch, timeout_seconds=0.3, max_attempts=2, patience_seconds=0)
+        server.wait_idle()
         assert server.abandoned == 2, "both attempts were computed after the client left"
         assert all(server.computed[text] == 2 for text in batch), server.computed
 
@@ -509,28 +533,65 @@ def test_the_loopback_server_models_a_busy_self_hosted_one(cache):
         server.stop()
 
 
-def test_a_server_slower_than_the_timeout_slows_the_build_and_never_fails_it(cache, caplog):
+def test_a_server_slower_than_the_timeout_slows_the_build_and_never_fails_it(cache, caplog, capsys):
     """A self-hosted server whose one answer takes longer than the client's timeout: the
-    client sends fewer requests at once, gives a batch that timed out more time, and
-    finishes, with at most the first batch's two tries left computing on the server."""
+    client sends fewer requests at once, gives a batch that timed out more time (past
+    max_attempts: the server is answering), and finishes, with at most the first batch's
+    two tries left computing on the server. The command line and the metadata say so."""
 
     # Two workers; a batch of 8 takes 0.5 s, more than the client's 0.2 s timeout.
     server = EmbeddingServer(cheap_vectors, workers=2, seconds_per_text=0.5 / 8).start()
+    display = BuildDisplay(live=False)
+    PROGRESS_LOGGER.addHandler(display)
     try:
         with caplog.at_level(logging.INFO):
-            vectors, _ = run(server, cache, timeout_seconds=0.2, max_attempts=6, max_in_flight=4)
+            vectors, stats = run(
+                server, cache, timeout_seconds=0.2, max_attempts=2, max_in_flight=4
+            )
         assert len(vectors) == len(TEXTS)
         assert cached_rows(cache) == len(TEXTS)
-        time.sleep(1.0)  # what the server computes for a request given up on ends by now
+        server.wait_idle()
         assert server.abandoned <= 2, server.abandoned
-        assert "server slowing: 4 → 2 in flight (a request timed out" in caplog.text
+    finally:
+        PROGRESS_LOGGER.removeHandler(display)
+        display.finish()
+        server.stop()
+    said = capsys.readouterr().out
+    assert "server slowing: 4 → 2 in flight (a request timed out" in said
+    assert "server slowing: 4 → 2 in flight" in caplog.text, "the run's log says it too"
+    quarters = [line for line in said.splitlines() if re.search(rf"\d+/{len(TEXTS)} texts", line)]
+    assert quarters and all(re.search(r"retries, [1-4] in flight$", line) for line in quarters)
+    metadata = stats.as_metadata()
+    assert metadata["in_flight_limits"].startswith("4 → 2"), metadata
+    assert metadata["timeouts"] >= 2 and metadata["retries"] >= 2, metadata
+    assert 0.2 < metadata["latency_p50_seconds"] <= metadata["latency_p95_seconds"], metadata
+
+
+def test_a_server_that_answers_503_under_load_is_sent_less_and_never_fails_the_build(cache, caplog):
+    """Two workers and room for two more in the queue: at 8 in flight the rest are turned
+    away with 503. The client sends fewer at once, retries each rejected batch (past
+    max_attempts: the server is answering others), and no text is computed twice."""
+    texts = [f"text {number} of a busy server" for number in range(160)]  # 20 batches of 8
+    server = EmbeddingServer(
+        cheap_vectors, workers=2, seconds_per_text=0.2 / 8, queue_limit=2
+    ).start()
+    try:
+        with caplog.at_level(logging.INFO):
+            vectors, stats = run(server, cache, texts=texts, max_in_flight=8, max_attempts=2)
+        server.wait_idle()
+        rejected = server.statuses.count(503)
     finally:
         server.stop()
+    assert len(vectors) == len(texts) and cached_rows(cache) == len(texts)
+    assert rejected >= 1 and stats.retries == rejected, (rejected, stats.retries)
+    assert "server slowing: 8 → 5 in flight (HTTP 503)" in caplog.text
+    assert set(server.computed.values()) == {1}, "a batch turned away was never computed"
 
 
-def test_the_in_flight_limit_halves_once_a_burst_and_grows_back_a_window_at_a_time():
+def test_the_in_flight_limit_falls_once_a_burst_and_grows_back_a_window_at_a_time():
     said: list[str] = []
-    limit = InFlightLimit(most=8, timeout_seconds=10.0, say=said.append)
+    logged: list[str] = []
+    limit = InFlightLimit(most=8, timeout_seconds=10.0, say=said.append, log=logged.append)
     limit.answered(0.5, 32, epoch=0)  # fast, and quiet (under a tenth of the timeout)
     limit.answered(0.9, 32, epoch=0)  # slower than the fastest, but still quiet: no change
     assert limit.allowed == 8
@@ -543,10 +604,19 @@ def test_the_in_flight_limit_halves_once_a_burst_and_grows_back_a_window_at_a_ti
 
     for _ in range(4):  # a window of 4 good answers at 4: one more
         limit.answered(0.5, 32, epoch=limit.epoch)
-    assert limit.allowed == 5
+    assert limit.allowed == 5 and logged[-1] == "server keeping up: 5 in flight"
 
     limit.answered(4.0, 32, epoch=limit.epoch)  # 8x the fastest, and over a tenth of 10 s
-    assert limit.allowed == 2 and "slower than the fastest" in said[-1]
+    assert limit.allowed == 3, "queueing: 0.7 of 5"
+    assert "slower than the fastest recent one" in logged[-1] and len(said) == 1, "only logged"
+
+    for _ in range(RECENT):  # the server settles at that speed: once the fast answers are
+        limit.answered(4.0, 32, epoch=limit.epoch)  # out of the recent ones, it is the norm
+    settled = limit.allowed
+    for _ in range(10):
+        limit.answered(4.0, 32, epoch=limit.epoch)
+    assert limit.allowed > settled, "answers as slow as the recent ones are good answers"
+    assert limit.traffic.limits[:4] == [8, 4, 5, 3] and limit.traffic.in_flight == limit.allowed
     assert limit.timeout_for(32, timeouts_before=1) >= 2 * limit.timeout_for(32, 0)
 
 

@@ -162,6 +162,54 @@ def edit(settings_file: Path, old: str, new: str) -> None:
     settings_file.write_text(text.replace(old, new))
 
 
+def test_each_task_records_how_the_server_met_its_requests(small_built):
+    """What the UI shows a user whose build was slow: the in-flight limits used, the
+    latencies and the retries, on each partition of task_embeddings."""
+    records = small_built.instance.fetch_materializations(
+        AssetKey("task_embeddings"), limit=100
+    ).records
+    metadata = {record.partition_key: record.asset_materialization.metadata for record in records}
+    assert set(metadata) == set(TASKS)
+    most = small_built.settings().embedding.http.max_in_flight
+    for task, values in metadata.items():
+        limits = [int(limit) for limit in values["in_flight_limits"].value.split(" → ")]
+        assert limits[0] == most and all(1 <= limit <= most for limit in limits), (task, limits)
+        p50, p95 = values["latency_p50_seconds"].value, values["latency_p95_seconds"].value
+        assert 0 < p50 <= p95, (task, p50, p95)
+        assert values["timeouts"].value <= values["retries"].value, task
+
+
+def test_a_slow_server_is_learned_once_a_run_not_once_a_task(project_copy, server):
+    """A server of one worker, slower per batch than the client's timeout: the first task
+    meets it (a timeout, a longer retry), and the three after it start from what the first
+    learned, so none of them times out and the server computes at most the first task's
+    given-up requests for nothing."""
+
+    def edit(raw: dict) -> None:
+        raw["embedding"]["http"]["timeout_seconds"] = 0.5
+        for task in TASKS:
+            raw["tasks"][task]["instruction"] += " Be brief."
+
+    project = project_copy(edit)
+    server.reset()
+    server.workers, server.seconds_per_text = 1, 0.7 / 32  # 0.7 s a batch of 32
+    try:
+        report = rebuild_stale(project.instance, project.settings(), log=lambda line: None)
+        server.wait_idle()
+    finally:
+        server.workers, server.seconds_per_text = None, 0.0
+    assert report.succeeded, report.failure
+    timeouts = {}
+    for record in project.instance.fetch_materializations(
+        AssetKey("task_embeddings"), limit=100
+    ).records:
+        timeouts.setdefault(record.partition_key, record.asset_materialization.metadata)
+    timeouts = {task: values["timeouts"].value for task, values in timeouts.items()}
+    first, *later = TASKS  # the order the run embeds them in
+    assert timeouts[first] >= 1 and [timeouts[task] for task in later] == [0, 0, 0], timeouts
+    assert server.abandoned <= timeouts[first], "at most the first task's given-up requests"
+
+
 def test_only_what_is_stale_is_rebuilt(cold_project, small_built, server):
     settings_file, instance = cold_project
     documents = small_built.documents()

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from dagster import ConfigurableResource, InitResourceContext
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.defs.run_worker import RunWorker
 from qwen_assets.pipeline import storage
-from qwen_assets.pipeline.embedding import EmbeddingStats, embed_texts, open_backend
+from qwen_assets.pipeline.embedding import Backend, EmbeddingStats, embed_texts, open_backend
 from qwen_assets.pipeline.query import create_views
 from qwen_assets.settings import EmbeddingSettings
 
@@ -140,6 +140,13 @@ class Embedder(ConfigurableResource):
         default_factory=dict, description="Per variant: why this backend was chosen"
     )
     cache_database: str = Field(description="DuckDB path or connection string of the cache")
+    # One backend per variant for the whole run (Dagster's documented place for state a
+    # resource keeps between calls): what the HTTP client learned of a server, how many
+    # requests it sustains and how long they take, carries from one task to the next.
+    _opened: dict[str, Backend] = PrivateAttr(default_factory=dict)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._opened = {}  # each run logs to its own log, and learns its server afresh
 
     def embed(
         self,
@@ -150,5 +157,7 @@ class Embedder(ConfigurableResource):
         log: logging.Logger,
         label: str = "",
     ) -> tuple[np.ndarray, EmbeddingStats]:
-        backend = open_backend(self.backends[variant], settings, log)
+        backend = self._opened.get(variant)
+        if backend is None:
+            backend = self._opened[variant] = open_backend(self.backends[variant], settings, log)
         return embed_texts(texts, prefix, settings, backend, self.cache_database, log, label)

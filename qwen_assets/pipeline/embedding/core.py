@@ -24,6 +24,7 @@ import numpy as np
 from qwen_assets.errors import EmbeddingError
 from qwen_assets.pipeline.checks import all_the_same
 from qwen_assets.pipeline.embedding.cache import CacheUnreadableError, EmbeddingCache, prompt_key
+from qwen_assets.pipeline.embedding.in_flight import Traffic
 from qwen_assets.pipeline.storage import StorageError, move_aside, shown
 
 
@@ -70,6 +71,11 @@ class Backend(Protocol):
     requests: int  # requests (or local batches) made so far
     retries: int
 
+    def watch(self) -> Traffic | None:
+        """Count requests and retries from 0 again, for the next texts; and a fresh record
+        of the requests a server meets (None: no server)."""
+        ...
+
     def batches(self, texts: Sequence[str], prefix: str, batch_size: int) -> list[Batch]:
         """How the backend wants ``texts`` cut (an API: ``batch_size`` texts per request)."""
         ...
@@ -91,8 +97,10 @@ class EmbeddingStats:
     retries: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    traffic: Traffic | None = None
 
     def as_metadata(self) -> dict[str, object]:
+        traffic = self.traffic.as_metadata() if self.traffic else {}
         return {
             "backend": self.backend,
             "runs_on": self.runs_on,
@@ -104,6 +112,7 @@ class EmbeddingStats:
             "retries": self.retries,
             "tokens_used": self.tokens,
             "embedding_seconds": round(self.seconds, 2),
+            **traffic,
         }
 
 
@@ -133,6 +142,7 @@ class ProgressReport:
     cached: int
     retries: int
     rate: float  # texts/s since the first batch; 0 until a second one arrives
+    in_flight: int | None = None  # requests the client keeps in flight now (None: no server)
     finished: bool = False  # the last report of a task that embedded all it had to
 
 
@@ -164,6 +174,7 @@ class Progress:
                     cached=self.stats.cache_hits,
                     retries=self.stats.retries,
                     rate=self.rate(time.monotonic()),
+                    in_flight=self.stats.traffic.in_flight if self.stats.traffic else None,
                     finished=finished,
                 )
             },
@@ -190,13 +201,15 @@ class Progress:
             if rate
             else "measuring speed"
         )
+        traffic = self.stats.traffic
         self.log.info(
-            "embedded %d/%d texts (%.0f%%), %s, %d requests, %d retries, %d tokens",
+            "embedded %d/%d texts (%.0f%%), %s, %d requests%s, %d retries, %d tokens",
             self.stats.computed,
             self.to_compute,
             100 * self.stats.computed / max(self.to_compute, 1),
             speed,
             self.stats.requests,
+            f" ({traffic.in_flight} in flight)" if traffic else "",
             self.stats.retries,
             self.stats.tokens,
         )
@@ -390,6 +403,7 @@ def embed_prompts(
     (``EmbeddingCache.exclusive``)."""
     started = time.monotonic()
     stats = EmbeddingStats(backend=backend.name, model=cache.model, total=len(texts))
+    stats.traffic = backend.watch()
     keys = [prompt_key(prefix + text) for text in texts]
     found, size = _cached(cache, keys, dimensions, log)
     stats.cache_hits = sum(key in found for key in keys)
@@ -407,6 +421,13 @@ def embed_prompts(
     )
     progress = Progress(stats, log, len(missing), label)
     progress.report()
+    if stats.traffic is not None:  # a new in-flight limit is shown at once, not at the next batch
+
+        def limit_changed() -> None:
+            stats.requests, stats.retries = backend.requests, backend.retries
+            progress.report()
+
+        stats.traffic.on_change = limit_changed
     answers = _Answers(cache, backend, dimensions, size, list(missing), found, stats, progress)
     failure: EmbeddingError | None = None
     try:

@@ -6,8 +6,10 @@ the moment it is free), as many at once as the server sustains (:mod:`.in_flight
 ``max_in_flight``, fewer while the server is behind), under a client-side requests-per-minute
 limit (aiolimiter) and optional tokens-per-minute limit. Retries use tenacity: exponential
 backoff with jitter, honouring ``Retry-After``; a retry waits for a free place, and a batch
-that timed out gets twice the time on its next try. The first batch is sent alone, so a wrong
-key or model fails in one request rather than after many.
+that timed out gets twice the time on its next try. A server that is behind (timeouts, 429,
+502-504) is waited for as long as it answers something within ``patience_seconds``; one that
+is absent or fails a request outright gets ``max_attempts`` tries. The first batch is sent
+alone, so a wrong key or model fails in one request rather than after many.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
-    stop_after_attempt,
     wait_random_exponential,
 )
 
@@ -42,17 +43,26 @@ from qwen_assets.pipeline.embedding.core import (
     EmbeddingError,
     EmbeddingResponseError,
     announce,
+    duration,
     make_batches,
 )
-from qwen_assets.pipeline.embedding.in_flight import InFlightLimit
+from qwen_assets.pipeline.embedding.in_flight import AT_THE_EDGE, InFlightLimit, Traffic
 from qwen_assets.pipeline.redaction import redact_credentials, redact_secrets
 from qwen_assets.settings import HttpSettings
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
+# A server answering these is there but behind: waiting helps, however long it takes.
+BEHIND_STATUSES = frozenset({408, 429, 502, 503, 504})
 TOO_LARGE_WORDS = ("too large", "too long", "batch size", "too many", "maximum")
 MAX_RETRY_AFTER_SECONDS = 120.0
 SAID_WAIT_SECONDS = 10.0  # a wait this long is said on the command line, not only logged
 CHARS_PER_TOKEN = 4  # a rough estimate, only for the optional tokens-per-minute limit
+# The share of requests_per_minute the client sends: a request delayed on its way must not
+# land in the same window of the server's count as the next one.
+RATE_MARGIN = 0.98
+# Batches waiting, their requests built, for a place in flight: while a finished request's
+# answer is parsed and cached, the place it freed is already taken.
+SPARE_SLOTS = 2
 
 
 class RetryableStatus(EmbeddingError):
@@ -124,15 +134,29 @@ class HttpBackend:
                 f"variable {settings.api_key_env} (embedding.http.api_key_env), "
                 'or use embedding.backend = "local"'
             )
-        rpm = settings.requests_per_minute
+        self._bind_limiters()
+        self.pace = InFlightLimit(
+            settings.max_in_flight,
+            settings.timeout_seconds,
+            say=lambda line: announce(log, line),
+            log=lambda line: log.info("%s", line),
+        )
+        self.last_answer = time.monotonic()  # any answer: the server is making progress
+        self._halted = False  # a batch failed: nothing more is sent
+
+    def _bind_limiters(self) -> None:
+        """Budgets for the event loop about to run (each call of ``embed_batches`` runs in
+        one of its own, and an aiolimiter limiter belongs to one loop)."""
+        rpm = self.settings.requests_per_minute * RATE_MARGIN
         # One request every 60/rpm seconds: evenly spaced, so no opening burst trips a
         # server that counts its limit over short windows.
         self._requests = AsyncLimiter(1, 60 / rpm)
-        tpm = settings.tokens_per_minute
+        tpm = self.settings.tokens_per_minute
         self._tokens = AsyncLimiter(tpm, 60.0) if tpm else None
-        self.in_flight = InFlightLimit(
-            settings.max_in_flight, settings.timeout_seconds, lambda line: log.info("%s", line)
-        )
+
+    def watch(self) -> Traffic:
+        self.requests = self.retries = 0
+        return self.pace.watch()
 
     def batches(self, texts: Sequence[str], prefix: str, batch_size: int) -> list[Batch]:
         return make_batches(texts, batch_size)
@@ -143,7 +167,10 @@ class HttpBackend:
         return redact_secrets(text, self._api_key)
 
     async def embed_batches(self, batches: Sequence[Batch], prefix: str, deliver: Deliver) -> None:
-        self.in_flight.bind()
+        self.pace.bind()
+        self._bind_limiters()
+        self._halted = False
+        self.last_answer = time.monotonic()
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         limits = httpx.Limits(
             max_connections=self.settings.max_in_flight,
@@ -171,8 +198,9 @@ class HttpBackend:
             failed: list[EmbeddingError] = []
 
             async def slot() -> None:
-                # A failed batch stops new requests; the ones in flight are paid for, so
-                # their answers are still delivered (and cached) before the error is raised.
+                # A failed batch stops new requests, also of batches waiting for a place;
+                # the ones in flight are paid for, so their answers are still delivered (and
+                # cached) before the error is raised.
                 while not failed:
                     try:
                         batch = pending.get_nowait()
@@ -182,10 +210,11 @@ class HttpBackend:
                         await self._send(client, batch, prefix, deliver)
                     except EmbeddingError as error:
                         failed.append(error)
+                        self._halted = True
 
             try:
                 async with asyncio.TaskGroup() as group:
-                    for _ in range(min(self.settings.max_in_flight, len(queue))):
+                    for _ in range(min(self.settings.max_in_flight + SPARE_SLOTS, len(queue))):
                         group.create_task(slot())
             except BaseExceptionGroup as errors:  # the first slot's error is the batch's error
                 raise errors.exceptions[0] from None
@@ -196,7 +225,7 @@ class HttpBackend:
         self, client: httpx.AsyncClient, batch: Batch, prefix: str, deliver: Deliver
     ) -> None:
         try:
-            vectors, tokens = await self._with_retries(client, batch, prefix)
+            answer = await self._with_retries(client, batch, prefix)
         except BatchTooLarge:
             if len(batch.texts) == 1:
                 raise EmbeddingError(
@@ -206,11 +235,12 @@ class HttpBackend:
             for half in batch.halves():
                 await self._send(client, half, prefix, deliver)
             return
-        deliver(batch, vectors, tokens)
+        if answer is not None:  # None: halted before it was sent
+            deliver(batch, *answer)
 
     async def _with_retries(
         self, client: httpx.AsyncClient, batch: Batch, prefix: str
-    ) -> tuple[np.ndarray, int]:
+    ) -> tuple[np.ndarray, int] | None:
         def wait(state: RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
             if isinstance(error, RetryableStatus) and error.retry_after is not None:
@@ -240,6 +270,16 @@ class HttpBackend:
                 state.upcoming_sleep,
             )
 
+        attempts = 0
+
+        def stop(state: RetryCallState) -> bool:
+            nonlocal attempts
+            attempts = state.attempt_number
+            if attempts < self.settings.max_attempts:
+                return False
+            error = state.outcome.exception() if state.outcome else None
+            return not waiting_helps(error) or self._quiet() >= self.settings.patience_seconds
+
         retrying = AsyncRetrying(
             retry=retry_if_exception(
                 lambda error: isinstance(
@@ -247,7 +287,7 @@ class HttpBackend:
                 )
             ),
             wait=wait,
-            stop=stop_after_attempt(self.settings.max_attempts),
+            stop=stop,
             before_sleep=before_sleep,
             reraise=True,
         )
@@ -255,20 +295,30 @@ class HttpBackend:
             async for attempt in retrying:
                 with attempt:
                     return await self._post(client, batch, prefix, timeouts)
-        except RetryableStatus as error:
+        except (RetryableStatus, httpx.TimeoutException, httpx.TransportError) as error:
+            last = (
+                str(error)
+                if isinstance(error, RetryableStatus)
+                else f"{type(error).__name__} talking to {self.shown_url}"
+            )
+            waited = (
+                f", with no answer from the server for {duration(self._quiet())} "
+                f"(embedding.http.patience_seconds = {self.settings.patience_seconds:g})"
+                if waiting_helps(error)
+                else ""
+            )
             raise EmbeddingError(
-                f"{batch.label}: gave up after {self.settings.max_attempts} attempts, last {error}"
-            ) from None
-        except (httpx.TimeoutException, httpx.TransportError) as error:
-            raise EmbeddingError(
-                f"{batch.label}: gave up after {self.settings.max_attempts} attempts, last "
-                f"{type(error).__name__} talking to {self.shown_url}"
+                f"{batch.label}: gave up after {attempts} attempts{waited}, last {last}"
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _quiet(self) -> float:
+        """Seconds since the server last answered anything."""
+        return time.monotonic() - self.last_answer
+
     async def _post(
         self, client: httpx.AsyncClient, batch: Batch, prefix: str, timeouts: int = 0
-    ) -> tuple[np.ndarray, int]:
+    ) -> tuple[np.ndarray, int] | None:
         body: dict[str, Any] = {
             "model": self.model,
             "input": [prefix + text for text in batch.texts],
@@ -279,23 +329,30 @@ class HttpBackend:
         if self._tokens is not None:
             estimate = sum(len(text) for text in body["input"]) // CHARS_PER_TOKEN + 1
             await self._tokens.acquire(min(estimate, self.settings.tokens_per_minute or estimate))
-        limit = self.in_flight
+        limit = self.pace
         epoch = await limit.acquire()
-        timeout = limit.timeout_for(len(batch.texts), timeouts)
+        if self._halted:  # another batch failed while this one waited: it is not sent
+            await limit.release()
+            return None
+        # However slow the server, one request never outwaits the build's patience.
+        patience = max(self.settings.timeout_seconds, self.settings.patience_seconds)
+        timeout = min(limit.timeout_for(len(batch.texts), timeouts), patience)
         try:
             async with self._requests:
                 self.requests += 1
                 sent = time.monotonic()
                 response = await client.post("/embeddings", json=body, timeout=timeout)
         except httpx.TimeoutException:
+            limit.traffic.timeouts += 1
             limit.behind(f"a request timed out after {timeout:.3g}s", epoch)
             raise
         finally:
             await limit.release()
         if response.status_code in RETRY_STATUSES:
-            limit.behind(f"HTTP {response.status_code}", epoch)
+            limit.behind(f"HTTP {response.status_code}", epoch, AT_THE_EDGE)
         elif response.status_code < 400:
-            limit.answered(time.monotonic() - sent, len(batch.texts), epoch)
+            self.last_answer = time.monotonic()
+            limit.answered(self.last_answer - sent, len(batch.texts), epoch)
         if response.status_code >= 400:
             self._raise_for_status(response, batch)
         return self._parse(response, batch)
@@ -355,6 +412,17 @@ class HttpBackend:
         if isinstance(value, str):  # encoding_format = "base64": little-endian float32
             return np.frombuffer(base64.b64decode(value), dtype="<f4")
         return np.asarray(value, dtype=np.float32)
+
+
+def waiting_helps(error: BaseException | None) -> bool:
+    """A server that is behind (a timeout, 429, 502-504, a dropped connection) answers if
+    waited for; one that is absent (nothing listening) or fails this request outright (500)
+    does not."""
+    if isinstance(error, RetryableStatus):
+        return error.status in BEHIND_STATUSES
+    if isinstance(error, httpx.ConnectError):
+        return False
+    return isinstance(error, httpx.TimeoutException | httpx.TransportError)
 
 
 def _error_detail(response: httpx.Response) -> str:

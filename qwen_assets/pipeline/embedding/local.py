@@ -131,6 +131,9 @@ class LocalBackend:
         self.budget: int | None = None  # padded tokens per pass, once the model is loaded
         self._loaded: tuple[Any, Encode] | None = None
 
+    def watch(self) -> None:
+        self.requests = self.retries = 0
+
     @property
     def summary(self) -> str:
         """For people: "local backend on cuda, bfloat16, runtime torch (as set), batches of up
