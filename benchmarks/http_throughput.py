@@ -3,8 +3,9 @@
 The server answers after a jittered 150-400 ms and returns 429 (Retry-After: 1) above its
 requests-per-minute budget. Vectors are a cheap hash of the text: what is measured is the
 client, not a model. Compared with the theoretical bound
-min(RPM / 60 x batch, in-flight x batch / mean latency) and with a baseline that sends fixed
-groups of 10 concurrent requests and waits for the slowest before the next group.
+min(RPM / 60 x batch, in-flight x batch / mean latency), the latency as the server measured
+it (its wait and its own work, which shares this process), and with a baseline that sends
+fixed groups of 10 concurrent requests and waits for the slowest before the next group.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ DIMENSION = 64
 # (label, server requests per minute, texts); the server enforces its rate over 2 s windows,
 # so the limit bites within a short run as it would over a long one.
 SCENARIOS = [
-    ("latency-bound (RPM 6,000)", 6000, 16000),
-    ("rate-bound (RPM 900)", 900, 4000),
+    ("latency-bound (RPM 6,000)", 6000, 48000),
+    ("rate-bound (RPM 900)", 900, 16000),
 ]
 
 
@@ -91,12 +92,11 @@ def baseline(server: EmbeddingServer, *, corpus: list[str]) -> tuple[float, int]
 
 
 def run() -> str:
-    mean_latency = sum(LATENCY) / 2
     rows = []
     for label, rpm, count in SCENARIOS:
         corpus = texts(count)
-        bound = min(rpm / 60 * BATCH, IN_FLIGHT * BATCH / mean_latency)
         figures = {}
+        handled: list[float] = []
         measures = {
             "ours": partial(ours, rpm=rpm, corpus=corpus),
             "baseline": partial(baseline, corpus=corpus),
@@ -113,6 +113,10 @@ def run() -> str:
             finally:
                 server.stop()
             figures[name] = (count / seconds, retries)
+            if name == "ours":
+                handled = server.handled_seconds
+        # The latency as the server measured it: its wait, and its own work on each request.
+        bound = min(rpm / 60 * BATCH, IN_FLIGHT * BATCH / float(np.mean(handled)))
         rows.append(
             [
                 label,
@@ -126,7 +130,8 @@ def run() -> str:
         )
     body = (
         f"Batch {BATCH} texts, {IN_FLIGHT} requests in flight, server latency uniform "
-        f"{LATENCY[0] * 1000:.0f}-{LATENCY[1] * 1000:.0f} ms, 429 above the server's rate.\n\n"
+        f"{LATENCY[0] * 1000:.0f}-{LATENCY[1] * 1000:.0f} ms plus its own work (the bound uses "
+        f"the mean it measured), 429 above the server's rate.\n\n"
         + table(
             [
                 "scenario",
