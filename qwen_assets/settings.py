@@ -153,7 +153,7 @@ class HttpSettings(_Section):
     tokens_per_minute: PositiveInt | None = None
     timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
     max_attempts: PositiveInt = 6
-    # A server that is behind is waited for while it answers anything within this long.
+    # A server that is behind is waited for while it answers some batch within this long.
     patience_seconds: Annotated[float, Field(ge=0)] = 3600.0
     encoding_format: Literal["float", "base64"] = "float"
 

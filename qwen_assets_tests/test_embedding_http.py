@@ -240,7 +240,7 @@ def test_an_unreadable_cache_is_moved_aside_with_one_line(fresh_server, cache, c
         (500, r"gave up after 3 attempts, last HTTP 500"),
         (
             503,
-            r"gave up after \d+ attempts, with no answer from the server for \d+s "
+            r"gave up after \d+ attempts, with no batch answered for \d+s "
             r"\(embedding.http.patience_seconds = 1\), last HTTP 503",
         ),
     ],

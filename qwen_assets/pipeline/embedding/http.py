@@ -302,7 +302,7 @@ class HttpBackend:
                 else f"{type(error).__name__} talking to {self.shown_url}"
             )
             waited = (
-                f", with no answer from the server for {duration(self._quiet())} "
+                f", with no batch answered for {duration(self._quiet())} "
                 f"(embedding.http.patience_seconds = {self.settings.patience_seconds:g})"
                 if waiting_helps(error)
                 else ""
