@@ -425,8 +425,14 @@ def command_search(arguments: argparse.Namespace) -> int:
         arguments.k,
         log=logging.getLogger("qwen_assets.search"),
         variant=arguments.variant,
+        against=arguments.against,
     )
-    print_frame(frame, arguments.format)
+    against = arguments.against or arguments.task
+    print_frame(
+        frame,
+        arguments.format,
+        f"the query as {arguments.task} embeds it, against the posts as {against} embeds them",
+    )
     return 0
 
 
@@ -527,6 +533,12 @@ def parser() -> argparse.ArgumentParser:
     )
     search.add_argument("text", metavar="TEXT", help="the text to search for")
     search.add_argument("--task", required=True, help="task name, e.g. topic")
+    search.add_argument(
+        "--against",
+        metavar="TASK",
+        help="rank the posts as TASK embeds them (default: as --task does); --against default "
+        "is Qwen3-Embedding's retrieval: the query with the instruction, the posts without",
+    )
     variant_option(search, ", and its model and prompt format")
     output_options(search)
 

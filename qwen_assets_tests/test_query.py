@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from qwen_assets.cli import USER_ERROR, main
+from qwen_assets.pipeline.embedding.identity import prompt_prefix
 from qwen_assets.pipeline.site import read_payload
 from qwen_assets.testing import project_settings, write_settings
 from qwen_assets_tests.conftest import REPO, Writer, cli_on, duckdb_1_5_cli
@@ -49,15 +50,24 @@ def test_the_docs_show_the_queries_the_tests_run():
     assert len(documented_queries()) == 9
 
 
-def numpy_neighbours(connection, task: str, doc_id: str, k: int) -> tuple[list[str], np.ndarray]:
-    """The k nearest posts by cosine, computed with numpy on the stored vectors."""
+def numpy_ranking(
+    connection, task: str, k: int, *, doc_id: str | None = None, query: np.ndarray | None = None
+) -> tuple[list[str], np.ndarray]:
+    """The k posts nearest by cosine to a stored post's vector (``doc_id``) or to ``query``,
+    computed with numpy on the stored vectors of ``task``."""
     stored = run(connection, f"SELECT doc_id, embedding FROM task_embeddings WHERE task = '{task}'")
     vectors = np.stack(stored["embedding"].to_numpy()).astype(np.float64)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    query = vectors[stored["doc_id"].tolist().index(doc_id)]
-    similarities = vectors @ query
+    if doc_id is not None:
+        query = vectors[stored["doc_id"].tolist().index(doc_id)]
+    assert query is not None
+    similarities = vectors @ (query / np.linalg.norm(query))
     order = np.argsort(-similarities, kind="stable")[:k]
     return stored["doc_id"].to_numpy()[order].tolist(), similarities[order]
+
+
+def numpy_neighbours(connection, task: str, doc_id: str, k: int) -> tuple[list[str], np.ndarray]:
+    return numpy_ranking(connection, task, k, doc_id=doc_id)
 
 
 def test_documented_nearest_neighbours_are_numpys_and_start_with_the_post_itself(database):
@@ -154,7 +164,13 @@ def test_neighbours_are_the_posts_numpy_finds_nearest(cli, database):
     assert [row["doc_id"] for row in parsed][:7] == [row["doc_id"] for row in rows]
 
 
-def test_search_for_a_sentence_of_a_post_finds_that_post_first(cli, built, fresh_server):
+@pytest.mark.parametrize("against", [None, "default"])
+def test_search_for_a_sentence_of_a_post_finds_that_post_first(
+    cli, built, database, fresh_server, against
+):
+    """The query is embedded with the task's instruction in either mode; the posts it is
+    ranked against are the task's own, or (``--against default``, Qwen3's retrieval) those
+    embedded without an instruction: the ranking is numpy's over those stored vectors."""
     sample = duckdb.connect(built.database, read_only=True)
     try:
         doc_id, text = sample.execute(
@@ -162,14 +178,22 @@ def test_search_for_a_sentence_of_a_post_finds_that_post_first(cli, built, fresh
         ).fetchall()[0]
     finally:
         sample.close()
-    sentence = " ".join(text.split()[:40])
-    rows = json.loads(cli("search", sentence, "--task", "topic", "-k", "5", "--format", "json"))
+    start = 5 if against else 0  # a query of its own: the copy's cache keeps each one
+    sentence = " ".join(text.split()[start : start + 40])
+    mode = ["--against", against] if against else []
+    arguments = ["search", sentence, "--task", "topic", "-k", "5", *mode]
+    rows = json.loads(cli(*arguments, "--format", "json"))
     assert rows[0]["doc_id"] == doc_id
-    assert [row["similarity"] for row in rows] == sorted(
-        (row["similarity"] for row in rows), reverse=True
+    (sent,) = fresh_server.received  # one request, of the query alone
+    assert sent == [prompt_prefix(built.settings(), "topic") + sentence]
+    ids, similarities = numpy_ranking(
+        database, against or "topic", 5, query=fresh_server.vectorise(sent)[0]
     )
-    assert len(fresh_server.received) == 1, "the query was embedded by the configured backend"
-    cli("search", sentence, "--task", "topic", "-k", "5", "--format", "json")
+    assert [row["doc_id"] for row in rows] == ids
+    assert [row["similarity"] for row in rows] == pytest.approx(similarities, abs=1e-5)
+    assert cli(*arguments).splitlines()[-1] == (
+        f"the query as topic embeds it, against the posts as {against or 'topic'} embeds them"
+    )
     assert len(fresh_server.received) == 1, "the same query again comes from the cache"
 
 

@@ -155,23 +155,30 @@ def search(
     *,
     log: logging.Logger,
     variant: str | None = None,
+    against: str | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> pd.DataFrame:
     """Embed ``text`` as ``task`` embeds its documents (same instruction, model and cache, as
-    ``variant`` embeds them) and rank the stored documents by cosine similarity to it."""
+    ``variant`` embeds them) and rank the stored documents of ``against`` (default: ``task``)
+    by cosine similarity to it. ``against="default"`` is how Qwen3-Embedding retrieves: the
+    query carries the instruction, the documents were embedded without one."""
     from qwen_assets.pipeline.embedding import embed_texts, open_backend, resolve_backend
 
     if not text.strip():
         raise QueryError("the search text is empty; give a sentence or a few words")
     _check_k(k)
-    if task not in settings.tasks:
-        raise QueryError(f"unknown task {task!r}; configured tasks: {', '.join(settings.tasks)}")
+    documents = against or task
+    for name in dict.fromkeys([task, documents]):
+        if name not in settings.tasks:
+            raise QueryError(
+                f"unknown task {name!r}; configured tasks: {', '.join(settings.tasks)}"
+            )
     variant = _variant(settings, variant)
     with _reader(settings) as connection:
-        _check_task(connection, task, variant)
+        _check_task(connection, documents, variant)
         dimension = connection.execute(
             "SELECT len(embedding) FROM task_embeddings WHERE variant = ? AND task = ? LIMIT 1",
-            [variant, task],
+            [variant, documents],
         ).fetchall()[0][0]
     embedding = settings.embedding_of(variant)
     name, _ = resolve_backend(embedding, environ)
@@ -187,7 +194,7 @@ def search(
     query = np.asarray(vectors[0], dtype=np.float32)
     if len(query) != dimension:
         raise QueryError(
-            f"the query embeds to {len(query)} dimensions but {task!r} is stored with "
+            f"the query embeds to {len(query)} dimensions but {documents!r} is stored with "
             f"{dimension}: rebuild the embeddings (`qwen-assets build`) after changing the model"
         )
     with _reader(settings) as connection:
@@ -197,7 +204,7 @@ def search(
                       s.preview
                FROM task_embeddings e JOIN newsgroups_sample s USING (doc_id)
                WHERE e.variant = ? AND e.task = ? ORDER BY similarity DESC, e.doc_id LIMIT ?""",
-            [query.tolist(), variant, task, k],
+            [query.tolist(), variant, documents, k],
         ).df()
     frame.insert(0, "rank", range(1, len(frame) + 1))
     return frame
