@@ -69,10 +69,22 @@ def test_task_quality_ranks_a_separating_space_above_a_mixed_one():
     separated_neighbours, _ = nearest_neighbours(vectors, 10)
     noise_neighbours, _ = nearest_neighbours(noise, 10)
     separated = task_quality(
-        vectors, layout, labels, separated_neighbours, separated_neighbours, sample_size=1000
+        vectors,
+        layout,
+        labels,
+        separated_neighbours,
+        separated_neighbours,
+        vectors,
+        sample_size=1000,
     )
     mixed = task_quality(
-        noise, noise[:, :2], labels, noise_neighbours, separated_neighbours, sample_size=1000
+        noise,
+        noise[:, :2],
+        labels,
+        noise_neighbours,
+        separated_neighbours,
+        vectors,
+        sample_size=1000,
     )
     assert separated.overlap_with_reference == 1.0
     assert mixed.overlap_with_reference < 0.2
@@ -80,12 +92,29 @@ def test_task_quality_ranks_a_separating_space_above_a_mixed_one():
     assert separated.silhouette > 0.5 > mixed.silhouette
     assert separated.trustworthiness > mixed.trustworthiness
     assert separated.documents_scored == len(vectors)
+    assert separated.probe_accuracy > 0.95 and mixed.probe_accuracy < 0.6
+    assert separated.v_measure > 0.9 and mixed.v_measure < 0.2
+    assert separated.cka_with_reference == pytest.approx(1.0)
+    assert mixed.cka_with_reference < 0.3
+
+
+def test_cka_ignores_rotation_and_scale_and_a_probe_needs_five_posts_a_group():
+    from qwen_assets.pipeline.metrics import linear_cka, probe_accuracy
+
+    vectors, labels = clusters()
+    rotation, _ = np.linalg.qr(np.random.default_rng(7).normal(size=(vectors.shape[1],) * 2))
+    assert linear_cka(vectors, 3.0 * vectors @ rotation) == pytest.approx(1.0)
+    assert linear_cka(vectors, vectors[:, :2]) < 1.0, "a projection loses what CKA sees"
+    few = np.r_[labels[labels != 0], [0] * 4]  # one group of four posts
+    assert probe_accuracy(vectors[: len(few)], few) is None
 
 
 def test_task_quality_samples_the_quadratic_figures_above_the_sample_size():
     vectors, labels = clusters(per_cluster=100)
     neighbours, _ = nearest_neighbours(vectors, 10)
-    quality = task_quality(vectors, vectors[:, :2], labels, neighbours, neighbours, sample_size=150)
+    quality = task_quality(
+        vectors, vectors[:, :2], labels, neighbours, neighbours, vectors, sample_size=150
+    )
     assert quality.documents_scored == 150
     assert quality.knn_accuracy == 1.0, "k-NN accuracy always uses every document"
 
@@ -96,9 +125,17 @@ def test_trustworthiness_is_perfect_for_a_faithful_map_and_low_for_a_shuffled_on
     vectors = np.c_[flat, np.zeros((300, 14))] + 3.0  # 2-D data in 16 dimensions, off the origin
     labels = (flat[:, 0] > 0).astype(int)  # two groups, for the silhouette
     neighbours, _ = nearest_neighbours(vectors, 10)
-    faithful = task_quality(vectors, flat + 3.0, labels, neighbours, neighbours, sample_size=1000)
+    faithful = task_quality(
+        vectors, flat + 3.0, labels, neighbours, neighbours, vectors, sample_size=1000
+    )
     shuffled = task_quality(
-        vectors, rng.permutation(flat) + 3.0, labels, neighbours, neighbours, sample_size=1000
+        vectors,
+        rng.permutation(flat) + 3.0,
+        labels,
+        neighbours,
+        neighbours,
+        vectors,
+        sample_size=1000,
     )
     assert faithful.trustworthiness > 0.99
     assert shuffled.trustworthiness < 0.7

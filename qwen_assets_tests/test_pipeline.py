@@ -162,6 +162,40 @@ def edit(settings_file: Path, old: str, new: str) -> None:
     settings_file.write_text(text.replace(old, new))
 
 
+def test_the_classifier_figures_are_scikit_learns_on_the_stored_vectors(small_built):
+    """task_quality's linear probe, V-measure and CKA, recomputed with scikit-learn and numpy
+    straight from the vectors and groups the database holds."""
+    from sklearn.cluster import KMeans
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import v_measure_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    quality = read_table(small_built.database, "SELECT * FROM task_quality").set_index("task")
+    stored = read_table(
+        small_built.database,
+        """SELECT e.task, e.embedding, s.category FROM task_embeddings e
+           JOIN newsgroups_sample s USING (doc_id) ORDER BY e.task, s.position""",
+    )
+    spaces = {
+        task: (np.stack(rows["embedding"].to_numpy()), rows["category"].to_numpy())
+        for task, rows in stored.groupby("task")
+    }
+    default = spaces["default"][0].astype(np.float64)
+    for task, (vectors, groups) in spaces.items():
+        folds = StratifiedKFold(5, shuffle=True, random_state=0)
+        probe = cross_val_score(LogisticRegression(max_iter=2000), vectors, groups, cv=folds)
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        clusters = KMeans(len(set(groups)), n_init=10, random_state=0).fit_predict(unit)
+        x = vectors - vectors.mean(axis=0)
+        y = default - default.mean(axis=0)
+        cka = np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+        figures = quality.loc[task]
+        assert figures["probe_accuracy"] == pytest.approx(probe.mean(), abs=1e-3), task
+        assert figures["v_measure"] == pytest.approx(v_measure_score(groups, clusters), abs=1e-3)
+        assert figures["cka_with_reference"] == pytest.approx(cka, abs=1e-3), task
+    assert quality.loc["default", "cka_with_reference"] == pytest.approx(1.0)
+
+
 def test_each_task_records_how_the_server_met_its_requests(small_built):
     """What the UI shows a user whose build was slow: the in-flight limits used, the
     latencies and the retries, on each partition of task_embeddings."""

@@ -47,7 +47,7 @@ def run(connection, sql: str):
 
 
 def test_the_docs_show_the_queries_the_tests_run():
-    assert len(documented_queries()) == 9
+    assert len(documented_queries()) == 10
 
 
 def numpy_ranking(
@@ -68,6 +68,17 @@ def numpy_ranking(
 
 def numpy_neighbours(connection, task: str, doc_id: str, k: int) -> tuple[list[str], np.ndarray]:
     return numpy_ranking(connection, task, k, doc_id=doc_id)
+
+
+def test_documented_classifier_figures_give_each_map_a_probe_a_clustering_and_its_cka(database):
+    result = run(database, documented_query("what a linear probe and a clustering get"))
+    assert sorted(result["task"]) == sorted(TASKS), "one row a map"
+    for column in ("probe", "v_measure", "cka_with_default"):
+        assert result[column].between(0, 1).all(), (column, result[column].tolist())
+    figures = result.set_index("task")
+    assert figures.loc["default", "cka_with_default"] == 1.0, "default is its own reference"
+    assert (figures["cka_with_default"].drop("default") < 1.0).all(), "an instruction moves it"
+    assert (figures["probe"] > 1 / 10).all(), "every space beats chance on 10 groups"
 
 
 def test_documented_nearest_neighbours_are_numpys_and_start_with_the_post_itself(database):

@@ -61,9 +61,11 @@ def quality_markdown(quality: dict[str, dict]) -> str:
     names = ["knn_accuracy", "silhouette", "trustworthiness", "overlap_with_reference"]
     names += [name for name in ("overlap_with_reference_variant",) if name in first]
     names += [f"predicts_{name}" for name in PROPERTIES if f"predicts_{name}" in first]
+    names += ["probe_accuracy", "v_measure", "cka_with_reference"]
     lines = ["| map | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for task, figures in quality.items():
-        lines.append(f"| {task} | " + " | ".join(f"{figures[name]:.3f}" for name in names) + " |")
+        shown = ("n/a" if figures.get(name) is None else f"{figures[name]:.3f}" for name in names)
+        lines.append(f"| {task} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
 
@@ -217,7 +219,7 @@ def site_assets(
                     f"{task}/{name}": value
                     for task, figures in quality.items()
                     for name, value in figures.items()
-                    if name != "documents_scored"
+                    if name != "documents_scored" and value is not None
                 },
                 "seconds": round(time.monotonic() - started, 2),
             },

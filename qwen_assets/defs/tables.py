@@ -65,6 +65,14 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("trustworthiness", "DOUBLE", "how well the 2-D map keeps the full-dimension neighbours"),
         ("overlap_with_reference", "DOUBLE", "mean neighbourhood overlap with the reference task"),
         ("documents_scored", "BIGINT", "posts the quadratic figures were computed on"),
+        (
+            "probe_accuracy",
+            "DOUBLE",
+            "a linear probe's accuracy on the group, 5-fold cross-validated, full dimension "
+            "(empty when a group has fewer than 5 posts)",
+        ),
+        ("v_measure", "DOUBLE", "V-measure of k-means clusters (one per group) against the groups"),
+        ("cka_with_reference", "DOUBLE", "linear CKA between this space and the reference task's"),
         *[
             (f"predicts_{name}{where}", "DOUBLE", f"how far neighbourhoods agree on {name}{kind}")
             for where, kind in (("", ", full dimension"), ("_map", ", on the 2-D map"))

@@ -89,6 +89,9 @@ class TaskQuality:
     trustworthiness: float
     overlap_with_reference: float
     documents_scored: int
+    probe_accuracy: float | None  # None: too few posts in some category to cross-validate
+    v_measure: float
+    cka_with_reference: float
 
     def rounded(self, digits: int = 4) -> dict[str, float | int]:
         return {
@@ -97,22 +100,63 @@ class TaskQuality:
         }
 
 
+PROBE_FOLDS = 5
+
+
+def probe_accuracy(vectors: np.ndarray, labels: np.ndarray, seed: int = 0) -> float | None:
+    """What a classifier gets from the space: a linear probe's (logistic regression)
+    accuracy on the categories, stratified 5-fold cross-validated, full dimension. None
+    when a category has fewer posts than folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    if np.bincount(labels).min() < PROBE_FOLDS:
+        return None
+    folds = StratifiedKFold(PROBE_FOLDS, shuffle=True, random_state=seed)
+    probe = LogisticRegression(max_iter=2000)
+    return float(cross_val_score(probe, vectors, labels, cv=folds).mean())
+
+
+def v_measure(vectors: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+    """How k-means clusters of the unit vectors (one per category) match the categories,
+    as MTEB scores its 20 Newsgroups clustering task (0..1)."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import v_measure_score
+
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    clusters = KMeans(len(np.unique(labels)), n_init=10, random_state=seed).fit_predict(unit)
+    return float(v_measure_score(labels, clusters))
+
+
+def linear_cka(first: np.ndarray, second: np.ndarray) -> float:
+    """Linear centred kernel alignment of two embeddings of the same posts (Kornblith et
+    al., 2019): 1 for spaces equal up to rotation and scale, near 0 for unrelated ones;
+    their widths may differ."""
+    x = np.asarray(first, dtype=np.float64) - np.mean(first, axis=0)
+    y = np.asarray(second, dtype=np.float64) - np.mean(second, axis=0)
+    cross = np.linalg.norm(y.T @ x) ** 2
+    return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
 def task_quality(
     vectors: np.ndarray,
     layout: np.ndarray,
     labels: np.ndarray,
     neighbours: np.ndarray,
     reference_neighbours: np.ndarray,
+    reference_vectors: np.ndarray,
     *,
     sample_size: int,
     seed: int = 0,
 ) -> TaskQuality:
-    """The four figures of the quality panel.
+    """The figures of the quality panel, and what a classifier and a clustering get.
 
     - k-NN accuracy: category from the full-dimension neighbours.
     - silhouette: of the categories, cosine, full dimension (-1..1, higher separates more).
     - trustworthiness: how far the 2-D layout keeps the full-dimension neighbours (0..1).
     - overlap with the reference task: mean Jaccard of the neighbour sets (1 for itself).
+    - probe accuracy, V-measure: see ``probe_accuracy`` and ``v_measure``.
+    - CKA with the reference task: ``linear_cka`` of the two spaces (1 for itself).
     """
     from sklearn.manifold import trustworthiness  # here: a plan, or a query, needs none of it
     from sklearn.metrics import silhouette_score
@@ -130,6 +174,9 @@ def task_quality(
             neighbourhood_overlap(neighbours, reference_neighbours).mean()
         ),
         documents_scored=len(rows),
+        probe_accuracy=probe_accuracy(vectors, labels, seed),
+        v_measure=v_measure(vectors, labels, seed),
+        cka_with_reference=linear_cka(vectors, reference_vectors),
     )
 
 

@@ -28,6 +28,8 @@ Schema, version 2 (1 had no variants)::
                 "similarity": [[float] * k],
                 "quality": {"knn_accuracy", "silhouette", "trustworthiness",
                             "overlap_with_reference", "documents_scored",
+                            "probe_accuracy" (null: a group too small), "v_measure",
+                            "cka_with_reference",
                             "overlap_with_reference_variant",
                             "predicts_<property>", "predicts_<property>_map"},
                 "target": null | str,                # the property the task aims at
@@ -153,6 +155,7 @@ def task_maps(
                     labels,
                     neighbours[task][0],
                     reference,
+                    vectors[settings.umap.align_to],
                     sample_size=site.quality_sample_size,
                 ).rounded(),
                 **agreement[task],
