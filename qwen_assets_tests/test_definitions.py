@@ -140,6 +140,28 @@ def test_dagster_still_writes_the_tags_the_stale_rule_reads_and_builds_a_tagged_
         assert written[CODE_VERSION_TAG] == "7" and written[DATA_VERSION_TAG]
 
 
+def test_a_column_added_to_a_site_table_makes_the_site_assets_stale(monkeypatch):
+    """A project built before task_quality had a column must not call that table fresh."""
+    from dagster import AssetKey
+
+    from qwen_assets.defs import tables
+
+    def versions() -> dict[str, str | None]:
+        defs = build_definitions(load_settings())
+        return {
+            name: defs.resolve_assets_def(name).code_versions_by_key[AssetKey(name)]
+            for name in ("site_data", "task_quality", "task_embeddings")
+        }
+
+    before = versions()
+    added = [*tables.COLUMNS["task_quality"], ("new_figure", "DOUBLE", "a figure added later")]
+    monkeypatch.setitem(tables.COLUMNS, "task_quality", added)
+    after = versions()
+    assert after["site_data"] != before["site_data"]
+    assert after["task_quality"] != before["task_quality"]
+    assert after["task_embeddings"] == before["task_embeddings"], "nothing is embedded again"
+
+
 def test_the_private_import_check_catches_one():
     assert private_dagster_imports("from dagster._core.storage.tags import X") == [
         "dagster._core.storage.tags"

@@ -22,7 +22,8 @@ from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.defs.projection_assets import load_embeddings
 from qwen_assets.defs.resources import Warehouse
 from qwen_assets.defs.run_worker import RECORDS_ITS_WORKER
-from qwen_assets.defs.tables import table_metadata
+from qwen_assets.defs.tables import COLUMNS, table_metadata
+from qwen_assets.pipeline.integrity import SITE_TABLES
 from qwen_assets.pipeline.pause import pause_point
 from qwen_assets.pipeline.publish import publish_site, redact_credentials
 from qwen_assets.pipeline.site import (
@@ -90,6 +91,9 @@ def site_assets(
     payload_version = fingerprint(
         {
             "site_data": 7,  # the payload, its files and its tables, as this code writes them
+            # The tables' columns too: one added makes a table built before it stale, instead
+            # of a query for that column failing on a build called fresh.
+            "tables": {table: COLUMNS[table] for table in SITE_TABLES},
             # Not where the site is written: a site moved or deleted is found by the build's
             # check of its outputs, and a copied project stays fresh.
             "site": site.model_dump(exclude={"output_dir"}),
@@ -120,7 +124,8 @@ def site_assets(
                 code_version=payload_version,
                 kinds={"duckdb"},
                 description="Table task_quality: the quality figures of each task's space and "
-                "map (k-NN accuracy, silhouette, trustworthiness, overlap with the reference).",
+                "map (k-NN accuracy, silhouette, trustworthiness, overlap with the reference, a "
+                "linear probe, V-measure, CKA with the reference).",
             ),
             AssetSpec(
                 "map_clusters",
