@@ -208,9 +208,16 @@ DG = Path(sys.executable).with_name("dg")
 
 
 @pytest.mark.skipif(not DG.exists(), reason="dg (dagster-dg-cli) is not installed")
-def test_dg_lists_the_definitions_from_the_repo_root():
+def test_dg_lists_the_definitions_from_the_repo_root(tmp_path: Path):
+    # Its own Dagster home: without one, dg makes a temporary home in the repository, where
+    # another worker's end-of-session check would find a developer's folder touched.
     listed = subprocess.run(
-        [str(DG), "list", "defs", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120
+        [str(DG), "list", "defs", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
     )
     assert listed.returncode == 0, listed.stderr
     payload = json.loads(listed.stdout)
