@@ -31,7 +31,7 @@ from qwen_assets.defs.resources import Embedder, Warehouse
 from qwen_assets.defs.run_worker import RunWorker
 from qwen_assets.defs.site_assets import site_assets
 from qwen_assets.orchestration.automation import build_automation
-from qwen_assets.orchestration.prompts import instruction_versions
+from qwen_assets.orchestration.sources import source_versions
 from qwen_assets.orchestration.stale import stale_inputs
 from qwen_assets.pipeline.embedding import resolve_backend
 from qwen_assets.settings import Settings, load_settings
@@ -57,7 +57,9 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
         warnings.filterwarnings(
             "ignore", "Property `OpDefinition.version` is deprecated", DeprecationWarning
         )
-        raw_newsgroups, newsgroups_sample, document_properties = corpus_assets(settings)
+        *corpus_file, raw_newsgroups, newsgroups_sample, document_properties = corpus_assets(
+            settings
+        )
         task_instructions, task_embeddings = embedding_assets(settings, grid, newsgroups_sample)
         (umap_coordinates,) = projection_assets(settings, grid, task_embeddings)
         # site_data, site_pages, and published_site when publishing is set
@@ -77,10 +79,11 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
             umap_coordinates,
             tables,
             lambda instance: stale_inputs(
-                made[0], instance, QUERY_DATABASE, instruction_versions(settings)
+                made[0], instance, QUERY_DATABASE, source_versions(settings)
             ),
         )
     assets = [
+        *corpus_file,
         raw_newsgroups,
         newsgroups_sample,
         document_properties,

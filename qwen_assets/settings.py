@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -87,6 +88,13 @@ def fingerprint(value: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+# The built-in corpus; any other corpus.source is a file (or a glob) of these kinds.
+NEWSGROUPS_SOURCE = "20newsgroups"
+CORPUS_FILE_SUFFIXES = (".parquet", ".csv", ".jsonl", ".ndjson")
+FILE_COLUMN_KEYS = ("text_column", "label_column", "id_column")
+FILE_KEYS = (*FILE_COLUMN_KEYS, "sample_size")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -95,13 +103,40 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class CorpusSettings(_Section):
+    # The built-in 20 Newsgroups, or a Parquet, CSV or JSON-lines file (or a glob of them).
+    source: Annotated[str, Field(min_length=1)] = NEWSGROUPS_SOURCE
+    # Which column of a file holds the text, the label (unset: no labels) and the id (unset:
+    # an id made from the text, so the same text keeps its id as the file grows).
+    text_column: Annotated[str, Field(min_length=1)] = "text"
+    label_column: Annotated[str, Field(min_length=1)] | None = None
+    id_column: Annotated[str, Field(min_length=1)] | None = None
     categories: Literal["all"] | list[str] = list(NEWSGROUPS)
     per_category: Literal["all"] | PositiveInt = 80
+    # A file corpus: this many posts drawn at random instead of per_category per label.
+    sample_size: PositiveInt | None = None
     min_chars: Annotated[int, Field(ge=0)] = 100
     max_chars: PositiveInt = 5000
     random_state: Annotated[int, Field(ge=0)] = 42
     preview_chars: PositiveInt = 200
     archive: str | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        if value != NEWSGROUPS_SOURCE and not value.lower().endswith(CORPUS_FILE_SUFFIXES):
+            raise ValueError(
+                f'must be "{NEWSGROUPS_SOURCE}" or a {", ".join(CORPUS_FILE_SUFFIXES)} file '
+                f"(or a glob of them, e.g. data/posts/*.parquet); got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_keeps_every_label(cls, data: Any) -> Any:
+        """A file's labels are its own: unless the settings list some, every label is kept."""
+        if isinstance(data, dict) and data.get("source", NEWSGROUPS_SOURCE) != NEWSGROUPS_SOURCE:
+            return {"categories": "all", **data}
+        return data
 
     @field_validator("per_category", mode="before")
     @classmethod
@@ -112,20 +147,22 @@ class CorpusSettings(_Section):
 
     @field_validator("categories", mode="before")
     @classmethod
-    def _known_categories(cls, value: Any) -> Any:
+    def _known_categories(cls, value: Any, info: ValidationInfo) -> Any:
         if value == "all":
             return value
         if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
-            raise ValueError('must be a list of newsgroup names, or "all"')
+            raise ValueError('must be a list of newsgroup (or label) names, or "all"')
         if not value:
-            raise ValueError('must name at least one newsgroup, or be "all"')
+            raise ValueError('must name at least one newsgroup (or label), or be "all"')
+        if len(set(value)) != len(value):
+            raise ValueError("lists a name twice")
+        if info.data.get("source", NEWSGROUPS_SOURCE) != NEWSGROUPS_SOURCE:
+            return value  # a file's labels are checked against the file when it is read
         unknown = [name for name in value if name not in NEWSGROUPS]
         if unknown:
             raise ValueError(
                 f"unknown newsgroup {', '.join(map(repr, unknown))}; allowed: {', '.join(NEWSGROUPS)}"
             )
-        if len(set(value)) != len(value):
-            raise ValueError("lists a newsgroup twice")
         return value
 
     @model_validator(mode="after")
@@ -136,13 +173,60 @@ class CorpusSettings(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_way_to_sample(self) -> CorpusSettings:
+        chosen = self.model_fields_set
+        if not self.from_file:
+            given = [key for key in FILE_KEYS if key in chosen]
+            if given:
+                raise ValueError(
+                    f"{given[0]}: reads a file; set corpus.source to a Parquet, CSV or "
+                    f'JSON-lines file to use it (the built-in "{NEWSGROUPS_SOURCE}" has its own '
+                    "columns, and per_category draws from each newsgroup)"
+                )
+            return self
+        if self.sample_size is not None and "per_category" in chosen:
+            raise ValueError(
+                "sample_size: set sample_size (that many posts at random) or "
+                "per_category (that many per label), not both"
+            )
+        if self.label_column is None:
+            if "per_category" in chosen and self.per_category != "all":
+                raise ValueError(
+                    "per_category: draws per label, and corpus.label_column is unset; "
+                    "set label_column, or sample_size for that many posts at random"
+                )
+            if self.categories != "all":
+                raise ValueError(
+                    "categories: keeps some labels, and corpus.label_column is unset; "
+                    'set label_column, or categories = "all"'
+                )
+        return self
+
+    @property
+    def from_file(self) -> bool:
+        return self.source != NEWSGROUPS_SOURCE
+
+    @property
+    def labelled(self) -> bool:
+        return not self.from_file or self.label_column is not None
+
     @property
     def category_names(self) -> list[str]:
+        """The newsgroups of the built-in corpus (a file's labels are known once it is read)."""
         return list(NEWSGROUPS) if self.categories == "all" else list(self.categories)
 
+    def reading_fingerprint(self) -> str:
+        """What changes how a file becomes rows (not its content: that is observed)."""
+        if not self.from_file:
+            return fingerprint({"loader": 1})
+        return fingerprint({"loader": 1, **self.model_dump(include={"source", *FILE_COLUMN_KEYS})})
+
     def sample_fingerprint(self) -> str:
-        """Everything that changes which texts the sample holds (not where the archive lives)."""
-        return fingerprint(self.model_dump(exclude={"archive"}))
+        """Everything that changes which texts the sample holds (not where the archive lives).
+        The file keys count only for a file, so the built-in corpus keeps its version."""
+        excluded = {"archive"} if self.from_file else {"archive", "source", *FILE_KEYS}
+        return fingerprint(self.model_dump(exclude=excluded))
 
 
 class HttpSettings(_Section):
@@ -587,8 +671,9 @@ def _describe(error: ValidationError, source: str) -> str:
         # pydantic names the union branch it tried ("literal['all']", "int"): drop those.
         location = [part for part in location if not re.match(r"^(literal\[|int|str|list\[)", part)]
         message = problem["msg"].removeprefix("Value error, ")
-        if not location and re.match(r"^[\w.]+: ", message):  # a cross-section rule names its key
-            key, message = message.split(": ", 1)
+        if re.match(r"^[\w.]+: ", message):  # a rule across keys names the key it blames
+            named, message = message.split(": ", 1)
+            key = ".".join([*location, named])
         else:
             key = ".".join(location) or "(top level)"
         if problem["type"] == "extra_forbidden":

@@ -22,8 +22,8 @@ from dagster import (
 
 from qwen_assets.cli import rebuild_stale
 from qwen_assets.definitions import build_definitions
-from qwen_assets.orchestration.prompts import instruction_versions
 from qwen_assets.orchestration.runs import build_lock
+from qwen_assets.orchestration.sources import source_versions
 from qwen_assets.orchestration.stale import stale_plan
 from qwen_assets.pipeline.embedding.identity import task_version
 from qwen_assets.pipeline.projection import (
@@ -255,7 +255,7 @@ def test_only_what_is_stale_is_rebuilt(cold_project, small_built, server):
     )
 
     settings = load_settings(settings_file)
-    assert stale_plan(build_definitions(settings), instance, instruction_versions(settings)).empty
+    assert stale_plan(build_definitions(settings), instance, source_versions(settings)).empty
     again = rebuild_stale(instance, settings, log=lambda line: None)
     assert again.plan.empty and again.run_ids == []
 
@@ -334,7 +334,7 @@ def test_switching_the_local_runtime_makes_exactly_the_embeddings_stale(project_
 
     def plan():
         settings = load_settings(settings_file)
-        return stale_plan(build_definitions(settings), instance, instruction_versions(settings))
+        return stale_plan(build_definitions(settings), instance, source_versions(settings))
 
     edit(settings_file, 'backend = "http"', 'backend = "local"')
     assert plan().empty, "the model's own float32 vectors, from the API or in process, are one"
@@ -414,7 +414,7 @@ def test_the_observing_sensor_records_exactly_the_edited_prompt_and_builds_nothi
         with build_sensor_context(instance=instance, definitions=defs) as context:
             return sensor.evaluate_tick(context)
 
-    assert observe().skip_message == "no prompt changed"
+    assert observe().skip_message == "no prompt or corpus file changed"
     edit(settings_file, "Classify the given text as either toxic or not toxic", "Is it rude?")
     seen = observe()
     assert [str(event.partition) for event in seen.asset_events] == ["toxicity"]

@@ -16,7 +16,7 @@ from qwen_assets.cli import rebuild_stale
 from qwen_assets.dagster_internals import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 from qwen_assets.definitions import build_definitions
 from qwen_assets.defs.partitions import MapGrid
-from qwen_assets.orchestration.prompts import instruction_versions
+from qwen_assets.orchestration.sources import source_versions
 from qwen_assets.orchestration.stale import stale_plan
 from qwen_assets.pipeline.embedding.identity import prompt_prefix
 from qwen_assets.pipeline.storage import read_table
@@ -104,7 +104,7 @@ def test_an_edited_variant_rebuilds_its_row_and_an_edited_instruction_its_column
     plan = stale_plan(
         build_definitions(project.settings()),
         project.instance,
-        instruction_versions(project.settings()),
+        source_versions(project.settings()),
     )
     assert {grid.split(key) for key in plan.by_task} == {
         ("small", task) for task in project.settings().tasks

@@ -1,45 +1,98 @@
-"""raw_newsgroups -> newsgroups_sample."""
+"""(corpus_file, observed, for a user's own corpus) -> raw_newsgroups -> newsgroups_sample.
+
+The built-in corpus keeps the names it was published with: raw_newsgroups holds every post of
+the configured source, newsgroups_sample the drawn sample, whatever the source.
+"""
 
 import pandas as pd
 from dagster import (
     AssetExecutionContext,
+    AssetKey,
     AssetsDefinition,
     DataVersion,
     MaterializeResult,
     MetadataValue,
+    SourceAsset,
     asset,
+    observable_source_asset,
 )
 
-from qwen_assets.defs.metadata import content_hash, counts_markdown, preview_markdown
+from qwen_assets.defs.metadata import (
+    SOURCE_VERSION_METADATA,
+    content_hash,
+    counts_markdown,
+    preview_markdown,
+)
 from qwen_assets.defs.resources import Warehouse
 from qwen_assets.defs.tables import table_metadata
-from qwen_assets.pipeline.corpus import load_raw_newsgroups, stratified_sample
+from qwen_assets.pipeline.corpus import corpus_file_version, draw_sample, load_corpus
 from qwen_assets.pipeline.embedding.core import announce
 from qwen_assets.pipeline.properties import document_properties as properties_of
 from qwen_assets.settings import SCORE_PROPERTIES, Settings, fingerprint
 
-CORPUS_CODE_VERSION = fingerprint({"loader": 1})
 POOL = "duckdb"
+CORPUS_FILE = AssetKey("corpus_file")
+NEWSGROUPS_DESCRIPTION = (
+    "All 18,846 posts of 20 Newsgroups (train + test), headers, footers and quotes removed. "
+    "doc_id is the post's place in the archive, e.g. train/sci.med/59207."
+)
 
 
-def corpus_assets(settings: Settings) -> list[AssetsDefinition]:
+def corpus_assets(settings: Settings) -> list[AssetsDefinition | SourceAsset]:
     corpus = settings.corpus
+    sources: list[AssetsDefinition | SourceAsset] = []
+    if corpus.from_file:
+
+        @observable_source_asset(
+            key=CORPUS_FILE,
+            group_name="corpus",
+            description=f"The corpus file(s) {corpus.source}: its data version is a hash of "
+            "their bytes, so an edit or an appended row makes raw_newsgroups stale.",
+        )
+        def corpus_file() -> DataVersion:
+            return DataVersion(corpus_file_version(corpus))
+
+        sources.append(corpus_file)
+    labels = f"label column {corpus.label_column!r}" if corpus.label_column else "no labels"
+    file_description = (
+        f"Every row of {corpus.source}: text column {corpus.text_column!r}, {labels}, id "
+        + (f"column {corpus.id_column!r}" if corpus.id_column else "made from the text")
+        + "; split is the file a row came from."
+    )
 
     @asset(
         group_name="corpus",
-        code_version=CORPUS_CODE_VERSION,
+        deps=[CORPUS_FILE] if corpus.from_file else [],
+        code_version=corpus.reading_fingerprint(),
         metadata=table_metadata("raw_newsgroups"),
         pool=POOL,
         kinds={"duckdb", "python"},
-        description="All 18,846 posts of 20 Newsgroups (train + test), headers, footers and "
-        "quotes removed. doc_id is the post's place in the archive, e.g. train/sci.med/59207.",
+        description=file_description if corpus.from_file else NEWSGROUPS_DESCRIPTION,
     )
     def raw_newsgroups(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
-        frame = load_raw_newsgroups(corpus.archive)
+        # The version first: a file changed while it is read is then seen changed again.
+        version = corpus_file_version(corpus) if corpus.from_file else None
+        raw = load_corpus(corpus)
+        frame = raw.frame
         warehouse.replace_table("raw_newsgroups", frame)
         context.log.info("stored %d posts in raw_newsgroups", len(frame))
+        if raw.repeated_texts:
+            announce(
+                context.log,
+                f"{raw.repeated_texts} rows of {corpus.source} repeat an earlier row's text "
+                "(their id is made from the text): kept the first of each; set "
+                "corpus.id_column to keep them apart",
+            )
         return MaterializeResult(
             metadata={
+                **(
+                    {
+                        SOURCE_VERSION_METADATA: version,
+                        "repeated_texts_left_out": raw.repeated_texts,
+                    }
+                    if version
+                    else {}
+                ),
                 "table": "raw_newsgroups",
                 "dagster/row_count": len(frame),
                 "categories": int(frame["category"].nunique()),
@@ -59,20 +112,35 @@ def corpus_assets(settings: Settings) -> list[AssetsDefinition]:
         metadata=table_metadata("newsgroups_sample"),
         pool=POOL,
         kinds={"duckdb", "pandas"},
-        description="The published demo's stratified sample: per_category posts from each "
-        "configured group, whitespace collapsed, short texts dropped, long ones cut.",
+        description=(
+            "The sample: "
+            + (
+                f"{corpus.sample_size} posts at random"
+                if corpus.sample_size
+                else f"{corpus.per_category} posts per label"
+                if corpus.labelled and corpus.per_category != "all"
+                else "every post"
+            )
+            + " of the file, whitespace collapsed, short texts dropped, long ones cut."
+            if corpus.from_file
+            else "The published demo's stratified sample: per_category posts from each "
+            "configured group, whitespace collapsed, short texts dropped, long ones cut."
+        ),
     )
     def newsgroups_sample(
         context: AssetExecutionContext, warehouse: Warehouse
     ) -> MaterializeResult:
         raw = warehouse.query("SELECT * FROM raw_newsgroups")
-        sample = stratified_sample(raw, corpus)
+        sample = draw_sample(raw, corpus)
         frame = sample.frame
         warehouse.replace_table("newsgroups_sample", frame)
         for category, available in sample.short_categories.items():
             announce(
                 context.log,
-                f"corpus.per_category is {corpus.per_category}, but {category} has only "
+                f"corpus.sample_size is {corpus.sample_size}, but only {available} posts are "
+                f"left after cleaning: took all {available}"
+                if corpus.sample_size
+                else f"corpus.per_category is {corpus.per_category}, but {category} has only "
                 f"{available} posts after cleaning: took all {available}",
             )
         lengths = frame["text"].str.len()
@@ -124,4 +192,4 @@ def corpus_assets(settings: Settings) -> list[AssetsDefinition]:
             data_version=DataVersion(content_hash(frame)),
         )
 
-    return [raw_newsgroups, newsgroups_sample, document_properties]
+    return [*sources, raw_newsgroups, newsgroups_sample, document_properties]

@@ -13,8 +13,13 @@ from qwen_assets.settings import PROPERTIES
 
 VARIANT = ("variant", "VARCHAR", "the variant (how the task was embedded; see [variants])")
 TASK = ("task", "VARCHAR", "the task (the partition, with the variant)")
-DOC_ID = ("doc_id", "VARCHAR", "the post's place in the archive, e.g. train/sci.med/59207")
-CATEGORY = ("category", "VARCHAR", "the newsgroup")
+DOC_ID = (
+    "doc_id",
+    "VARCHAR",
+    "the post's place in the archive, e.g. train/sci.med/59207 (your own corpus: its id "
+    "column, or a hash of the text)",
+)
+CATEGORY = ("category", "VARCHAR", "the newsgroup (your own corpus: its label, or null)")
 EMBEDDING = (
     "embedding",
     "FLOAT[dim]",
@@ -24,8 +29,8 @@ EMBEDDING = (
 COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "raw_newsgroups": [
         DOC_ID,
-        ("corpus_position", "INTEGER", "order in the corpus: train, then test"),
-        ("split", "VARCHAR", "train or test"),
+        ("corpus_position", "INTEGER", "order in the corpus: train, then test (or the file's)"),
+        ("split", "VARCHAR", "train or test (your own corpus: the file the row came from)"),
         CATEGORY,
         ("text", "VARCHAR", "the post, headers, footers and quotes removed"),
     ],

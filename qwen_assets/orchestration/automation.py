@@ -12,15 +12,15 @@ schedule, a job a person launches), and a sensor that keeps the UI's stale badge
   its own run would hold the one writer's turn that the plan's runs need.
 - ``continue_rebuild`` carries each of their plans on, a run at a time: it launches the next
   run as soon as the daemon sees one succeed (within about 5 s), not a tick later.
-- ``observe_task_instructions`` (on by default): records each changed prompt, so the UI
-  shows the edited partitions stale with the rebuild sensor on or off.
+- ``observe_task_instructions`` (on by default): records each changed prompt (and a changed
+  corpus file), so the UI shows the edited partitions stale with the rebuild sensor on or off.
 
 They build the way `qwen-assets build` does: plan with the one stale rule
 (:mod:`qwen_assets.orchestration.stale`), launch the plan's first run only, and plan again
 once it has succeeded. So a run that fails (a blocking check that failed on a rebuilt
 partition, say) keeps everything after it out: nothing queued behind it can publish a site
-built on what failed. The sensor then tries that run again only once the settings change
-(the edit that fixes it); a person can launch it from the UI meanwhile. Every trigger first
+built on what failed. The sensor then tries that run again only once the settings or the
+corpus file change (the edit that fixes it); a person can launch it from the UI meanwhile. Every trigger first
 fails runs whose process died (:mod:`qwen_assets.orchestration.runs`), and requests nothing
 while `qwen-assets build` is building or a run is queued or in progress: DuckDB takes one
 writer.
@@ -54,15 +54,16 @@ from dagster import (
 
 from qwen_assets.defs.jobs import ASSETS_JOB
 from qwen_assets.orchestration.plan import project_plan
-from qwen_assets.orchestration.prompts import (
-    changed_instruction_observations,
-    record_instruction_versions,
-)
 from qwen_assets.orchestration.runs import (
     TRIGGER_TAG,
     build_running,
     fail_dead_runs,
     waiting_runs,
+)
+from qwen_assets.orchestration.sources import (
+    changed_source_observations,
+    corpus_version,
+    record_source_versions,
 )
 from qwen_assets.orchestration.stale import PlannedRun
 from qwen_assets.settings import Settings, fingerprint
@@ -81,7 +82,8 @@ PLANNED_TAG = "qwen_assets/planned"
 
 
 def planned(run: PlannedRun, settings: Settings) -> str:
-    return f"{run.describe()} @ {fingerprint(settings.model_dump())}"
+    """The run and what it was planned from: the settings, and the corpus file's content."""
+    return f"{run.describe()} @ {fingerprint([settings.model_dump(), corpus_version(settings)])}"
 
 
 def run_request(run: PlannedRun, settings: Settings, trigger: str, run_key: str | None = None):
@@ -132,7 +134,8 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions], ass
         description="After a settings edit and a reload of the code location, rebuilds exactly "
         "the stale partitions, a run at a time (one edited instruction: that task's embeddings "
         "and map, then the site). A failed run stops what follows it until the settings "
-        "change. Records each changed prompt as an observation of task_instructions.",
+        "(or the corpus file) change. Records each changed prompt as an observation of "
+        "task_instructions, and a changed corpus file as one of corpus_file.",
     )
     def rebuild_stale_assets(context: SensorEvaluationContext) -> SensorResult | SkipReason:
         busy = busy_reason(context.instance)
@@ -141,7 +144,7 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions], ass
         # Recorded here too, not only by observe_task_instructions: in the tick that launches
         # the run, so the prompt's new version is on record before the run's embeddings are
         # (recorded after them, it would mark the fresh partition stale in the UI).
-        observations = changed_instruction_observations(context.instance, settings)
+        observations = changed_source_observations(context.instance, settings)
         plan = project_plan(defs_of(), context.instance, settings)
         if plan.empty:
             return SensorResult(asset_events=observations, skip_reason="everything is fresh")
@@ -163,13 +166,14 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions], ass
         minimum_interval_seconds=settings.automation.sensor_interval_seconds,
         default_status=DefaultSensorStatus.RUNNING,
         description="Records each task's changed prompt as an observation of "
-        "task_instructions, so the UI shows exactly the edited partitions stale within one "
-        "interval of a reload, whether rebuild_stale_assets is on or off. Builds nothing.",
+        "task_instructions (and a changed corpus file as one of corpus_file), so the UI shows "
+        "exactly what an edit made stale within one interval of a reload, whether "
+        "rebuild_stale_assets is on or off. Builds nothing.",
     )
     def observe_task_instructions(context: SensorEvaluationContext) -> SensorResult | SkipReason:
-        observations = changed_instruction_observations(context.instance, settings)
+        observations = changed_source_observations(context.instance, settings)
         if not observations:
-            return SkipReason("no prompt changed")
+            return SkipReason("no prompt or corpus file changed")
         return SensorResult(asset_events=observations)
 
     @schedule(
@@ -186,7 +190,7 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions], ass
         busy = busy_reason(context.instance)
         if busy:
             return SkipReason(busy)
-        record_instruction_versions(context.instance, settings)
+        record_source_versions(context.instance, settings)
         plan = project_plan(defs_of(), context.instance, settings)
         if plan.empty:
             return SkipReason("everything is fresh")
@@ -216,7 +220,7 @@ def build_automation(settings: Settings, defs_of: Callable[[], Definitions], ass
                 f"run {others[-1].run_id[:8]} is {others[-1].status.value.lower()}: launch "
                 "rebuild_stale again once it is done (DuckDB takes one writer)"
             )
-        record_instruction_versions(context.instance, settings)
+        record_source_versions(context.instance, settings)
         plan = project_plan(defs_of(), context.instance, settings)
         if plan.empty:
             context.log.info("everything is fresh: nothing to build")

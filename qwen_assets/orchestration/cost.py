@@ -158,9 +158,11 @@ def embedding_cost(
 
 
 def _sample_size(settings: Settings) -> int | None:
-    """At most how many posts the sample will hold (the groups may hold fewer); None for
-    "all" of each group."""
+    """At most how many posts the sample will hold (the groups may hold fewer); None where
+    only the corpus knows: "all" of each group, or a file's labels."""
     corpus = settings.corpus
+    if corpus.from_file:
+        return corpus.sample_size
     if not isinstance(corpus.per_category, int):
         return None
     return corpus.per_category * len(corpus.category_names)

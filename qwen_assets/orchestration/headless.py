@@ -36,10 +36,6 @@ from qwen_assets.defs.partitions import MapGrid
 from qwen_assets.errors import PlanError, error_names
 from qwen_assets.orchestration.cost import embedding_cost, measured_speed
 from qwen_assets.orchestration.plan import project_plan
-from qwen_assets.orchestration.prompts import (
-    changed_instruction_observations,
-    record_instruction_versions,
-)
 from qwen_assets.orchestration.runs import (
     IN_PROGRESS,
     TRIGGER_TAG,
@@ -48,6 +44,10 @@ from qwen_assets.orchestration.runs import (
     dead_run,
     in_progress_runs,
     wait_for_live_runs,
+)
+from qwen_assets.orchestration.sources import (
+    changed_instruction_observations,
+    record_source_versions,
 )
 from qwen_assets.orchestration.stale import PlannedRun, StalePlan, Target
 from qwen_assets.pipeline.site import SiteError, folder_refusal
@@ -189,7 +189,7 @@ def _build(
     log: Log,
 ) -> BuildReport:
     wait_for_live_runs(instance, log)
-    changed = record_instruction_versions(instance, settings)
+    changed = record_source_versions(instance, settings)
     try:
         plan = project_plan(defs, instance, settings, forced)
     except DatabaseDamagedError as error:

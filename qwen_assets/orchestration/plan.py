@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dagster import AssetKey, DagsterInstance, Definitions
 
 from qwen_assets.defs.partitions import MapGrid
-from qwen_assets.orchestration.prompts import instruction_versions
+from qwen_assets.orchestration.sources import source_versions
 from qwen_assets.orchestration.stale import StalePlan, Target, stale_plan
 from qwen_assets.pipeline.integrity import damaged_outputs
 from qwen_assets.settings import Settings
@@ -33,4 +33,4 @@ def project_plan(
 ) -> StalePlan:
     """What is stale now; ``forced``: targets a person asked to rebuild (``--force``)."""
     outputs = {**output_damage(settings), **(forced or {})}
-    return stale_plan(defs, instance, instruction_versions(settings), outputs)
+    return stale_plan(defs, instance, source_versions(settings), outputs)

@@ -84,13 +84,15 @@ def _sample(n: int, size: int, seed: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TaskQuality:
-    knn_accuracy: float
-    silhouette: float
+    """None: a corpus without labels (and the probe: too few posts in some category)."""
+
+    knn_accuracy: float | None
+    silhouette: float | None
     trustworthiness: float
     overlap_with_reference: float
     documents_scored: int
-    probe_accuracy: float | None  # None: too few posts in some category to cross-validate
-    v_measure: float
+    probe_accuracy: float | None
+    v_measure: float | None
     cka_with_reference: float
 
     def rounded(self, digits: int = 4) -> dict[str, float | int]:
@@ -141,7 +143,7 @@ def linear_cka(first: np.ndarray, second: np.ndarray) -> float:
 def task_quality(
     vectors: np.ndarray,
     layout: np.ndarray,
-    labels: np.ndarray,
+    labels: np.ndarray | None,
     neighbours: np.ndarray,
     reference_neighbours: np.ndarray,
     reference_vectors: np.ndarray,
@@ -157,16 +159,21 @@ def task_quality(
     - overlap with the reference task: mean Jaccard of the neighbour sets (1 for itself).
     - probe accuracy, V-measure: see ``probe_accuracy`` and ``v_measure``.
     - CKA with the reference task: ``linear_cka`` of the two spaces (1 for itself).
+
+    ``labels`` None (a corpus without them): the figures about categories are None.
     """
     from sklearn.manifold import trustworthiness  # here: a plan, or a query, needs none of it
     from sklearn.metrics import silhouette_score
 
-    labels = np.asarray(labels)
     rows = _sample(len(vectors), sample_size, seed)
     k = neighbours.shape[1]
+    labelled = labels is not None
+    labels = np.asarray(labels) if labelled else np.zeros(len(vectors), dtype=int)
     return TaskQuality(
-        knn_accuracy=knn_accuracy(neighbours, labels),
-        silhouette=float(silhouette_score(vectors[rows], labels[rows], metric="cosine")),
+        knn_accuracy=knn_accuracy(neighbours, labels) if labelled else None,
+        silhouette=float(silhouette_score(vectors[rows], labels[rows], metric="cosine"))
+        if labelled
+        else None,
         trustworthiness=float(
             trustworthiness(vectors[rows], layout[rows], n_neighbors=k, metric="cosine")
         ),
@@ -174,8 +181,8 @@ def task_quality(
             neighbourhood_overlap(neighbours, reference_neighbours).mean()
         ),
         documents_scored=len(rows),
-        probe_accuracy=probe_accuracy(vectors, labels, seed),
-        v_measure=v_measure(vectors, labels, seed),
+        probe_accuracy=probe_accuracy(vectors, labels, seed) if labelled else None,
+        v_measure=v_measure(vectors, labels, seed) if labelled else None,
         cka_with_reference=linear_cka(vectors, reference_vectors),
     )
 
@@ -203,11 +210,11 @@ def score_agreement(neighbours: np.ndarray, scores: np.ndarray) -> float:
 
 
 def property_agreement(
-    neighbours: np.ndarray, labels: np.ndarray, scores: dict[str, np.ndarray]
+    neighbours: np.ndarray, labels: np.ndarray | None, scores: dict[str, np.ndarray]
 ) -> dict[str, float]:
-    """For one set of neighbourhoods: k-NN accuracy on the category, and the agreement on
-    each score property."""
-    figures = {"category": knn_accuracy(neighbours, labels)}
+    """For one set of neighbourhoods: k-NN accuracy on the category (not without labels),
+    and the agreement on each score property."""
+    figures = {} if labels is None else {"category": knn_accuracy(neighbours, labels)}
     figures.update({name: score_agreement(neighbours, values) for name, values in scores.items()})
     return figures
 

@@ -17,6 +17,8 @@ Schema, version 2 (1 had no variants)::
      "variants": [{"name", "description", "model", "prompt_template", "dimensions"}],
      "reference_variant": str,                  # the variant every map is aligned onto
      "categories": [str],                       # legend order
+     "categories_from": null | str,   # a corpus without labels: the map whose clusters they are
+     "unclustered": null | str,       # then the category of the posts in no cluster
      "documents": {"id": [str], "category": [int],
                    "text": [str]                  # when the texts are inline, or else
                    "preview": [str]},             # previews, with the texts in chunks:
@@ -70,6 +72,8 @@ from qwen_assets.pipeline.metrics import (
 from qwen_assets.settings import BASE_VARIANT, DEFAULT_TASK, Settings
 
 SCHEMA = "qwen-assets/site-data"
+# The category of a post in no cluster, where a corpus without labels is coloured by cluster.
+UNCLUSTERED = "(no cluster)"
 PUBLISHED_MODE = 0o644  # readable by the web server, whoever it runs as
 SCHEMA_VERSION = 2
 PAYLOAD_GLOBAL = "QWEN_SITE_DATA"
@@ -106,7 +110,7 @@ class TaskMap:
 
 def task_maps(
     settings: Settings,
-    categories: Sequence[str],
+    categories: Sequence[str] | None,
     vectors: Mapping[str, np.ndarray],
     layouts: Mapping[str, np.ndarray],
     scores: Mapping[str, np.ndarray] | None = None,
@@ -118,10 +122,13 @@ def task_maps(
     neighbourhoods, in full dimension and on the map, agree on each property (``scores``:
     per-document values by property name), and for a task with a target, that figure against
     the default task's. With ``texts``, the map's labelled clusters too. Rows are documents,
-    in one order."""
+    in one order. ``categories`` None: a corpus without labels (the figures about them are
+    None)."""
     site = settings.site
-    label_size = min_cluster_size(len(categories), site.label_min_share)
-    labels = np.unique(np.asarray(categories), return_inverse=True)[1]
+    label_size = min_cluster_size(len(layouts[settings.umap.align_to]), site.label_min_share)
+    labels = (
+        None if categories is None else np.unique(np.asarray(categories), return_inverse=True)[1]
+    )
     scores = dict(scores or {})
     neighbours = {task: nearest_neighbours(vectors[task], site.neighbours) for task in vectors}
     reference = neighbours[settings.umap.align_to][0]
@@ -192,7 +199,7 @@ def _headline(
     settings: Settings,
     agreement: Mapping[str, Mapping[str, float]],
     neighbours: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    labels: np.ndarray,
+    labels: np.ndarray | None,
     scores: Mapping[str, np.ndarray],
 ) -> Headline | None:
     target = settings.tasks[task].target
@@ -231,11 +238,13 @@ def build_payload(
     preview_chars: int,
     inline_texts: bool,
     properties: Mapping[str, Sequence[float]] | None = None,
+    categories_from: str | None = None,
 ) -> dict:
     """The payload. ``variants``: each variant's name, description, model, prompt_template
     and dimensions, the reference first. With ``inline_texts`` every text is in it (and
     previews are cut from them in the page); otherwise it carries previews, and
-    ``text_chunks`` the texts (``write_payload`` writes them)."""
+    ``text_chunks`` the texts (``write_payload`` writes them). ``categories_from``: where
+    the categories come from when the corpus has no labels (a map's clusters)."""
     legend = sorted(set(categories))
     index = {name: position for position, name in enumerate(legend)}
     documents: dict[str, list] = {
@@ -261,6 +270,8 @@ def build_payload(
         "neighbours": int(tasks[0].neighbours.shape[1]) if tasks else 0,
         "render": {"webgl_above": webgl_above},
         "categories": legend,
+        "categories_from": categories_from,
+        "unclustered": UNCLUSTERED if categories_from else None,
         "documents": documents,
         "texts": None
         if inline_texts

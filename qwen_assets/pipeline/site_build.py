@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from qwen_assets.pipeline.site import (
+    UNCLUSTERED,
     TaskMap,
     build_payload,
     compared_with_reference_variant,
@@ -99,8 +100,12 @@ def site_contents(
     read_map: ReadMap,
 ) -> tuple[dict, list[TaskMap]]:
     """The payload and every map of it, variant by variant. ``documents``: the sample in
-    order (doc_id, category, text, preview); ``scores``: per-document values by property."""
-    categories, texts = documents["category"].tolist(), documents["text"].tolist()
+    order (doc_id, category, text, preview); ``scores``: per-document values by property.
+    A corpus without labels (category null) is coloured by the clusters of the reference
+    map, and the figures about categories are None."""
+    labelled = bool(documents["category"].notna().all())
+    categories = documents["category"].tolist() if labelled else None
+    texts = documents["text"].tolist()
     maps: list[TaskMap] = []
     for variant in settings.variant_names:
         read = {task: read_map(variant, task) for task in settings.task_names}
@@ -115,9 +120,14 @@ def site_contents(
         )
     maps = compared_with_reference_variant(maps, settings.reference_variant)
     site = settings.site
+    reference = next(
+        m
+        for m in maps
+        if m.variant == settings.reference_variant and m.name == settings.umap.align_to
+    )
     payload = build_payload(
         doc_ids=documents["doc_id"].tolist(),
-        categories=categories,
+        categories=categories or cluster_names(reference),
         texts=texts,
         previews=documents["preview"].tolist(),
         tasks=maps,
@@ -128,5 +138,20 @@ def site_contents(
         preview_chars=settings.corpus.preview_chars,
         inline_texts=len(documents) <= site.inline_texts_up_to,
         properties=scores,
+        categories_from=None if labelled else map_title(reference, settings),
     )
     return payload, maps
+
+
+def cluster_names(found: TaskMap) -> list[str]:
+    """Each post's cluster on a map, by its label, for colouring a corpus without labels."""
+    if found.clusters is None:
+        return [UNCLUSTERED] * len(found.coordinates)
+    names = {cluster.number: cluster.label for cluster in found.clusters.clusters}
+    return [names.get(int(number), UNCLUSTERED) for number in found.clusters.membership]
+
+
+def map_title(found: TaskMap, settings: Settings) -> str:
+    """ "the default map", or "the base · default map" with variants."""
+    name = found.name if not settings.variants else f"{found.variant} · {found.name}"
+    return f"the {name} map"

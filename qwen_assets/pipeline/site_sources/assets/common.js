@@ -152,8 +152,15 @@
     (category) => "<b>" + escapeMarkup(data.categories[category]) + "</b>"
   );
 
+  // A corpus without labels is coloured by cluster: the posts in none are grey, the
+  // clusters take the palette in order.
+  const unclustered = data.categories_from ? data.categories.indexOf(data.unclustered) : -1;
+  const UNCLUSTERED_COLOUR = "#b8b8b8";
+
   function colourOf(category) {
-    return PALETTE[category % PALETTE.length];
+    if (category === unclustered) return UNCLUSTERED_COLOUR;
+    const place = unclustered >= 0 && category > unclustered ? category - 1 : category;
+    return PALETTE[place % PALETTE.length];
   }
 
   function prefersDark() {

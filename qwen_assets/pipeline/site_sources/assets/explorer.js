@@ -518,6 +518,16 @@
       button.addEventListener("click", () => switchVariant(variant.name));
       variants.append(button);
     }
+    if (data.categories_from) {
+      // A corpus without labels: its colours are the clusters of one map, and the figures
+      // about labels have none to measure.
+      const byCluster = document.querySelector('[data-colour="category"]');
+      byCluster.textContent = "Colour by cluster";
+      byCluster.title = "Each post's cluster on " + data.categories_from + " (the corpus has no labels)";
+      document.getElementById("selection-groups-title").textContent = "By cluster";
+      document.getElementById("quality-title").textContent =
+        "How does each task's space keep its neighbours? (no labels to separate)";
+    }
     const colours = document.getElementById("colour-buttons");
     for (const name of PROPERTIES.keys()) {
       const button = document.createElement("button");
@@ -556,7 +566,10 @@
         task.quality.trustworthiness,
         task.quality.overlap_with_reference,
       ];
-      for (const value of [task.name, ...figures.map(site.formatFigure)]) {
+      const shown = figures.map((value, column) =>
+        data.categories_from && column < 2 ? "no labels" : site.formatFigure(value)
+      );
+      for (const value of [task.name, ...shown]) {
         const cell = document.createElement("td");
         cell.textContent = value;
         row.append(cell);

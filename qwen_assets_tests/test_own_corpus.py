@@ -1,0 +1,261 @@
+"""A corpus of one's own: a Parquet or CSV file with other column names, with labels or
+without, built end to end through the loopback server, grown and shrunk; and each bad file
+refused with one line, nothing stored."""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import ExitStack
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from qwen_assets.cli import rebuild_stale
+from qwen_assets.definitions import build_definitions
+from qwen_assets.errors import CorpusError
+from qwen_assets.orchestration.plan import project_plan
+from qwen_assets.pipeline.corpus import draw_sample, load_raw_newsgroups, read_corpus_file
+from qwen_assets.pipeline.storage import read_table
+from qwen_assets.settings import parse_settings
+from qwen_assets.testing import project_settings
+from qwen_assets_tests.conftest import build_project, files_digest
+from qwen_assets_tests.test_site import Page, browser  # noqa: F401 (a fixture)
+
+TASKS = {
+    "default": {"instruction": ""},
+    "sentiment": {
+        "instruction": "Classify the sentiment of the given text as positive, negative, or neutral",
+        "target": "sentiment",
+    },
+}
+GROUPS = ["rec.autos", "sci.space"]
+
+
+@pytest.fixture(scope="module")
+def posts(archive: str) -> pd.DataFrame:
+    """110 posts of two groups, as someone's own table: other column names, an id column."""
+    raw = load_raw_newsgroups(archive)
+    chosen = raw[raw["category"].isin(GROUPS) & (raw["text"].str.strip().str.len() >= 100)]
+    chosen = chosen.groupby("category").head(55)
+    return pd.DataFrame(
+        {
+            "post_id": [f"p{number}" for number in range(len(chosen))],
+            "body": chosen["text"].tolist(),
+            "newsgroup": chosen["category"].tolist(),
+        }
+    )
+
+
+def own_settings(root: Path, server, archive: str, corpus: dict) -> dict:
+    raw = project_settings(root, server, archive)
+    raw["corpus"] = corpus
+    raw["tasks"] = TASKS
+    return raw
+
+
+def corpus_settings(**corpus):
+    return parse_settings({"corpus": corpus, "tasks": TASKS}).corpus
+
+
+def requests_of(project, server) -> tuple[int, object]:
+    server.reset()
+    report = rebuild_stale(project.instance, project.settings(), log=lambda line: None)
+    assert report.succeeded, report.failure
+    return len(server.received), report
+
+
+def stored_vectors(project) -> dict[tuple[str, str], list[float]]:
+    rows = read_table(project.database, "SELECT task, doc_id, embedding FROM task_embeddings")
+    return {(r.task, r.doc_id): list(r.embedding) for r in rows.itertuples()}
+
+
+def test_a_parquet_corpus_grows_at_the_cost_of_its_new_rows_and_shrinks_for_free(
+    tmp_path, posts, server, archive
+):
+    """Labels and ids from the file's own columns. Appending 10 % of rows embeds exactly
+    those (per task, ceil(new/32) requests) and leaves every other post's vectors as they
+    were; the planner says why the corpus is stale; removing rows costs nothing."""
+    source = tmp_path / "posts.parquet"
+    first = posts.iloc[:100]
+    first.to_parquet(source)
+    corpus = {
+        "source": str(source),
+        "text_column": "body",
+        "label_column": "newsgroup",
+        "id_column": "post_id",
+        "per_category": "all",
+    }
+    with ExitStack() as stack:
+        server.reset()
+        project = build_project(tmp_path, own_settings(tmp_path, server, archive, corpus), stack)
+        per_map = math.ceil(project.documents() / 32)
+        assert len(server.received) == len(TASKS) * per_map
+        sample = read_table(project.database, "SELECT doc_id, category FROM newsgroups_sample")
+        assert set(sample["doc_id"]) <= set(first["post_id"])
+        assert set(sample["category"]) == set(GROUPS)
+        before = stored_vectors(project)
+
+        posts.iloc[:110].to_parquet(source)  # ten rows appended
+        reasons = project_plan(
+            build_definitions(project.settings()), project.instance, project.settings()
+        ).reasons
+        assert reasons["raw_newsgroups"] == "corpus_file changed"
+        requests, _ = requests_of(project, server)
+        new = project.documents() - len(sample)
+        assert 0 < new <= 10
+        assert requests == len(TASKS) * math.ceil(new / 32)
+        after = stored_vectors(project)
+        assert {key: after[key] for key in before} == before, "old posts keep their vectors"
+        assert project_plan(
+            build_definitions(project.settings()), project.instance, project.settings()
+        ).empty
+
+        posts.iloc[5:110].to_parquet(source)  # five rows removed
+        requests, _ = requests_of(project, server)
+        assert requests == 0
+        left = read_table(project.database, "SELECT doc_id FROM task_embeddings")
+        assert not set(left["doc_id"]) & set(posts["post_id"].iloc[:5])
+
+
+def test_a_csv_corpus_without_labels_is_coloured_by_cluster_and_says_no_labels(
+    tmp_path,
+    posts,
+    server,
+    archive,
+    browser,  # noqa: F811 (the fixture)
+):
+    """No label column, no id column: ids come from the texts, the sample is drawn at random,
+    the figures about labels are null (not a number), and the site colours posts by the
+    clusters of the reference map, the posts in none in grey, and says "no labels"."""
+    source = tmp_path / "texts.csv"
+    posts[["body"]].rename(columns={"body": "message"}).to_csv(source, index=False)
+    corpus = {"source": str(source), "text_column": "message", "sample_size": 60}
+    with ExitStack() as stack:
+        server.reset()
+        project = build_project(tmp_path, own_settings(tmp_path, server, archive, corpus), stack)
+        assert project.documents() == 60
+        assert len(server.received) == len(TASKS) * math.ceil(60 / 32)
+        quality = read_table(project.database, "SELECT * FROM task_quality")
+        for figure in ("knn_accuracy", "silhouette", "probe_accuracy", "v_measure"):
+            assert quality[figure].isna().all(), figure
+        assert quality["trustworthiness"].between(0, 1).all()
+        assert quality["predicts_sentiment"].notna().all(), "the properties need no labels"
+        payload = json.loads((tmp_path / "site" / "data.json").read_text())
+        assert payload["categories_from"] == "the default map"
+        clusters = read_table(
+            project.database, "SELECT DISTINCT label FROM map_clusters WHERE task = 'default'"
+        )
+        assert set(payload["categories"]) <= {*clusters["label"], payload["unclustered"]}
+        assert len(payload["categories"]) >= 2
+
+        page = Page(
+            browser, (tmp_path / "site").as_uri() + "/", viewport={"width": 1280, "height": 900}
+        )
+        page.open()
+        assert page.errors == []
+        assert page.page.inner_text('[data-colour="category"]') == "Colour by cluster"
+        cells = page.page.locator("#quality-rows tr td:nth-child(2)").all_inner_texts()
+        assert cells == ["no labels"] * len(TASKS)
+        colours = page.page.evaluate(
+            "() => document.getElementById('plot').data"
+            ".filter((trace) => trace.legendgroup !== undefined || trace.name)"
+            ".map((trace) => [trace.name, trace.marker && trace.marker.color])"
+        )
+        by_name = {name: colour for name, colour in colours if name in payload["categories"]}
+        assert set(by_name) == set(payload["categories"])
+        grey = by_name.pop(payload["unclustered"], None)
+        assert grey is not None and grey not in by_name.values(), "no cluster: a colour apart"
+        assert len(set(by_name.values())) == len(by_name), "each cluster its own colour"
+        page.context.close()
+
+
+@pytest.mark.parametrize(
+    ("write", "corpus", "said"),
+    [
+        (
+            lambda frame, path: frame.to_parquet(path),
+            {"text_column": "text"},
+            "has no column corpus.text_column 'text'; its columns: post_id, body, newsgroup",
+        ),
+        (
+            lambda frame, path: frame.assign(
+                body=frame["body"].where(frame.index != 3, " ")
+            ).to_parquet(path),
+            {},
+            "row 4: nothing in corpus.text_column 'body'",
+        ),
+        (
+            lambda frame, path: frame.assign(post_id="same").to_parquet(path),
+            {"id_column": "post_id"},
+            "id 'same' (corpus.id_column 'post_id') is on",
+        ),
+        (
+            lambda frame, path: path.write_bytes(b"PAR1 not really parquet"),
+            {},
+            "as Parquet (",
+        ),
+        (
+            lambda frame, path: None,
+            {},
+            "matches no file",
+        ),
+    ],
+    ids=["missing column", "empty text", "duplicate id", "unreadable file", "no file"],
+)
+def test_each_bad_corpus_file_gets_one_line(tmp_path, posts, write, corpus, said):
+    source = tmp_path / "posts.parquet"
+    write(posts.iloc[:20], source)
+    settings = corpus_settings(**{"source": str(source), "text_column": "body", **corpus})
+    with pytest.raises(CorpusError) as refused:
+        read_corpus_file(settings)
+    message = str(refused.value)
+    assert said in message
+    assert "\n" not in message
+
+
+def test_a_bad_file_fails_the_build_and_stores_nothing(tmp_path, posts, server, archive):
+    """A corpus file damaged after a good build: the build fails with the one line, and the
+    tables, the site and the cache are as they were."""
+    source = tmp_path / "posts.jsonl"
+    posts.iloc[:40].to_json(source, orient="records", lines=True)
+    corpus = {"source": str(source), "text_column": "body", "label_column": "newsgroup"}
+    with ExitStack() as stack:
+        project = build_project(tmp_path, own_settings(tmp_path, server, archive, corpus), stack)
+        source.write_text('{"body": "a post", "newsgroup": "x"}\n{"body": \n')
+        kept = {name: digest for name, digest in files_digest(tmp_path).items()}
+        report = rebuild_stale(project.instance, project.settings(), log=lambda line: None)
+        assert not report.succeeded
+        assert f"could not read {source} as JSON lines" in report.failure
+        changed = {
+            name
+            for name, digest in files_digest(tmp_path).items()
+            if kept.get(name) != digest and not name.endswith(".wal")
+        }
+        assert not changed - {"posts.jsonl"}
+
+
+def test_the_same_seed_draws_the_same_sample_and_growth_keeps_it(posts):
+    """A post is drawn by a hash of its id: the same seed, the same posts; rows appended
+    replace a drawn post only by outranking it, so the new sample is the old one's posts
+    and new ones, and per label the counts hold."""
+    settings = corpus_settings(
+        source="x.parquet",
+        text_column="body",
+        label_column="newsgroup",
+        id_column="post_id",
+        per_category=20,
+    )
+
+    def drawn(frame: pd.DataFrame, corpus=settings) -> pd.DataFrame:
+        raw = frame.rename(columns={"post_id": "doc_id", "body": "text", "newsgroup": "category"})
+        raw = raw.assign(corpus_position=range(len(raw)), split="x.parquet")
+        return draw_sample(raw, corpus).frame
+
+    small, grown = drawn(posts.iloc[:80]), drawn(posts)
+    assert drawn(posts.iloc[:80]).equals(small)
+    assert set(grown["doc_id"]) <= set(small["doc_id"]) | set(posts["post_id"].iloc[80:])
+    assert grown["category"].value_counts().to_dict() == {group: 20 for group in GROUPS}
+    other_seed = corpus_settings(**{**settings.model_dump(), "random_state": 7})
+    assert set(drawn(posts, other_seed)["doc_id"]) != set(grown["doc_id"])
