@@ -34,8 +34,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from qwen_assets.settings import ENVIRONMENT_OVERRIDES
 from qwen_assets.testing import (
+    CHROMIUM_ARGS,
+    CHROMIUM_ENV,
     SUITE_MAX_SEQ_LENGTH,
     EmbeddingServer,
+    chromium_path,
     minilm_path,
     project_settings,
     write_settings,
@@ -121,6 +124,20 @@ def load_minilm():
     """The small model, loaded once a process (the loopback server loads it as it starts)."""
     with _model_loading:
         return _loaded_minilm()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One Chromium a process (Playwright's sync API runs one at a time in a thread)."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    if not executable:
+        pytest.skip(f"needs a browser: apt-get install chromium, or set {CHROMIUM_ENV}")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
 
 
 @pytest.fixture(scope="session")

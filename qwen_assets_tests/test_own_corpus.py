@@ -21,7 +21,7 @@ from qwen_assets.pipeline.storage import read_table
 from qwen_assets.settings import parse_settings
 from qwen_assets.testing import project_settings
 from qwen_assets_tests.conftest import build_project, files_digest
-from qwen_assets_tests.test_site import Page, browser  # noqa: F401 (a fixture)
+from qwen_assets_tests.test_site import Page
 
 TASKS = {
     "default": {"instruction": ""},
@@ -124,7 +124,7 @@ def test_a_csv_corpus_without_labels_is_coloured_by_cluster_and_says_no_labels(
     posts,
     server,
     archive,
-    browser,  # noqa: F811 (the fixture)
+    browser,
 ):
     """No label column, no id column: ids come from the texts, the sample is drawn at random,
     the figures about labels are null (not a number), and the site colours posts by the

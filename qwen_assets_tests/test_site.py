@@ -26,7 +26,6 @@ from qwen_assets.pipeline.site import (
     write_pages,
     write_payload,
 )
-from qwen_assets.testing import CHROMIUM_ARGS, CHROMIUM_ENV, chromium_path
 from qwen_assets_tests.conftest import REPO
 
 # Runs every page's scripts this many times slower (Chromium's CPU throttling), as on a
@@ -85,19 +84,6 @@ def http_root(site_dir: Path) -> Iterator[str]:
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
-
-
-@pytest.fixture(scope="session")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    executable = chromium_path()
-    if not executable:
-        pytest.skip(f"needs a browser: apt-get install chromium, or set {CHROMIUM_ENV}")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture(params=["file", "http"])
