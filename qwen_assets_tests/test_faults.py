@@ -61,7 +61,7 @@ def test_a_map_whose_step_failed_after_its_embeddings_is_rebuilt_by_any_later_bu
 ):
     """The instruction changes, the embeddings are rebuilt, and the map's step dies: the next
     build (another run) must re-project the map, never keep the old instruction's map."""
-    from qwen_assets.defs import projection_assets
+    from qwen_assets.pipeline import projection
 
     project = project_copy()
     before = coordinates(project.build_database, "topic")
@@ -70,7 +70,7 @@ def test_a_map_whose_step_failed_after_its_embeddings_is_rebuilt_by_any_later_bu
     def dies(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(projection_assets, "umap_layout", dies)
+    monkeypatch.setattr(projection, "umap_layout", dies)
     server.reset()
     failed = build(project, [])
     assert not failed.succeeded and "umap_coordinates" in (failed.failure or "")
@@ -288,6 +288,8 @@ def test_outputs_deleted_or_changed_since_the_build_are_rebuilt(project_copy, se
 
 def test_force_rebuilds_an_asset_and_what_follows_it(project_copy, server):
     project = project_copy()
+    layouts = "SELECT task, any_value(layout) FROM umap_coordinates GROUP BY task ORDER BY task"
+    before = dict(read_table(project.build_database, layouts).to_numpy())
     server.reset()
     report = rebuild_stale(
         project.instance, project.settings(), force=["umap_coordinates[topic]"], log=print
@@ -296,6 +298,10 @@ def test_force_rebuilds_an_asset_and_what_follows_it(project_copy, server):
     assert report.plan.reasons["umap_coordinates[topic]"] == "asked for by --force"
     assert list(report.plan.by_task) == ["topic"] and "site_data" in str(report.plan.after)
     assert server.received == [], "forcing a map re-projects it, it never re-embeds"
+    after = dict(read_table(project.build_database, layouts).to_numpy())
+    assert [task for task in before if before[task] != after[task]] == ["topic"], (
+        "the forced map is projected anew (a new layout), not kept as it was"
+    )
     said: list[str] = []
     assert build(project, said).plan.empty, "forced once, not for ever"
     assert said == ["everything is fresh: nothing to build"]

@@ -9,6 +9,7 @@ import math
 from contextlib import ExitStack
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -17,9 +18,10 @@ from qwen_assets.definitions import build_definitions
 from qwen_assets.errors import CorpusError
 from qwen_assets.orchestration.plan import project_plan
 from qwen_assets.pipeline.corpus import draw_sample, load_raw_newsgroups, read_corpus_file
+from qwen_assets.pipeline.projection import align
 from qwen_assets.pipeline.storage import read_table
 from qwen_assets.settings import parse_settings
-from qwen_assets.testing import project_settings
+from qwen_assets.testing import project_settings, write_settings
 from qwen_assets_tests.conftest import build_project, files_digest
 from qwen_assets_tests.test_site import Page
 
@@ -71,12 +73,20 @@ def stored_vectors(project) -> dict[tuple[str, str], list[float]]:
     return {(r.task, r.doc_id): list(r.embedding) for r in rows.itertuples()}
 
 
+def stored_places(project) -> pd.DataFrame:
+    return read_table(
+        project.database,
+        "SELECT task, doc_id, x, y, x_aligned, y_aligned, placed_at FROM umap_coordinates",
+    ).set_index(["task", "doc_id"])
+
+
 def test_a_parquet_corpus_grows_at_the_cost_of_its_new_rows_and_shrinks_for_free(
     tmp_path, posts, server, archive
 ):
     """Labels and ids from the file's own columns. Appending 10 % of rows embeds exactly
-    those (per task, ceil(new/32) requests) and leaves every other post's vectors as they
-    were; the planner says why the corpus is stale; removing rows costs nothing."""
+    those (per task, ceil(new/32) requests) and leaves every other post's vectors and place
+    on every map as they were, the new posts placed (and said so); the planner says why the
+    corpus is stale; removing rows costs nothing and moves no post."""
     source = tmp_path / "posts.parquet"
     first = posts.iloc[:100]
     first.to_parquet(source)
@@ -95,7 +105,8 @@ def test_a_parquet_corpus_grows_at_the_cost_of_its_new_rows_and_shrinks_for_free
         sample = read_table(project.database, "SELECT doc_id, category FROM newsgroups_sample")
         assert set(sample["doc_id"]) <= set(first["post_id"])
         assert set(sample["category"]) == set(GROUPS)
-        before = stored_vectors(project)
+        before, places = stored_vectors(project), stored_places(project)
+        assert places["placed_at"].isna().all(), "a first build lays every post out"
 
         posts.iloc[:110].to_parquet(source)  # ten rows appended
         reasons = project_plan(
@@ -108,6 +119,18 @@ def test_a_parquet_corpus_grows_at_the_cost_of_its_new_rows_and_shrinks_for_free
         assert requests == len(TASKS) * math.ceil(new / 32)
         after = stored_vectors(project)
         assert {key: after[key] for key in before} == before, "old posts keep their vectors"
+        grown = stored_places(project)
+        coordinates = ["x", "y", "x_aligned", "y_aligned"]
+        assert grown.loc[places.index, coordinates].equals(places[coordinates])
+        placed = grown.drop(index=places.index)
+        assert len(placed) == new * len(TASKS)
+        assert placed["placed_at"].notna().all()
+        assert grown.loc[places.index, "placed_at"].isna().all()
+        payload = json.loads((tmp_path / "site" / "data.json").read_text())
+        new_ids = set(placed.index.get_level_values("doc_id"))
+        for task in payload["tasks"]:
+            shown = {payload["documents"]["id"][int(index)] for index in task["placed"]}
+            assert shown == new_ids, "the site says which posts were placed"
         assert project_plan(
             build_definitions(project.settings()), project.instance, project.settings()
         ).empty
@@ -117,6 +140,20 @@ def test_a_parquet_corpus_grows_at_the_cost_of_its_new_rows_and_shrinks_for_free
         assert requests == 0
         left = read_table(project.database, "SELECT doc_id FROM task_embeddings")
         assert not set(left["doc_id"]) & set(posts["post_id"].iloc[:5])
+        shrunk = stored_places(project)
+        assert shrunk.equals(grown.loc[shrunk.index]), "no post moves when others leave"
+
+        # The reference map projected anew (its instruction edited): the other map keeps
+        # its layout, and is aligned onto the new reference as a whole, not left on the old.
+        raw = project.raw
+        raw["tasks"]["default"]["instruction"] = "Represent the given text"
+        write_settings(project.settings_path, raw)
+        requests_of(project, server)
+        edited = stored_places(project)
+        assert edited.loc["sentiment", ["x", "y"]].equals(shrunk.loc["sentiment", ["x", "y"]])
+        reference = edited.loc["default", ["x", "y"]].to_numpy()
+        refit = align(edited.loc["sentiment", ["x", "y"]].to_numpy(), reference).coordinates
+        assert np.allclose(edited.loc["sentiment", ["x_aligned", "y_aligned"]], refit)
 
 
 def test_a_csv_corpus_without_labels_is_coloured_by_cluster_and_says_no_labels(

@@ -129,6 +129,24 @@ class Warehouse(ConfigurableResource):
             )
         return frame
 
+    def stored_rows(
+        self, table: str, grid: MapGrid, partition_key: str, columns: Sequence[str]
+    ) -> pd.DataFrame | None:
+        """One map's rows as the last build stored them, whatever the sample is now; None
+        when the table, or one of ``columns``, is not there (never built, or built before
+        the column existed)."""
+        variant, task = grid.split(partition_key)
+        with storage.connect(
+            self.database, read_only=True, wait_seconds=self.lock_wait_seconds
+        ) as connection:
+            have = storage.column_names(connection, table)
+            if not {"variant", "task", *columns} <= set(have):
+                return None
+            chosen = ", ".join(f'"{name}"' for name in columns)
+            return connection.execute(
+                f'SELECT {chosen} FROM "{table}" WHERE variant = ? AND task = ?', [variant, task]
+            ).df()
+
 
 class Embedder(ConfigurableResource):
     """Turns texts into vectors through each variant's backend and the persistent cache. An

@@ -160,13 +160,14 @@ def site_assets(
         )
         per_document = {name: scores[name].to_numpy() for name in SCORE_PROPERTIES}
 
-        def read_map(variant: str, task: str) -> tuple[np.ndarray, np.ndarray]:
+        def read_map(variant: str, task: str) -> tuple[np.ndarray, np.ndarray, list[object]]:
             key = grid.key(variant, task)
             layout = warehouse.read_partition(
-                "umap_coordinates", grid, key, "t.x_aligned, t.y_aligned"
+                "umap_coordinates", grid, key, "t.x_aligned, t.y_aligned, t.placed_at"
             )
             vectors = load_embeddings(warehouse, grid, key)[1]
-            return vectors, layout[["x_aligned", "y_aligned"]].to_numpy()
+            placed = [None if pd.isna(when) else when for when in layout["placed_at"]]
+            return vectors, layout[["x_aligned", "y_aligned"]].to_numpy(), placed
 
         payload, maps = site_contents(settings, documents, per_document, read_map)
         texts = documents["text"].tolist()

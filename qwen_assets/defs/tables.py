@@ -57,6 +57,19 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("y", "DOUBLE", "the task's UMAP layout"),
         ("x_aligned", "DOUBLE", "the layout rotated, scaled and shifted onto umap.align_to's"),
         ("y_aligned", "DOUBLE", "the layout rotated, scaled and shifted onto umap.align_to's"),
+        (
+            "placed_at",
+            "TIMESTAMP",
+            "when the post was placed onto the map's existing layout (UTC); null: laid out "
+            "with the map",
+        ),
+        (
+            "layout",
+            "VARCHAR",
+            "the map's layout, BASIS/WHEN: what it was projected from (UMAP settings and "
+            "prompt) and when; posts are placed only onto a layout of the same basis",
+        ),
+        ("aligned_onto", "VARCHAR", "the layout of umap.align_to's map that x_aligned is on"),
     ],
     "task_quality": [
         VARIANT,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +33,7 @@ from filelock import Timeout
 from qwen_assets import dagster_internals
 from qwen_assets.defs.jobs import ASSETS_JOB
 from qwen_assets.defs.partitions import MapGrid
+from qwen_assets.defs.projection_assets import COORDINATES, REPROJECT_TAG
 from qwen_assets.errors import PlanError, error_names
 from qwen_assets.orchestration.cost import embedding_cost, measured_speed
 from qwen_assets.orchestration.plan import project_plan
@@ -225,7 +226,11 @@ def _build(
                 run_id=run_id,
                 partition_key=run.partition_key,
                 asset_selection=run.keys,
-                tags={**run.tags, TRIGGER_TAG: "qwen-assets build"},
+                tags={
+                    **run.tags,
+                    **reproject_tag(run, forced),
+                    TRIGGER_TAG: "qwen-assets build",
+                },
                 run_config={"loggers": {"console": {"config": {"log_level": _level(verbose)}}}},
                 raise_on_error=False,
             )
@@ -251,6 +256,16 @@ def _build(
                 forced.pop((key, partition), None)
         plan = project_plan(defs, instance, settings, forced)
     return report
+
+
+def reproject_tag(run: PlannedRun, forced: Mapping[Target, str]) -> dict[str, str]:
+    """Maps forced in this run are projected anew, not kept (see REPROJECT_TAG)."""
+    maps = [
+        partition
+        for (key, partition) in forced
+        if key == COORDINATES and key in run.keys and partition in run.tasks
+    ]
+    return {REPROJECT_TAG: ",".join(maps)} if maps else {}
 
 
 def forced_targets(defs: Definitions, names: Sequence[str]) -> dict[Target, str]:

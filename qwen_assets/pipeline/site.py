@@ -36,6 +36,8 @@ Schema, version 2 (1 had no variants)::
                             "predicts_<property>", "predicts_<property>_map"},
                 "target": null | str,                # the property the task aims at
                 "headline": null | str,    # its figure against its variant's default task
+                "placed": {str(index): str},  # posts placed onto the layout after it was made
+                                              # (new to the corpus), and when (UTC)
                 "clusters": {"member": [int],        # per document, -1 for none
                              "labels": [{"number": int, "label": str, "size": int,
                                          "x": float, "y": float}]}}],

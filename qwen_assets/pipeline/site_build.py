@@ -4,7 +4,7 @@ map, ``task_quality``; a row per labelled cluster, ``map_clusters``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -89,8 +89,9 @@ def variant_rows(settings: Settings) -> list[dict[str, object]]:
     ]
 
 
-# (variant, task) -> that map's vectors (rows in sample order) and its aligned layout
-ReadMap = Callable[[str, str], tuple[np.ndarray, np.ndarray]]
+# (variant, task) -> that map's vectors (rows in sample order), its aligned layout and when
+# each post was placed onto it (None: laid out with the map)
+ReadMap = Callable[[str, str], tuple[np.ndarray, np.ndarray, Sequence[object]]]
 
 
 def site_contents(
@@ -107,13 +108,16 @@ def site_contents(
     categories = documents["category"].tolist() if labelled else None
     texts = documents["text"].tolist()
     maps: list[TaskMap] = []
+    placed: dict[tuple[str, str], dict[str, str]] = {}
     for variant in settings.variant_names:
         read = {task: read_map(variant, task) for task in settings.task_names}
+        for task, (_, _, placed_at) in read.items():
+            placed[(variant, task)] = placement_dates(placed_at)
         maps += task_maps(
             settings,
             categories,
-            vectors={task: vectors for task, (vectors, _) in read.items()},
-            layouts={task: layout for task, (_, layout) in read.items()},
+            vectors={task: vectors for task, (vectors, _, _) in read.items()},
+            layouts={task: layout for task, (_, layout, _) in read.items()},
             scores=scores,
             texts=texts,
             variant=variant,
@@ -140,7 +144,18 @@ def site_contents(
         properties=scores,
         categories_from=None if labelled else map_title(reference, settings),
     )
+    for task in payload["tasks"]:
+        task["placed"] = placed[(task["variant"], task["name"])]
     return payload, maps
+
+
+def placement_dates(placed_at: Sequence[object]) -> dict[str, str]:
+    """Post index -> when it was placed onto the map (UTC, to the minute), for placed posts."""
+    return {
+        str(index): pd.Timestamp(when).strftime("%Y-%m-%d %H:%M UTC")
+        for index, when in enumerate(placed_at)
+        if when is not None and not pd.isna(when)
+    }
 
 
 def cluster_names(found: TaskMap) -> list[str]:

@@ -288,6 +288,13 @@
       if (state.doc === index) textBox.textContent = text;
     });
     document.getElementById("neighbours-task").textContent = site.mapTitle(task);
+    // A post new to the corpus since the map was laid out: placed onto it, the others kept.
+    const placed = document.getElementById("doc-placed");
+    const when = (task.placed || {})[index];
+    placed.hidden = !when;
+    placed.textContent = when
+      ? "Placed onto this map on " + when + ", after its layout was made (the posts it had kept their places)"
+      : "";
     const k = task.neighbours[index].length;
     document.getElementById("doc-kept").textContent =
       task.name === data.reference_task
