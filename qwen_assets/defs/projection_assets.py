@@ -128,7 +128,6 @@ def projection_assets(
     ) -> Iterator[MaterializeResult]:
         pause_point("asset:umap_coordinates")
         now = datetime.now(UTC).replace(tzinfo=None)
-        stamp = now.isoformat(timespec="seconds")
         asked = set(filter(None, context.run.tags.get(REPROJECT_TAG, "").split(",")))
         grown: dict[str, tuple[list[str], GrownLayout, StoredLayout | None, float]] = {}
 
@@ -144,7 +143,6 @@ def projection_assets(
                     stored,
                     layout_basis(key),
                     settings.umap,
-                    stamp,
                     reproject=key in asked,
                 )
                 grown[key] = (doc_ids, layout, stored, time.monotonic() - started)

@@ -66,8 +66,9 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         (
             "layout",
             "VARCHAR",
-            "the map's layout, BASIS/WHEN: what it was projected from (UMAP settings and "
-            "prompt) and when; posts are placed only onto a layout of the same basis",
+            "the map's layout, BASIS/POINTS: what it was projected from (UMAP settings and "
+            "prompt) and a hash of its points; posts are placed only onto a layout of the "
+            "same basis",
         ),
         ("aligned_onto", "VARCHAR", "the layout of umap.align_to's map that x_aligned is on"),
     ],

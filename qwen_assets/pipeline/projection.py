@@ -12,6 +12,7 @@ layout, and the posts it had keep their coordinates, until the new ones pass a s
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -105,10 +106,13 @@ def align(layout: np.ndarray, reference: np.ndarray) -> Alignment:
     )
 
 
-def layout_name(basis: str, projected_at: str) -> str:
-    """A layout's name, ``BASIS/WHEN``: what it was projected from (UMAP settings and prompt)
-    and when. It changes exactly when a map is projected anew, not when posts are placed."""
-    return f"{basis}/{projected_at}"
+def layout_name(basis: str, coordinates: np.ndarray) -> str:
+    """A layout's name, ``BASIS/POINTS``: what it was projected from (UMAP settings and
+    prompt) and a hash of the points it was projected to. It changes when a map is projected
+    anew into other points, not when posts are placed onto it; the same projection made
+    twice (a build resumed after a crash, a clean build) has the same name."""
+    points = hashlib.sha256(np.ascontiguousarray(coordinates, dtype=np.float64).tobytes())
+    return f"{basis}/{points.hexdigest()[:12]}"
 
 
 def basis_of(layout: str) -> str:
@@ -152,7 +156,6 @@ def grown_layout(
     stored: StoredLayout | None,
     basis: str,
     settings: UmapSettings,
-    now: str = "",
     *,
     reproject: bool = False,
 ) -> GrownLayout:
@@ -160,8 +163,8 @@ def grown_layout(
     placed onto it (``place_onto``) while they are at most ``settings.place_new_up_to`` of
     the map; else a new projection, aligned onto the stored layout (on the posts both hold)
     so the map keeps its orientation. A stored layout of another basis (other UMAP settings,
-    another prompt: other vectors) is never kept. ``now`` names a new layout; ``reproject``:
-    a person asked for a new projection (still aligned onto the stored layout)."""
+    another prompt: other vectors) is never kept. ``reproject``: a person asked for a new
+    projection (still aligned onto the stored layout)."""
     n = len(doc_ids)
     nothing = np.zeros(n, dtype=bool)
     had = set() if stored is None else set(stored.doc_ids)
@@ -181,10 +184,9 @@ def grown_layout(
         )
         return GrownLayout(coordinates, ~old, old, stored.layout, why)
     layout = umap_layout(vectors, settings)
-    name = layout_name(basis, now)
     if not usable:
         why = "projected (no stored layout of these settings and prompt)"
-        return GrownLayout(layout, nothing, nothing, name, why)
+        return GrownLayout(layout, nothing, nothing, layout_name(basis, layout), why)
     onto_old = align(layout[old], stored.coordinates[stored.rows_of(doc_ids, old)])
     layout = transformed(layout, onto_old)
     why = (
@@ -193,7 +195,7 @@ def grown_layout(
         else f"projected again: {new_share:.0%} of the posts are new, more than "
         f"umap.place_new_up_to ({settings.place_new_up_to:.0%}); aligned onto the old layout"
     )
-    return GrownLayout(layout, nothing, nothing, name, why)
+    return GrownLayout(layout, nothing, nothing, layout_name(basis, layout), why)
 
 
 def place_onto(
