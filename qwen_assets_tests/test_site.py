@@ -784,6 +784,58 @@ def large_site_dir(built, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy
 
 
+@pytest.fixture(scope="session")
+def many_labels_site_dir(built, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built site as a corpus of 45 labels of very different sizes would give it."""
+    copy = tmp_path_factory.mktemp("many-labels") / "site"
+    shutil.copytree(built.root / "site", copy)
+    payload = read_payload(copy)
+    count = len(payload["documents"]["id"])
+    # Label k holds 0.9 times as many posts as label k - 1, and at least 3: 81 down to 3.
+    weights = 0.9 ** np.arange(45)
+    sizes = np.maximum(3, np.round(count * weights / weights.sum())).astype(int)
+    sizes[0] += count - sizes.sum()
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(45), sizes))
+    payload["categories"] = [f"label {number:02d}" for number in range(45)]
+    payload["documents"]["category"] = labels.tolist()
+    texts = payload["documents"]["text"]
+    write_payload(payload, copy, texts)
+    write_pages(copy, [task["name"] for task in payload["tasks"]])
+    return copy
+
+
+def test_many_labels_list_the_largest_and_group_the_rest(browser, many_labels_site_dir):
+    """45 labels: the map's legend lists the 19 largest, each its own colour, and one grey
+    group of the other 26; the comparison page's legend says the same."""
+    payload = read_payload(many_labels_site_dir)
+    counts = np.bincount(payload["documents"]["category"], minlength=45)
+    largest = {payload["categories"][c] for c in np.argsort(-counts, kind="stable")[:19]}
+    opened = Page(
+        browser, many_labels_site_dir.as_uri() + "/", viewport={"width": 1280, "height": 900}
+    )
+    try:
+        opened.open()
+        traces = opened.page.evaluate(
+            "() => document.getElementById('plot').data"
+            ".filter((trace) => trace.showlegend !== false)"
+            ".map((trace) => [trace.name, trace.marker.color, trace.customdata.length])"
+        )
+        names = [name for name, _, _ in traces]
+        assert len(traces) == 20 and set(names[:19]) == largest
+        assert names[19] == "other 26 labels"
+        colours = [colour for _, colour, _ in traces]
+        assert len(set(colours)) == 20, "every group its own colour"
+        assert sum(size for _, _, size in traces) == len(payload["documents"]["id"])
+        shown = opened.page.locator("#plot .legend .traces").count()
+        assert shown == 20, "the drawn legend lists as many"
+        opened.open("compare.html")
+        legend = opened.page.locator("#legend > span").all_inner_texts()
+        assert [text.strip() for text in legend] == names
+        assert opened.errors == []
+    finally:
+        opened.context.close()
+
+
 def test_a_large_site_loads_texts_on_demand_and_draws_with_webgl(browser, large_site_dir, payload):
     assert sorted(path.name for path in (large_site_dir / "texts").iterdir()) == [
         f"{number:04d}.{kind}" for number in range(3) for kind in ("js", "json")

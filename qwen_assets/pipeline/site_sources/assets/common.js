@@ -152,15 +152,49 @@
     (category) => "<b>" + escapeMarkup(data.categories[category]) + "</b>"
   );
 
-  // A corpus without labels is coloured by cluster: the posts in none are grey, the
-  // clusters take the palette in order.
+  // Colours go to the legend's groups: every category while there are at most LEGEND_LIMIT,
+  // else the largest (LEGEND_LIMIT - 1) and one grey group for the rest, so the legend stays
+  // readable and no two listed categories share a colour. The posts of a corpus without
+  // labels that are in no cluster are grey too.
+  const LEGEND_LIMIT = 20;
+  const OTHER_COLOUR = "#b8b8b8";
   const unclustered = data.categories_from ? data.categories.indexOf(data.unclustered) : -1;
-  const UNCLUSTERED_COLOUR = "#b8b8b8";
+  const bySize = byCategory
+    .map((members, category) => category)
+    .filter((category) => category !== unclustered)
+    .sort((a, b) => byCategory[b].length - byCategory[a].length || a - b);
+  const listed = new Set(
+    bySize.length > LEGEND_LIMIT ? bySize.slice(0, LEGEND_LIMIT - 1) : bySize
+  );
+  const slot = new Map(
+    [...listed].sort((a, b) => a - b).map((category, place) => [category, place])
+  );
+  // Beside a grey group, the palette's own grey would read as part of it.
+  const palette =
+    listed.size < data.categories.length ? PALETTE.filter((colour) => colour !== "#bab0ac") : PALETTE;
+  /* The legend: [{name, members, colour}], listed categories in their order, then the rest. */
+  const legendGroups = [...slot.keys()].map((category) => ({
+    name: data.categories[category],
+    members: byCategory[category],
+    colour: palette[slot.get(category) % palette.length],
+  }));
+  const rest = byCategory
+    .map((members, category) => category)
+    .filter((category) => !listed.has(category));
+  if (rest.length) {
+    const grouped = rest.length - (unclustered >= 0 ? 1 : 0);
+    legendGroups.push({
+      name:
+        grouped === 0
+          ? data.unclustered
+          : "other " + grouped + " labels" + (unclustered >= 0 ? " and " + data.unclustered : ""),
+      members: rest.flatMap((category) => byCategory[category]).sort((a, b) => a - b),
+      colour: OTHER_COLOUR,
+    });
+  }
 
   function colourOf(category) {
-    if (category === unclustered) return UNCLUSTERED_COLOUR;
-    const place = unclustered >= 0 && category > unclustered ? category - 1 : category;
-    return PALETTE[place % PALETTE.length];
+    return slot.has(category) ? palette[slot.get(category) % palette.length] : OTHER_COLOUR;
   }
 
   function prefersDark() {
@@ -425,15 +459,15 @@
     return count > data.render.webgl_above ? "scattergl" : "scatter";
   }
 
-  /* One trace per category, so Plotly's legend hides (click) and isolates (double-click).
+  /* One trace per legend group, so Plotly's legend hides (click) and isolates (double-click).
    * `ids` let transitions move each document from its old place to its new one. */
   function categoryTraces(task, options) {
     const opacity = (options && options.opacity) || null;
-    return byCategory.map((members, category) => ({
+    return legendGroups.map(({ name, members, colour }) => ({
       type: traceType(),
       mode: "markers",
       meta: DOCUMENTS,
-      name: data.categories[category],
+      name: name,
       ids: members.map((index) => documents.id[index]),
       x: members.map((index) => task.x[index]),
       y: members.map((index) => task.y[index]),
@@ -441,7 +475,7 @@
       text: members.map((index) => hoverText[index]),
       hovertemplate: "%{text}<extra></extra>",
       marker: {
-        color: colourOf(category),
+        color: colour,
         size: MARKER_SIZE,
         opacity: opacity ? members.map((index) => opacity[index]) : SHOWN,
       },
@@ -498,7 +532,7 @@
   }
 
   window.QwenSite = {
-    data, documents, count, tasksByName, mapOf, mapKey, mapTitle, mapFileName, variantNames, taskNames, gridded, docIndex, byCategory, colourOf, prefersDark,
+    data, documents, count, tasksByName, mapOf, mapKey, mapTitle, mapFileName, variantNames, taskNames, gridded, docIndex, byCategory, legendGroups, colourOf, prefersDark,
     baseLayout, plotConfig, traceType, categoryTraces, neighbourhoodChange, keptNeighbours,
     hoverText, fillTaskPageLinks, formatFigure, shorten, textOf, allTexts, escapeMarkup, detailsReady, DOCUMENTS,
     DIMMED, SHOWN, MARKER_SIZE, labelTrace, onLabelHover, postAt, keepLabelsApart, hintScrolling, clusterMembers, dimmedUnlessIn, restyleOpacity, mostMoved, followBox,

@@ -53,11 +53,11 @@
 
   const legend = document.getElementById("legend");
   if (legend) {
-    data.categories.forEach((name, category) => {
+    site.legendGroups.forEach(({ name, colour }) => {
       const item = document.createElement("span");
       const swatch = document.createElement("span");
       swatch.className = "swatch";
-      swatch.style.background = site.colourOf(category);
+      swatch.style.background = colour;
       item.append(swatch, name);
       legend.append(item);
     });
