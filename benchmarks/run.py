@@ -19,6 +19,7 @@ BENCHMARKS = {
     "slow-server": "benchmarks.slow_server",
     "growth": "benchmarks.growth",
     "render-scale": "benchmarks.render_scale",
+    "map-growth": "benchmarks.map_growth",
     "local-cpu": "benchmarks.local_cpu",
     "local-gpu": "benchmarks.local_gpu",
     "publish": "benchmarks.publish",
