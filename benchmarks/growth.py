@@ -9,14 +9,12 @@ read and the figures are those of the sample, UMAP and the site.
 from __future__ import annotations
 
 import json
-import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.results import table, write_section
+from benchmarks.results import in_child, peak_mb, table, write_section
 from benchmarks.workspace import project
 
 SIZES = {
@@ -57,7 +55,7 @@ def child(settings_path: str) -> None:
             {
                 "seconds": seconds,
                 "total": time.monotonic() - started,
-                "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_mb": peak_mb(),
                 "documents": len(documents["documents"]["id"]),
                 "payload_bytes": (Path(settings.site.output_dir) / "data.json").stat().st_size,
             }
@@ -72,13 +70,7 @@ def run() -> str:
         for stale in ["warehouse.duckdb", "site"]:
             target = settings.parent / stale
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        output = subprocess.run(
-            [sys.executable, "-m", "benchmarks.growth", "--child", str(settings)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        figures = json.loads(output.strip().splitlines()[-1])
+        figures = in_child("benchmarks.growth", str(settings))
         rows.append(
             [
                 f"{figures['documents']:,}",

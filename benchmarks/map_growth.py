@@ -9,14 +9,12 @@ vectors mean. Each size runs in its own process, so its peak memory is its own.
 from __future__ import annotations
 
 import json
-import resource
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-from benchmarks.results import table, write_section
+from benchmarks.results import in_child, peak_mb, table, write_section
 
 SIZES = [10_000, 30_000, 100_000]
 DIMENSIONS = 384
@@ -58,7 +56,7 @@ def child(count: int) -> None:
             {
                 "project_s": projected,
                 "place_s": placed,
-                "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_mb": peak_mb(),
             }
         )
     )
@@ -67,13 +65,7 @@ def child(count: int) -> None:
 def run() -> str:
     rows = []
     for count in SIZES:
-        output = subprocess.run(
-            [sys.executable, "-m", "benchmarks.map_growth", "--child", str(count)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        figures = json.loads(output.strip().splitlines()[-1])
+        figures = in_child("benchmarks.map_growth", str(count))
         rows.append(
             [
                 f"{count:,}",

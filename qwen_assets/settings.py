@@ -352,9 +352,6 @@ class UmapSettings(_Section):
     # it; above, the map is projected again. 0: every change of the sample projects again.
     place_new_up_to: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
 
-    def fingerprint(self) -> str:
-        return fingerprint(self.model_dump())
-
     def layout_fingerprint(self) -> str:
         """What shapes a projection (not when to place instead of projecting)."""
         return fingerprint(self.model_dump(exclude={"place_new_up_to"}))

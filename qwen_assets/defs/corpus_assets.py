@@ -38,6 +38,22 @@ NEWSGROUPS_DESCRIPTION = (
 )
 
 
+def sample_description(settings: Settings) -> str:
+    corpus = settings.corpus
+    if not corpus.from_file:
+        return (
+            "The published demo's stratified sample: per_category posts from each configured "
+            "group, whitespace collapsed, short texts dropped, long ones cut."
+        )
+    if corpus.sample_size:
+        drawn = f"{corpus.sample_size} posts at random"
+    elif corpus.labelled and corpus.per_category != "all":
+        drawn = f"{corpus.per_category} posts per label"
+    else:
+        drawn = "every post"
+    return f"The sample: {drawn} of the file, whitespace collapsed, short texts dropped, long ones cut."
+
+
 def corpus_assets(settings: Settings) -> list[AssetsDefinition | SourceAsset]:
     corpus = settings.corpus
     sources: list[AssetsDefinition | SourceAsset] = []
@@ -112,20 +128,7 @@ def corpus_assets(settings: Settings) -> list[AssetsDefinition | SourceAsset]:
         metadata=table_metadata("newsgroups_sample"),
         pool=POOL,
         kinds={"duckdb", "pandas"},
-        description=(
-            "The sample: "
-            + (
-                f"{corpus.sample_size} posts at random"
-                if corpus.sample_size
-                else f"{corpus.per_category} posts per label"
-                if corpus.labelled and corpus.per_category != "all"
-                else "every post"
-            )
-            + " of the file, whitespace collapsed, short texts dropped, long ones cut."
-            if corpus.from_file
-            else "The published demo's stratified sample: per_category posts from each "
-            "configured group, whitespace collapsed, short texts dropped, long ones cut."
-        ),
+        description=sample_description(settings),
     )
     def newsgroups_sample(
         context: AssetExecutionContext, warehouse: Warehouse

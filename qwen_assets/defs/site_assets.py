@@ -166,8 +166,8 @@ def site_assets(
                 "umap_coordinates", grid, key, "t.x_aligned, t.y_aligned, t.placed_at"
             )
             vectors = load_embeddings(warehouse, grid, key)[1]
-            placed = [None if pd.isna(when) else when for when in layout["placed_at"]]
-            return vectors, layout[["x_aligned", "y_aligned"]].to_numpy(), placed
+            aligned = layout[["x_aligned", "y_aligned"]].to_numpy()
+            return vectors, aligned, layout["placed_at"].tolist()
 
         payload, maps = site_contents(settings, documents, per_document, read_map)
         texts = documents["text"].tolist()

@@ -20,10 +20,10 @@ They build the way `qwen-assets build` does: plan with the one stale rule
 once it has succeeded. So a run that fails (a blocking check that failed on a rebuilt
 partition, say) keeps everything after it out: nothing queued behind it can publish a site
 built on what failed. The sensor then tries that run again only once the settings or the
-corpus file change (the edit that fixes it); a person can launch it from the UI meanwhile. Every trigger first
-fails runs whose process died (:mod:`qwen_assets.orchestration.runs`), and requests nothing
-while `qwen-assets build` is building or a run is queued or in progress: DuckDB takes one
-writer.
+corpus file change (the edit that fixes it); a person can launch it from the UI meanwhile.
+Every trigger first fails runs whose process died (:mod:`qwen_assets.orchestration.runs`),
+and requests nothing while `qwen-assets build` is building or a run is queued or in
+progress: DuckDB takes one writer.
 """
 
 from collections.abc import Callable

@@ -108,6 +108,8 @@ class TaskMap:
     headline: Headline | None = None
     clusters: MapClusters | None = None
     variant: str = BASE_VARIANT
+    # Posts placed onto the layout after it was made: str(index) -> when (UTC).
+    placed: Mapping[str, str] = field(default_factory=dict)
 
 
 def task_maps(
@@ -293,6 +295,7 @@ def build_payload(
                 "target": task.target,
                 "headline": task.headline.sentence() if task.headline else None,
                 "clusters": _clusters(task.clusters, coordinate_decimals),
+                "placed": dict(task.placed),
             }
             for task in tasks
         ],

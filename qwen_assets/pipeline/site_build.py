@@ -5,6 +5,7 @@ map, ``task_quality``; a row per labelled cluster, ``map_clusters``)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -108,20 +109,20 @@ def site_contents(
     categories = documents["category"].tolist() if labelled else None
     texts = documents["text"].tolist()
     maps: list[TaskMap] = []
-    placed: dict[tuple[str, str], dict[str, str]] = {}
     for variant in settings.variant_names:
         read = {task: read_map(variant, task) for task in settings.task_names}
-        for task, (_, _, placed_at) in read.items():
-            placed[(variant, task)] = placement_dates(placed_at)
-        maps += task_maps(
-            settings,
-            categories,
-            vectors={task: vectors for task, (vectors, _, _) in read.items()},
-            layouts={task: layout for task, (_, layout, _) in read.items()},
-            scores=scores,
-            texts=texts,
-            variant=variant,
-        )
+        maps += [
+            replace(found, placed=placement_dates(read[found.name][2]))
+            for found in task_maps(
+                settings,
+                categories,
+                vectors={task: vectors for task, (vectors, _, _) in read.items()},
+                layouts={task: layout for task, (_, layout, _) in read.items()},
+                scores=scores,
+                texts=texts,
+                variant=variant,
+            )
+        ]
     maps = compared_with_reference_variant(maps, settings.reference_variant)
     site = settings.site
     reference = next(
@@ -144,17 +145,16 @@ def site_contents(
         properties=scores,
         categories_from=None if labelled else map_title(reference, settings),
     )
-    for task in payload["tasks"]:
-        task["placed"] = placed[(task["variant"], task["name"])]
     return payload, maps
 
 
 def placement_dates(placed_at: Sequence[object]) -> dict[str, str]:
-    """Post index -> when it was placed onto the map (UTC, to the minute), for placed posts."""
+    """Post index -> when it was placed onto the map (UTC, to the minute), for placed posts
+    (null or NaT: laid out with the map)."""
     return {
         str(index): pd.Timestamp(when).strftime("%Y-%m-%d %H:%M UTC")
         for index, when in enumerate(placed_at)
-        if when is not None and not pd.isna(when)
+        if not pd.isna(when)
     }
 
 

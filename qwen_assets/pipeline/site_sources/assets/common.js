@@ -172,11 +172,16 @@
   // Beside a grey group, the palette's own grey would read as part of it.
   const palette =
     listed.size < data.categories.length ? PALETTE.filter((colour) => colour !== "#bab0ac") : PALETTE;
+
+  function colourOf(category) {
+    return slot.has(category) ? palette[slot.get(category) % palette.length] : OTHER_COLOUR;
+  }
+
   /* The legend: [{name, members, colour}], listed categories in their order, then the rest. */
   const legendGroups = [...slot.keys()].map((category) => ({
     name: data.categories[category],
     members: byCategory[category],
-    colour: palette[slot.get(category) % palette.length],
+    colour: colourOf(category),
   }));
   const rest = byCategory
     .map((members, category) => category)
@@ -191,10 +196,6 @@
       members: rest.flatMap((category) => byCategory[category]).sort((a, b) => a - b),
       colour: OTHER_COLOUR,
     });
-  }
-
-  function colourOf(category) {
-    return slot.has(category) ? palette[slot.get(category) % palette.length] : OTHER_COLOUR;
   }
 
   function prefersDark() {

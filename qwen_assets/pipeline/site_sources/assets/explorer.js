@@ -573,8 +573,9 @@
         task.quality.trustworthiness,
         task.quality.overlap_with_reference,
       ];
-      const shown = figures.map((value, column) =>
-        data.categories_from && column < 2 ? "no labels" : site.formatFigure(value)
+      // Without labels the figures about them are null: say why, not a dash.
+      const shown = figures.map((value) =>
+        value === null && data.categories_from ? "no labels" : site.formatFigure(value)
       );
       for (const value of [task.name, ...shown]) {
         const cell = document.createElement("td");
