@@ -188,11 +188,12 @@
     .filter((category) => !listed.has(category));
   if (rest.length) {
     const grouped = rest.length - (unclustered >= 0 ? 1 : 0);
+    const noun = data.categories_from ? " clusters" : " labels";
     legendGroups.push({
       name:
         grouped === 0
           ? data.unclustered
-          : "other " + grouped + " labels" + (unclustered >= 0 ? " and " + data.unclustered : ""),
+          : "other " + grouped + noun + (unclustered >= 0 ? " and " + data.unclustered : ""),
       members: rest.flatMap((category) => byCategory[category]).sort((a, b) => a - b),
       colour: OTHER_COLOUR,
     });
