@@ -446,6 +446,23 @@ def command_compare(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_effects(arguments: argparse.Namespace) -> int:
+    from qwen_assets.pipeline.query import effects, effects_summary
+    from qwen_assets.settings import load_settings
+
+    frame = effects(load_settings(), arguments.task, arguments.variant)
+    summary = effects_summary(frame)
+    if arguments.format == "table":  # a terminal's width: the spread as one column
+        frame = frame.assign(
+            wordings=[
+                "-" if pd.isna(low) else f"{low:.3f}..{high:.3f}"
+                for low, high in zip(frame.paraphrase_min, frame.paraphrase_max, strict=True)
+            ]
+        )[["task", "figure", "instruction", "wordings", "shuffled", "generic"]]
+    print_frame(frame, arguments.format, summary)
+    return 0
+
+
 def command_export(arguments: argparse.Namespace) -> int:
     from qwen_assets.pipeline.query import export
     from qwen_assets.settings import load_settings
@@ -554,6 +571,17 @@ def parser() -> argparse.ArgumentParser:
     )
     variant_option(compare, " for a bare task name")
     output_options(compare)
+
+    effects = query_command(
+        "effects",
+        "is it the instruction? each task's figures beside its paraphrases' and controls'",
+        command_effects,
+    )
+    effects.add_argument(
+        "--task", help="every figure of this task (default: each task's target figure)"
+    )
+    variant_option(effects)
+    effects.add_argument("--format", choices=OUTPUT_FORMATS, default="table", help="output format")
 
     export = query_command(
         "export",

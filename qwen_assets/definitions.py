@@ -37,7 +37,7 @@ from qwen_assets.pipeline.embedding import resolve_backend
 from qwen_assets.settings import Settings, load_settings
 
 # The site's assets that are tables people query (site_data and site_pages are files).
-TABLES = {"task_quality", "map_clusters", "site_builds"}
+TABLES = {"task_quality", "instruction_effects", "map_clusters", "site_builds"}
 # Where dg keeps a project's configuration; absent when the package is installed as a wheel,
 # where nothing is scaffolded.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -311,6 +314,16 @@ class EmbeddingSettings(_Section):
     http: HttpSettings = HttpSettings()
     local: LocalSettings = LocalSettings()
 
+    def backend_here(self, environ: Mapping[str, str] = os.environ) -> tuple[str, str]:
+        """Which backend runs ("http" or "local"), and why (for the log): "auto" takes the
+        API when its key is set."""
+        variable = self.http.api_key_env
+        if self.backend != "auto":
+            return self.backend, f'embedding.backend = "{self.backend}"'
+        if environ.get(variable):
+            return "http", f"embedding.backend is auto and {variable} is set"
+        return "local", f"embedding.backend is auto and {variable} is not set"
+
 
 class VariantHttpSettings(_Section):
     base_url: str | None = None
@@ -482,16 +495,92 @@ class StorageSettings(_Section):
 MAX_INSTRUCTION_CHARS = 2000
 
 
+Instruction = Annotated[str, Field(max_length=MAX_INSTRUCTION_CHARS)]
+
+
 class TaskSettings(_Section):
-    instruction: Annotated[str, Field(max_length=MAX_INSTRUCTION_CHARS)] = ""
+    instruction: Instruction = ""
     description: str = ""
     # The property the instruction is about; its figure is compared with the default task's.
     target: Literal[PROPERTIES] | None = None  # type: ignore[valid-type]
+    # Other wordings of the instruction: with [controls] on, each is embedded too, and every
+    # figure of the task is given with its spread over them.
+    paraphrases: list[Instruction] = []
 
     @field_validator("instruction", "description")
     @classmethod
     def _strip(cls, value: str) -> str:
         return value.strip()
+
+    @field_validator("paraphrases")
+    @classmethod
+    def _paraphrases(cls, values: list[str]) -> list[str]:
+        stripped = [value.strip() for value in values]
+        if not all(stripped):
+            raise ValueError("a paraphrase is empty; write the instruction in other words")
+        if len(set(stripped)) < len(stripped):
+            raise ValueError("two paraphrases are the same; each must be its own wording")
+        return stripped
+
+
+# A generic instruction, cut or repeated to the length of the instruction it stands beside.
+GENERIC_INSTRUCTION = "Represent the given text so that it can be compared with any other text"
+
+
+class ControlsSettings(_Section):
+    """Prompts that ask whether an instruction's meaning moves the space, or any prefix of
+    its length would: its own words shuffled, a generic instruction as long, and its
+    paraphrases. Each is one more embedding of the sample per task and variant."""
+
+    # "auto": on when the reference variant embeds through an API, off with the local model
+    # (on 2 CPU cores each prompt is another ~25 minutes per task).
+    enabled: bool | Literal["auto"] = "auto"
+    shuffled: bool = True
+    generic: Instruction | None = GENERIC_INSTRUCTION
+
+    @field_validator("generic")
+    @classmethod
+    def _generic(cls, value: str | None) -> str | None:
+        """An empty generic instruction turns that control off, as None does."""
+        if value is None:
+            return None
+        return value.strip() or None
+
+
+PromptRole = Literal["task", "paraphrase", "shuffled", "generic"]
+# What a prompt of another role is named after its task: "topic.shuffled", "topic.paraphrase-1".
+# A dot: a task's name cannot hold one, so no task is ever named like a control.
+PROMPT_SEPARATOR = "."
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One instruction the sample is embedded with: a task's own, or one of its paraphrases
+    or controls. Each is a partition of the embeddings and the maps."""
+
+    name: str
+    task: str
+    role: PromptRole
+    instruction: str
+
+
+def shuffled_words(instruction: str) -> str:
+    """The instruction's words in another order (the same order for the same instruction):
+    the same tokens, without the sentence they made."""
+    words = instruction.split()
+    if len(set(words)) < 2:
+        return instruction
+    rng = random.Random(fingerprint(instruction))
+    shuffled = list(words)
+    while shuffled == words:
+        rng.shuffle(shuffled)
+    return " ".join(shuffled)
+
+
+def generic_of_length(generic: str, words: int) -> str:
+    """``generic``'s words, cut or repeated to ``words`` words."""
+    source = generic.split()
+    return " ".join(source[i % len(source)] for i in range(max(words, 1)))
 
 
 class Settings(_Section):
@@ -502,6 +591,7 @@ class Settings(_Section):
     publish: PublishSettings = PublishSettings()
     automation: AutomationSettings = AutomationSettings()
     storage: StorageSettings = StorageSettings()
+    controls: ControlsSettings = ControlsSettings()
     tasks: dict[str, TaskSettings]
     # Named ways of embedding to compare side by side; the first is the reference. None: one
     # variant, BASE_VARIANT, which is [embedding] as it is.
@@ -592,7 +682,49 @@ class Settings(_Section):
 
     @cached_property
     def task_names(self) -> list[str]:
+        """The tasks people pick; ``prompt_names`` adds their paraphrases and controls."""
         return list(self.tasks)
+
+    @cached_property
+    def controls_on(self) -> bool:
+        """Whether paraphrases and controls are embedded; "auto" looks at the environment
+        once (an API key set), as the backend itself does."""
+        if self.controls.enabled != "auto":
+            return self.controls.enabled
+        return self.embedding_of().backend_here()[0] == "http"
+
+    @cached_property
+    def prompts(self) -> dict[str, Prompt]:
+        """Every instruction the sample is embedded with, by partition name: each task, then
+        (with controls on) its paraphrases and controls, so one task's prompts are a range."""
+        prompts = {}
+        for name, task in self.tasks.items():
+            prompts[name] = Prompt(name, name, "task", task.instruction)
+            if not (self.controls_on and task.instruction):
+                continue
+            derived: list[tuple[str, PromptRole, str]] = [
+                (f"paraphrase-{number}", "paraphrase", paraphrase)
+                for number, paraphrase in enumerate(task.paraphrases, 1)
+            ]
+            if self.controls.shuffled:
+                derived.append(("shuffled", "shuffled", shuffled_words(task.instruction)))
+            if self.controls.generic:
+                words = len(task.instruction.split())
+                derived.append(
+                    ("generic", "generic", generic_of_length(self.controls.generic, words))
+                )
+            for suffix, role, instruction in derived:
+                key = f"{name}{PROMPT_SEPARATOR}{suffix}"
+                prompts[key] = Prompt(key, name, role, instruction)
+        return prompts
+
+    @cached_property
+    def prompt_names(self) -> list[str]:
+        """The partitions of the embeddings and the maps."""
+        return list(self.prompts)
+
+    def instruction_of(self, prompt: str) -> str:
+        return self.prompts[prompt].instruction
 
     @cached_property
     def variant_names(self) -> list[str]:

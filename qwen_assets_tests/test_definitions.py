@@ -22,7 +22,14 @@ STAGES = {
     "corpus": {"raw_newsgroups", "newsgroups_sample", "document_properties"},
     "embeddings": {"task_instructions", "task_embeddings"},
     "projection": {"umap_coordinates"},
-    "site": {"site_data", "task_quality", "map_clusters", "site_builds", "site_pages"},
+    "site": {
+        "site_data",
+        "task_quality",
+        "instruction_effects",
+        "map_clusters",
+        "site_builds",
+        "site_pages",
+    },
     "query": {"task_documents", "category_centroids", "query_database"},
 }
 

@@ -149,6 +149,7 @@ COMPARED_TABLES = {
     "task_embeddings": "task, doc_id",
     "umap_coordinates": "task, doc_id",
     "task_quality": "variant, task",
+    "instruction_effects": "variant, task, figure",
     "map_clusters": "variant, task, cluster",
     "task_documents": "task, doc_id",
 }
@@ -247,7 +248,14 @@ def test_a_site_folder_holding_someone_elses_files_is_refused_untouched(project_
     result = job.execute_in_process(
         instance=project.instance,
         asset_selection=[
-            AssetKey(name) for name in ("site_data", "task_quality", "map_clusters", "site_builds")
+            AssetKey(name)
+            for name in (
+                "site_data",
+                "task_quality",
+                "instruction_effects",
+                "map_clusters",
+                "site_builds",
+            )
         ],
         raise_on_error=False,
     )

@@ -45,6 +45,7 @@ AFTER_THE_MAPS = {
     for name in [
         "site_data",
         "task_quality",
+        "instruction_effects",
         "map_clusters",
         "site_builds",
         "site_pages",

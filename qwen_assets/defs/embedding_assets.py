@@ -127,7 +127,7 @@ def embedding_assets(
                     "table": "task_embeddings",
                     "dagster/row_count": len(doc_ids),
                     "dimension": vectors.shape[1],
-                    "instruction": settings.tasks[task].instruction or "(none)",
+                    "instruction": settings.instruction_of(task) or "(none)",
                     **({"variant": variant, "model": embedding.model} if grid.gridded else {}),
                     SOURCE_VERSION_METADATA: grid.prompt_version(key),
                     PARTITION_VERSION_METADATA: versions[key],

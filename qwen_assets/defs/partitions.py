@@ -38,7 +38,7 @@ class MapGrid:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.variants = settings.variant_names
-        self.tasks = settings.task_names
+        self.tasks = settings.prompt_names  # each task, its paraphrases and controls
         self.gridded = bool(settings.variants)
         self._keys = {
             self.key(variant, task): (variant, task)

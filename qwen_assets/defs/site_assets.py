@@ -1,6 +1,7 @@
 """umap_coordinates + task_embeddings -> site_data -> site_pages."""
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -8,6 +9,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetsDefinition,
     AssetSpec,
@@ -23,6 +27,7 @@ from qwen_assets.defs.projection_assets import load_embeddings
 from qwen_assets.defs.resources import Warehouse
 from qwen_assets.defs.run_worker import RECORDS_ITS_WORKER
 from qwen_assets.defs.tables import COLUMNS, table_metadata
+from qwen_assets.pipeline.controls import Effect
 from qwen_assets.pipeline.integrity import SITE_TABLES
 from qwen_assets.pipeline.pause import pause_point
 from qwen_assets.pipeline.publish import publish_site, redact_credentials
@@ -38,10 +43,13 @@ from qwen_assets.pipeline.site import (
 from qwen_assets.pipeline.site_build import (
     CLUSTER_SCHEMA,
     cluster_rows,
+    effect_rows,
     quality_rows,
     site_contents,
 )
 from qwen_assets.settings import PROPERTIES, SCORE_PROPERTIES, Settings, fingerprint
+
+INSTRUCTION_CHECK = "instruction_beyond_its_controls"
 
 SITE_BUILD_COLUMNS = {
     "built_at": "TIMESTAMP",
@@ -70,6 +78,46 @@ def quality_markdown(quality: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def effects_markdown(effects: Sequence[Effect]) -> str:
+    """Each task's target figure, the instruction's against its wordings' and controls'."""
+    lines = [
+        "| task | figure | instruction | paraphrases (min-max) | shuffled | generic |",
+        "|---|---|---|---|---|---|",
+    ]
+    for effect in effects:
+        if effect.is_target:
+            lines.append(
+                f"| {effect.variant}/{effect.task} | {effect.figure} | "
+                f"{_shown(effect.instruction)} | {_shown(effect.paraphrase_min)}-"
+                f"{_shown(effect.paraphrase_max)} | {_shown(effect.shuffled)} | "
+                f"{_shown(effect.generic)} |"
+            )
+    return "\n".join(lines) if len(lines) > 2 else "no task has a target and controls"
+
+
+def _shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def instruction_check(effects: Sequence[Effect], grid: MapGrid) -> AssetCheckResult:
+    """A warning, not a block: a task whose instruction moves its target no more than one of
+    its controls does (the figures are still published, to be read)."""
+    warnings = {
+        grid.label(grid.key(effect.variant, effect.task)): line
+        for effect in effects
+        if effect.is_target and (line := effect.warning(effect.figure.removeprefix("predicts_")))
+    }
+    checked = sorted({effect.task for effect in effects if effect.is_target})
+    return AssetCheckResult(
+        asset_key="instruction_effects",
+        check_name=INSTRUCTION_CHECK,
+        passed=not warnings,
+        severity=AssetCheckSeverity.WARN,
+        description="; ".join(warnings.values()) or None,
+        metadata=warnings or {"tasks": ", ".join(checked) or "none has a target and controls"},
+    )
+
+
 def clusters_markdown(clusters: pd.DataFrame) -> str:
     lines = ["| variant | task | posts | label |", "|---|---|---|---|"]
     ordered = clusters.sort_values(["variant", "task", "size"], ascending=[True, True, False])
@@ -90,7 +138,7 @@ def site_assets(
 
     payload_version = fingerprint(
         {
-            "site_data": 7,  # the payload, its files and its tables, as this code writes them
+            "site_data": 8,  # the payload, its files and its tables, as this code writes them
             # The tables' columns too: one added makes a table built before it stale, instead
             # of a query for that column failing on a build called fresh.
             "tables": {table: COLUMNS[table] for table in SITE_TABLES},
@@ -100,6 +148,8 @@ def site_assets(
             "variants": {name: v.description for name, v in settings.variants.items()},
             # descriptions and targets shape the payload and the figures, not the vectors
             "tasks": {name: task.model_dump() for name, task in settings.tasks.items()},
+            # which paraphrases and controls there are to compare each task with
+            "prompts": settings.prompt_names,
         }
     )
     inputs = [embeddings, coordinates, properties]
@@ -107,6 +157,16 @@ def site_assets(
     @multi_asset(
         group_name="site",
         pool="duckdb",
+        check_specs=[
+            AssetCheckSpec(
+                INSTRUCTION_CHECK,
+                asset="instruction_effects",
+                blocking=False,
+                description="Warns when a task's instruction moves the property it aims at no "
+                "more than its own words shuffled, or a generic instruction as long, do "
+                "([controls] on, tasks with a target).",
+            )
+        ],
         specs=[
             AssetSpec(
                 "site_data",
@@ -126,6 +186,17 @@ def site_assets(
                 description="Table task_quality: the quality figures of each task's space and "
                 "map (k-NN accuracy, silhouette, trustworthiness, overlap with the reference, a "
                 "linear probe, V-measure, CKA with the reference).",
+            ),
+            AssetSpec(
+                "instruction_effects",
+                metadata=table_metadata("instruction_effects"),
+                deps=inputs,
+                code_version=payload_version,
+                kinds={"duckdb"},
+                description="Table instruction_effects: is it the instruction? Each figure of "
+                "each task with paraphrases or controls ([controls]): the instruction's value, "
+                "its spread over the paraphrases, and the values of its shuffled words and of "
+                "a generic instruction as long.",
             ),
             AssetSpec(
                 "map_clusters",
@@ -169,9 +240,10 @@ def site_assets(
             aligned = layout[["x_aligned", "y_aligned"]].to_numpy()
             return vectors, aligned, layout["placed_at"].tolist()
 
-        payload, maps = site_contents(settings, documents, per_document, read_map)
+        contents = site_contents(settings, documents, per_document, read_map)
+        maps = contents.maps
         texts = documents["text"].tolist()
-        staged, written = stage_payload(payload, output_dir, texts)
+        staged, written = stage_payload(contents.payload, output_dir, texts)
 
         def label(m: TaskMap) -> str:
             return grid.label(grid.key(m.variant, m.name))
@@ -198,6 +270,7 @@ def site_assets(
             warehouse.write_tables(
                 replace={
                     "task_quality": quality_rows(maps),
+                    "instruction_effects": effect_rows(contents.effects),
                     "map_clusters": pa.Table.from_pandas(
                         clusters, schema=CLUSTER_SCHEMA, preserve_index=False
                     ),
@@ -221,10 +294,11 @@ def site_assets(
                 **({"variants": ", ".join(settings.variant_names)} if grid.gridded else {}),
                 "categories": counts_markdown(documents["category"].value_counts(), "category"),
                 "quality": MetadataValue.md(quality_markdown(quality)),
-                **{
-                    f"{task}/{name}": value
-                    for task, figures in quality.items()
-                    for name, value in figures.items()
+                **{  # the tasks' own figures (their paraphrases' and controls': the table)
+                    f"{label(m)}/{name}": value
+                    for m in maps
+                    if m.picked
+                    for name, value in m.quality.items()
                     if name != "documents_scored" and value is not None
                 },
                 "seconds": round(time.monotonic() - started, 2),
@@ -238,6 +312,15 @@ def site_assets(
                 "quality": MetadataValue.md(quality_markdown(quality)),
                 **{f"{label}/headline": line.sentence() for label, line in headlines.items()},
             },
+        )
+        yield MaterializeResult(
+            asset_key="instruction_effects",
+            metadata={
+                "table": "instruction_effects",
+                "dagster/row_count": len(contents.effects),
+                "effects": MetadataValue.md(effects_markdown(contents.effects)),
+            },
+            check_results=[instruction_check(contents.effects, grid)],
         )
         yield MaterializeResult(
             asset_key="map_clusters",

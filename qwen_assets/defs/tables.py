@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dagster import TableColumn, TableSchema
 
-from qwen_assets.settings import PROPERTIES
+from qwen_assets.settings import PROPERTIES, SCORE_PROPERTIES
 
 VARIANT = ("variant", "VARCHAR", "the variant (how the task was embedded; see [variants])")
 TASK = ("task", "VARCHAR", "the task (the partition, with the variant)")
@@ -76,6 +76,13 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         VARIANT,
         TASK,
         (
+            "role",
+            "VARCHAR",
+            "task: a task's own instruction; paraphrase, shuffled or generic: one of its "
+            "paraphrases or controls (see instruction_effects)",
+        ),
+        ("of_task", "VARCHAR", "the task the prompt belongs to (itself for a task)"),
+        (
             "knn_accuracy",
             "DOUBLE",
             "share of posts whose 10 nearest neighbours' majority is their group",
@@ -97,6 +104,15 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
             for where, kind in (("", ", full dimension"), ("_map", ", on the 2-D map"))
             for name in PROPERTIES
         ],
+        *[
+            (
+                f"probe_{name}",
+                "DOUBLE",
+                f"Spearman correlation of {name} with a linear probe's (ridge) 5-fold "
+                "cross-validated predictions of it, full dimension",
+            )
+            for name in SCORE_PROPERTIES
+        ],
         (
             "overlap_with_reference_variant",
             "DOUBLE",
@@ -105,6 +121,31 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("target", "VARCHAR", "the property the task's instruction aims at, if any"),
         ("predicts_target", "DOUBLE", "predicts_<target>: the figure on what it aims at"),
         ("headline", "VARCHAR", "the target's figure against the default task's, in words"),
+    ],
+    "instruction_effects": [
+        VARIANT,
+        ("task", "VARCHAR", "a task with paraphrases or controls"),
+        (
+            "figure",
+            "VARCHAR",
+            "a column of task_quality: predicts_<target>, probe_accuracy, probe_<score>, "
+            "v_measure, overlap_with_reference, cka_with_reference",
+        ),
+        ("is_target", "BOOLEAN", "whether the figure is the task's target's"),
+        ("instruction", "DOUBLE", "the figure for the task's own instruction"),
+        ("paraphrase_min", "DOUBLE", "its least over the instruction and its paraphrases"),
+        ("paraphrase_max", "DOUBLE", "its most over the instruction and its paraphrases"),
+        ("paraphrases", "BIGINT", "how many paraphrases were embedded"),
+        ("shuffled", "DOUBLE", "the figure for the instruction's own words shuffled"),
+        ("generic", "DOUBLE", "the figure for a generic instruction as long"),
+        ("beyond_shuffled", "DOUBLE", "instruction minus shuffled"),
+        ("beyond_generic", "DOUBLE", "instruction minus generic"),
+        (
+            "within_controls",
+            "BOOLEAN",
+            "on the target's row: the instruction's figure is no higher than a control's (it "
+            "moves its target no more than its controls do)",
+        ),
     ],
     "map_clusters": [
         VARIANT,

@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from dagster import (
+    AssetCheckSeverity,
     AssetKey,
     DagsterEventType,
     DagsterInstance,
@@ -75,6 +76,8 @@ class BuildReport:
     succeeded: bool = True
     failure: str | None = None  # one line: which asset failed, and why
     log_file: Path | None = None
+    # What the non-blocking checks warned of (one line each): the build went on.
+    warnings: list[str] = field(default_factory=list)
 
 
 def build_stale(
@@ -249,6 +252,9 @@ def _build(
             report.succeeded = False
             report.failure = f"{run.describe()} failed: {reason}"
             break
+        for warning in _warnings(result):
+            log(f"warning: {warning}")
+            report.warnings.append(warning)
         # Take turns: whatever was launched meanwhile (the UI) runs first, then plan again.
         wait_for_live_runs(instance, log)
         for key in run.keys:  # forced once: what a run built is no longer forced
@@ -352,6 +358,18 @@ def _failure(result: ExecuteInProcessResult) -> str | None:
         if event.event_type == DagsterEventType.RUN_FAILURE:
             return None
     return "the run failed"
+
+
+def _warnings(result: ExecuteInProcessResult) -> list[str]:
+    """What the run's failed non-blocking checks said, a line per map they name (their
+    metadata), else their name."""
+    return [
+        line
+        for evaluation in dagster_internals.check_evaluations(result)
+        if not evaluation.passed and evaluation.severity == AssetCheckSeverity.WARN
+        for line in [str(value.value) for value in evaluation.metadata.values()]
+        or [f"check {evaluation.check_name} failed"]
+    ]
 
 
 def _failed_checks(result: ExecuteInProcessResult) -> str:

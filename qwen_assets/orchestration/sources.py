@@ -73,7 +73,7 @@ def changed_instruction_observations(
                     INSTRUCTIONS,
                     partition=key,
                     tags={DATA_VERSION_TAG: version},
-                    metadata={"instruction": settings.tasks[task].instruction or "(none)"},
+                    metadata={"instruction": settings.instruction_of(task) or "(none)"},
                 )
             )
     return observations

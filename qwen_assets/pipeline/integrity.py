@@ -33,7 +33,7 @@ from qwen_assets.settings import Settings
 Damage = dict[tuple[str, str | None], str]
 
 TABLES = ("raw_newsgroups", "newsgroups_sample", "document_properties")
-SITE_TABLES = ("task_quality", "map_clusters", "site_builds")
+SITE_TABLES = ("task_quality", "instruction_effects", "map_clusters", "site_builds")
 PARTITIONED = ("task_embeddings", "umap_coordinates")
 PAGES = ("index.html", "compare.html", "vendor/plotly.min.js", "assets/common.js")
 QUICK_WAIT_SECONDS = 1.0

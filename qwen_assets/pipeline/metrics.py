@@ -119,6 +119,25 @@ def probe_accuracy(vectors: np.ndarray, labels: np.ndarray, seed: int = 0) -> fl
     return float(cross_val_score(probe, vectors, labels, cv=folds).mean())
 
 
+def probe_rank_correlation(vectors: np.ndarray, scores: np.ndarray, seed: int = 0) -> float:
+    """What a regressor gets from the space on a score (sentiment, hostility, length): the
+    Spearman rank correlation between the scores and a linear probe's (ridge regression)
+    5-fold cross-validated predictions of them, full dimension. About 0 when the space holds
+    nothing of the score."""
+    from scipy.stats import spearmanr
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold, cross_val_predict
+
+    scores = np.asarray(scores, dtype=float)
+    if np.ptp(scores) == 0 or len(scores) < 2 * PROBE_FOLDS:
+        return 0.0
+    folds = KFold(PROBE_FOLDS, shuffle=True, random_state=seed)
+    predicted = cross_val_predict(RidgeCV(alphas=(0.1, 1.0, 10.0)), vectors, scores, cv=folds)
+    if np.ptp(predicted) == 0:
+        return 0.0
+    return float(spearmanr(scores, predicted).statistic)
+
+
 def v_measure(vectors: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
     """How k-means clusters of the unit vectors (one per category) match the categories,
     as MTEB scores its 20 Newsgroups clustering task (0..1)."""

@@ -169,9 +169,9 @@ def search(
     _check_k(k)
     documents = against or task
     for name in dict.fromkeys([task, documents]):
-        if name not in settings.tasks:
+        if name not in settings.prompts:
             raise QueryError(
-                f"unknown task {name!r}; configured tasks: {', '.join(settings.tasks)}"
+                f"unknown task {name!r}; configured tasks: {', '.join(settings.prompt_names)}"
             )
     variant = _variant(settings, variant)
     with _reader(settings) as connection:
@@ -242,6 +242,48 @@ def compare(
     rank_columns = [f"rank_{task}" for task in tasks]
     frame[rank_columns] = frame[rank_columns].astype("Int64")
     return frame.sort_values(rank_columns, na_position="last").reset_index(drop=True)
+
+
+def effects(
+    settings: Settings, task: str | None = None, variant: str | None = None
+) -> pd.DataFrame:
+    """Is it the instruction? Each task's figures (its target's first) beside the spread over
+    its paraphrases and its controls' values, from table instruction_effects. ``task`` None:
+    every task with controls, its target's figure only."""
+    variant = _variant(settings, variant)
+    with _reader(settings) as connection:
+        if not table_exists(connection, "instruction_effects"):
+            raise QueryError(
+                "the database has no instruction_effects table yet: run `qwen-assets build`"
+            )
+        frame = connection.execute(
+            """SELECT task, figure, instruction, paraphrase_min, paraphrase_max, paraphrases,
+                      shuffled, generic, beyond_shuffled, beyond_generic, within_controls
+               FROM instruction_effects
+               WHERE variant = ? AND (task = ? OR (? IS NULL AND is_target))""",
+            [variant, task, task],
+        ).df()
+    if frame.empty:
+        tasks = ", ".join(t for t, p in settings.tasks.items() if p.instruction)
+        raise QueryError(
+            f"no figures for {task or 'any task'} beside paraphrases or controls: turn them on "
+            "([controls] enabled = true) and run `qwen-assets build`; tasks with an "
+            f"instruction: {tasks or 'none'}"
+        )
+    order = {name: position for position, name in enumerate(settings.task_names)}
+    return frame.sort_values("task", key=lambda names: names.map(order), kind="stable")
+
+
+def effects_summary(frame: pd.DataFrame) -> str:
+    """One line per task on its target: beyond its controls, or within them."""
+    lines = []
+    for row in frame.itertuples():
+        if pd.isna(row.within_controls) or not row.figure.startswith("predicts_"):
+            continue
+        target = row.figure.removeprefix("predicts_")
+        verdict = "no more than a control does" if row.within_controls else "beyond its controls"
+        lines.append(f"{row.task}'s instruction moves {target} {verdict}")
+    return "\n".join(lines)
 
 
 def neighbourhood_summary(frame: pd.DataFrame, tasks: list[str], k: int) -> str:

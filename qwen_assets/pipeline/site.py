@@ -68,6 +68,7 @@ from qwen_assets.pipeline.metrics import (
     map_neighbours,
     nearest_neighbours,
     neighbourhood_overlap,
+    probe_rank_correlation,
     property_agreement,
     task_quality,
 )
@@ -110,6 +111,14 @@ class TaskMap:
     variant: str = BASE_VARIANT
     # Posts placed onto the layout after it was made: str(index) -> when (UTC).
     placed: Mapping[str, str] = field(default_factory=dict)
+    # A task's own map ("task"), or one of its paraphrases or controls: those are figures
+    # for the task's card, not maps people pick (see qwen_assets/pipeline/controls.py).
+    role: str = "task"
+    of_task: str = ""
+
+    @property
+    def picked(self) -> bool:
+        return self.role == "task"
 
 
 def task_maps(
@@ -121,65 +130,81 @@ def task_maps(
     texts: Sequence[str] | None = None,
     variant: str = BASE_VARIANT,
 ) -> list[TaskMap]:
-    """Each task's share of the payload, as ``variant`` embeds it: its aligned layout, its
-    top-k neighbours by full-dimension cosine, and its quality figures: how its
-    neighbourhoods, in full dimension and on the map, agree on each property (``scores``:
-    per-document values by property name), and for a task with a target, that figure against
-    the default task's. With ``texts``, the map's labelled clusters too. Rows are documents,
-    in one order. ``categories`` None: a corpus without labels (the figures about them are
-    None)."""
+    """Each prompt's share of the payload, as ``variant`` embeds it (``vectors``' keys: tasks,
+    and their paraphrases and controls): its aligned layout, its top-k neighbours by
+    full-dimension cosine, and its quality figures: how its neighbourhoods, in full
+    dimension and on the map, agree on each property (``scores``: per-document values by
+    property name), what a linear probe gets of each, and for a task with a target, that
+    figure against the default task's. With ``texts``, each task's labelled clusters too.
+    Rows are documents, in one order. ``categories`` None: a corpus without labels (the
+    figures about them are None)."""
     site = settings.site
     label_size = min_cluster_size(len(layouts[settings.umap.align_to]), site.label_min_share)
     labels = (
         None if categories is None else np.unique(np.asarray(categories), return_inverse=True)[1]
     )
     scores = dict(scores or {})
-    neighbours = {task: nearest_neighbours(vectors[task], site.neighbours) for task in vectors}
+    neighbours = {name: nearest_neighbours(vectors[name], site.neighbours) for name in vectors}
     reference = neighbours[settings.umap.align_to][0]
     agreement = {
-        task: {
+        name: {
             **{
-                f"predicts_{name}": round(value, 4)
-                for name, value in property_agreement(neighbours[task][0], labels, scores).items()
+                f"predicts_{prop}": round(value, 4)
+                for prop, value in property_agreement(neighbours[name][0], labels, scores).items()
             },
             **{
-                f"predicts_{name}_map": round(value, 4)
-                for name, value in property_agreement(
-                    map_neighbours(layouts[task], site.neighbours), labels, scores
+                f"predicts_{prop}_map": round(value, 4)
+                for prop, value in property_agreement(
+                    map_neighbours(layouts[name], site.neighbours), labels, scores
                 ).items()
             },
-        }
-        for task in settings.task_names
-    }
-    return [
-        TaskMap(
-            name=task,
-            instruction=settings.tasks[task].instruction,
-            description=settings.tasks[task].description,
-            coordinates=layouts[task],
-            neighbours=neighbours[task][0],
-            similarity=neighbours[task][1],
-            quality={
-                **task_quality(
-                    vectors[task],
-                    layouts[task],
-                    labels,
-                    neighbours[task][0],
-                    reference,
-                    vectors[settings.umap.align_to],
-                    sample_size=site.quality_sample_size,
-                ).rounded(),
-                **agreement[task],
+            **{
+                f"probe_{prop}": round(probe_rank_correlation(vectors[name], values), 4)
+                for prop, values in scores.items()
             },
-            target=settings.tasks[task].target,
-            headline=_headline(task, settings, agreement, neighbours, labels, scores),
-            clusters=None
-            if texts is None
-            else cluster_map(layouts[task], texts, min_size=label_size, words=site.label_words),
-            variant=variant,
+        }
+        for name in vectors
+    }
+    maps = []
+    for name in vectors:
+        prompt = settings.prompts[name]
+        task = settings.tasks[prompt.task]
+        picked = prompt.role == "task"
+        maps.append(
+            TaskMap(
+                name=name,
+                instruction=prompt.instruction,
+                description=task.description,
+                coordinates=layouts[name],
+                neighbours=neighbours[name][0],
+                similarity=neighbours[name][1],
+                quality={
+                    **task_quality(
+                        vectors[name],
+                        layouts[name],
+                        labels,
+                        neighbours[name][0],
+                        reference,
+                        vectors[settings.umap.align_to],
+                        sample_size=site.quality_sample_size,
+                    ).rounded(),
+                    **agreement[name],
+                },
+                target=task.target,
+                headline=_headline(name, settings, agreement, neighbours, labels, scores)
+                if picked
+                else None,
+                clusters=cluster_map(
+                    layouts[name], texts, min_size=label_size, words=site.label_words
+                )
+                if texts is not None and picked
+                else None,
+                variant=variant,
+                role=prompt.role,
+                of_task=prompt.task,
+            )
         )
-        for task in settings.task_names
-    ]
+    return maps
 
 
 def compared_with_reference_variant(maps: Sequence[TaskMap], reference: str) -> list[TaskMap]:
@@ -243,12 +268,14 @@ def build_payload(
     inline_texts: bool,
     properties: Mapping[str, Sequence[float]] | None = None,
     categories_from: str | None = None,
+    controls: Mapping[str, Mapping] | None = None,
 ) -> dict:
     """The payload. ``variants``: each variant's name, description, model, prompt_template
     and dimensions, the reference first. With ``inline_texts`` every text is in it (and
     previews are cut from them in the page); otherwise it carries previews, and
     ``text_chunks`` the texts (``write_payload`` writes them). ``categories_from``: where
-    the categories come from when the corpus has no labels (a map's clusters)."""
+    the categories come from when the corpus has no labels (a map's clusters). ``controls``:
+    by ``variant/task``, the task's paraphrases and controls and its figures beside theirs."""
     legend = sorted(set(categories))
     index = {name: position for position, name in enumerate(legend)}
     documents: dict[str, list] = {
@@ -296,6 +323,7 @@ def build_payload(
                 "headline": task.headline.sentence() if task.headline else None,
                 "clusters": _clusters(task.clusters, coordinate_decimals),
                 "placed": dict(task.placed),
+                "controls": (controls or {}).get(f"{task.variant}/{task.name}"),
             }
             for task in tasks
         ],

@@ -1,16 +1,18 @@
 """What one build of the site computes from the stored sample, vectors and maps: every
 map's share of the payload, the payload itself, and the tables written beside it (a row per
-map, ``task_quality``; a row per labelled cluster, ``map_clusters``)."""
+map, ``task_quality``; a row per labelled cluster, ``map_clusters``; a row per figure of each
+task with controls, ``instruction_effects``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from qwen_assets.pipeline.controls import Effect, PromptFigures, instruction_effects
 from qwen_assets.pipeline.site import (
     UNCLUSTERED,
     TaskMap,
@@ -42,6 +44,8 @@ def quality_rows(maps: list[TaskMap]) -> pd.DataFrame:
             {
                 "variant": m.variant,
                 "task": m.name,
+                "role": m.role,
+                "of_task": m.of_task,
                 **m.quality,
                 "target": m.target,
                 "predicts_target": m.quality.get(f"predicts_{m.target}"),
@@ -50,6 +54,28 @@ def quality_rows(maps: list[TaskMap]) -> pd.DataFrame:
             for m in maps
         ]
     )
+
+
+EFFECT_SCHEMA = pa.schema(
+    [
+        ("variant", pa.string()),
+        ("task", pa.string()),
+        ("figure", pa.string()),
+        ("is_target", pa.bool_()),
+        *[(name, pa.float64()) for name in ("instruction", "paraphrase_min", "paraphrase_max")],
+        ("paraphrases", pa.int64()),
+        *[
+            (name, pa.float64())
+            for name in ("shuffled", "generic", "beyond_shuffled", "beyond_generic")
+        ],
+        ("within_controls", pa.bool_()),
+    ]
+)
+
+
+def effect_rows(effects: Sequence[Effect]) -> pa.Table:
+    """Table instruction_effects: one row per figure of each task with controls."""
+    return pa.Table.from_pylist([effect.row() for effect in effects], schema=EFFECT_SCHEMA)
 
 
 def cluster_rows(maps: list[TaskMap], doc_ids: list[str]) -> pd.DataFrame:
@@ -95,34 +121,48 @@ def variant_rows(settings: Settings) -> list[dict[str, object]]:
 ReadMap = Callable[[str, str], tuple[np.ndarray, np.ndarray, Sequence[object]]]
 
 
+@dataclass(frozen=True)
+class SiteContents:
+    payload: dict
+    maps: list[TaskMap]  # every prompt's, the tasks' and their paraphrases' and controls'
+    effects: list[Effect]
+
+
 def site_contents(
     settings: Settings,
     documents: pd.DataFrame,
     scores: Mapping[str, np.ndarray],
     read_map: ReadMap,
-) -> tuple[dict, list[TaskMap]]:
-    """The payload and every map of it, variant by variant. ``documents``: the sample in
-    order (doc_id, category, text, preview); ``scores``: per-document values by property.
-    A corpus without labels (category null) is coloured by the clusters of the reference
-    map, and the figures about categories are None."""
+) -> SiteContents:
+    """The payload, every map of it, and each task's figures beside its paraphrases' and
+    controls', variant by variant. ``documents``: the sample in order (doc_id, category,
+    text, preview); ``scores``: per-document values by property. A corpus without labels
+    (category null) is coloured by the clusters of the reference map, and the figures about
+    categories are None."""
     labelled = bool(documents["category"].notna().all())
     categories = documents["category"].tolist() if labelled else None
     texts = documents["text"].tolist()
+    targets = {name: task.target for name, task in settings.tasks.items()}
     maps: list[TaskMap] = []
+    effects: list[Effect] = []
     for variant in settings.variant_names:
-        read = {task: read_map(variant, task) for task in settings.task_names}
-        maps += [
+        read = {name: read_map(variant, name) for name in settings.prompt_names}
+        found = [
             replace(found, placed=placement_dates(read[found.name][2]))
             for found in task_maps(
                 settings,
                 categories,
-                vectors={task: vectors for task, (vectors, _, _) in read.items()},
-                layouts={task: layout for task, (_, layout, _) in read.items()},
+                vectors={name: vectors for name, (vectors, _, _) in read.items()},
+                layouts={name: layout for name, (_, layout, _) in read.items()},
                 scores=scores,
                 texts=texts,
                 variant=variant,
             )
         ]
+        effects += instruction_effects(
+            variant, [PromptFigures(m.of_task, m.role, m.quality) for m in found], targets
+        )
+        maps += found
     maps = compared_with_reference_variant(maps, settings.reference_variant)
     site = settings.site
     reference = next(
@@ -135,7 +175,7 @@ def site_contents(
         categories=categories or cluster_names(reference),
         texts=texts,
         previews=documents["preview"].tolist(),
-        tasks=maps,
+        tasks=[m for m in maps if m.picked],
         variants=variant_rows(settings),
         reference_task=settings.umap.align_to,
         coordinate_decimals=site.coordinate_decimals,
@@ -144,8 +184,29 @@ def site_contents(
         inline_texts=len(documents) <= site.inline_texts_up_to,
         properties=scores,
         categories_from=None if labelled else map_title(reference, settings),
+        controls=controls_of(settings, effects),
     )
-    return payload, maps
+    return SiteContents(payload, maps, effects)
+
+
+def controls_of(settings: Settings, effects: Sequence[Effect]) -> dict[str, dict]:
+    """For the payload, by ``variant/task``: the prompts beside each task's instruction and
+    its figures beside theirs (a task without controls or paraphrases is absent)."""
+    found: dict[str, dict] = {}
+    for effect in effects:
+        key = f"{effect.variant}/{effect.task}"
+        if key not in found:
+            prompts = [p for p in settings.prompts.values() if p.task == effect.task]
+            found[key] = {
+                "prompts": [
+                    {"role": p.role, "instruction": p.instruction}
+                    for p in prompts
+                    if p.role != "task"
+                ],
+                "figures": [],
+            }
+        found[key]["figures"].append(effect.row())
+    return found
 
 
 def placement_dates(placed_at: Sequence[object]) -> dict[str, str]:

@@ -42,12 +42,7 @@ def resolve_backend(
     settings: EmbeddingSettings, environ: Mapping[str, str] = os.environ
 ) -> tuple[str, str]:
     """Which backend runs, and why (for the log)."""
-    variable = settings.http.api_key_env
-    if settings.backend != "auto":
-        return settings.backend, f'embedding.backend = "{settings.backend}"'
-    if environ.get(variable):
-        return "http", f"embedding.backend is auto and {variable} is set"
-    return "local", f"embedding.backend is auto and {variable} is not set"
+    return settings.backend_here(environ)
 
 
 def open_backend(

@@ -41,7 +41,7 @@ def cache_model(embedding: EmbeddingSettings, backend: str) -> str:
 
 def prompt_prefix(settings: Settings, task: str, variant: str | None = None) -> str:
     """What goes before each text for ``task``: nothing when the task has no instruction."""
-    instruction = settings.tasks[task].instruction
+    instruction = settings.instruction_of(task)
     if not instruction:
         return ""
     template = settings.embedding_of(variant).prompt_template
@@ -52,7 +52,7 @@ def task_version(settings: Settings, task: str, variant: str | None = None) -> s
     """Changes exactly when the vectors of ``task`` (embedded as ``variant`` embeds) would."""
     embedding = settings.embedding_of(variant)
     version: dict[str, Any] = {
-        "instruction": settings.tasks[task].instruction,
+        "instruction": settings.instruction_of(task),
         "template": embedding.prompt_template,
         "model": embedding.model,
         "dimensions": embedding.dimensions,

@@ -536,7 +536,7 @@
   window.QwenSite = {
     data, documents, count, tasksByName, mapOf, mapKey, mapTitle, mapFileName, variantNames, taskNames, gridded, docIndex, byCategory, legendGroups, colourOf, prefersDark,
     baseLayout, plotConfig, traceType, categoryTraces, neighbourhoodChange, keptNeighbours,
-    hoverText, fillTaskPageLinks, formatFigure, shorten, textOf, allTexts, escapeMarkup, detailsReady, DOCUMENTS,
+    hoverText, fillTaskPageLinks, taskPageName, formatFigure, shorten, textOf, allTexts, escapeMarkup, detailsReady, DOCUMENTS,
     DIMMED, SHOWN, MARKER_SIZE, labelTrace, onLabelHover, postAt, keepLabelsApart, hintScrolling, clusterMembers, dimmedUnlessIn, restyleOpacity, mostMoved, followBox,
   };
 })();

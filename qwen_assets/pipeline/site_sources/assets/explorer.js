@@ -590,6 +590,12 @@
       line.dataset.task = task.name;
       line.dataset.variant = task.variant;
       line.textContent = task.headline;
+      if (task.controls) {  // its paraphrases and controls are on its own page
+        const link = document.createElement("a");
+        link.href = site.taskPageName(task.name) + "#effects";
+        link.textContent = "Is it the instruction?";
+        line.append(" ", link);
+      }
       headlines.append(line);
     }
     document.getElementById("headlines-block").hidden = headlines.children.length === 0;

@@ -94,8 +94,140 @@
       card.append(description);
     }
     card.append(plot);
+    if (only && task.controls) card.append(effectsCard(task));
     container.append(card);
     return { task, plot };
+  }
+
+  /* Is it the instruction? Each figure of the task: the instruction's value (a dot), its
+   * spread over the instruction and its paraphrases (a bar), and two controls' values (S:
+   * its own words shuffled, G: a generic instruction as long), each row on its own scale. */
+  const FIGURE_NAMES = {
+    probe_accuracy: "linear probe's accuracy on the " + (data.categories_from ? "clusters" : "labels"),
+    probe_sentiment: "probe's rank correlation with sentiment",
+    probe_hostility: "probe's rank correlation with hostility",
+    probe_length: "probe's rank correlation with length",
+    v_measure: "V-measure of k-means clusters",
+    overlap_with_reference: "neighbourhood overlap with " + data.reference_task,
+    cka_with_reference: "linear CKA with " + data.reference_task,
+  };
+  const ROLE_NAMES = { paraphrase: "paraphrase", shuffled: "S · its words shuffled", generic: "G · generic, as long" };
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function svgElement(name, attributes) {
+    const element = document.createElementNS(SVG, name);
+    for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, value);
+    return element;
+  }
+
+  function effectBar(row) {
+    const values = [row.instruction, row.paraphrase_min, row.paraphrase_max, row.shuffled, row.generic]
+      .filter((value) => value !== null);
+    let low = Math.min(...values);
+    let high = Math.max(...values);
+    const pad = Math.max((high - low) * 0.15, 0.005);
+    low -= pad;
+    high += pad;
+    const x = (value) => (8 + ((value - low) / (high - low)) * 184).toFixed(1);
+    // S is named above the bar and G below it, so two controls close together stay legible.
+    const svg = svgElement("svg", { viewBox: "0 0 200 30", class: "effect-bar", role: "img" });
+    svg.append(svgElement("line", { x1: 8, x2: 192, y1: 15, y2: 15, class: "axis" }));
+    if (row.paraphrase_min !== null) {
+      const width = Math.max(x(row.paraphrase_max) - x(row.paraphrase_min), 2);
+      svg.append(svgElement("rect", { x: x(row.paraphrase_min), y: 10, width, height: 10, rx: 3, class: "spread" }));
+    }
+    for (const [role, mark, y] of [["shuffled", "S", 7], ["generic", "G", 29]]) {
+      if (row[role] === null) continue;
+      svg.append(svgElement("line", { x1: x(row[role]), x2: x(row[role]), y1: 9, y2: 21, class: "control" }));
+      const text = svgElement("text", { x: x(row[role]), y, class: "control-mark" });
+      text.textContent = mark;
+      svg.append(text);
+    }
+    if (row.instruction !== null) {
+      svg.append(svgElement("circle", { cx: x(row.instruction), cy: 15, r: 4, class: "own" }));
+    }
+    svg.setAttribute(
+      "aria-label",
+      "instruction " + site.formatFigure(row.instruction) +
+        (row.paraphrases ? ", wordings " + site.formatFigure(row.paraphrase_min) + " to " + site.formatFigure(row.paraphrase_max) : "") +
+        ", shuffled " + site.formatFigure(row.shuffled) + ", generic " + site.formatFigure(row.generic),
+    );
+    return svg;
+  }
+
+  function effectsCard(task) {
+    const section = document.createElement("section");
+    section.className = "effects";
+    section.id = "effects";
+    const heading = document.createElement("h3");
+    heading.textContent = "Is it the instruction?";
+    const target = task.controls.figures.find((row) => row.is_target);
+    const verdict = document.createElement("p");
+    verdict.className = "verdict";
+    if (target && target.within_controls !== null) {
+      const name = task.target;
+      const shuffledFirst = target.shuffled !== null && target.shuffled >= (target.generic ?? -Infinity);
+      const control = shuffledFirst ? "its shuffled words" : "a generic instruction";
+      const strongest = shuffledFirst ? target.shuffled : target.generic;
+      verdict.textContent = target.within_controls
+        ? "This instruction moves " + name + " no more than " + control + (shuffledFirst ? " do." : " does.")
+        : "This instruction moves " + name + " beyond its controls: " +
+          site.formatFigure(target.instruction) + " against " + site.formatFigure(strongest) +
+          " for " + control + ".";
+      verdict.dataset.within = String(target.within_controls);
+    }
+    const note = document.createElement("p");
+    note.className = "note";
+    const paraphrases = task.controls.prompts.filter((p) => p.role === "paraphrase").length;
+    note.textContent =
+      "Each figure, full dimension, for this instruction (●)" +
+      (paraphrases ? ", its spread over the instruction and " + paraphrases + " paraphrase" + (paraphrases > 1 ? "s" : "") + " (bar)" : "") +
+      ", and two controls: S, its own words shuffled; G, a generic instruction as long. Each row has its own scale.";
+    const table = document.createElement("table");
+    const head = table.createTHead().insertRow();
+    for (const label of ["figure", "this", "wordings", "S", "G", ""]) {
+      const cell = document.createElement("th");
+      cell.textContent = label;
+      head.append(cell);
+    }
+    const body = table.createTBody();
+    for (const row of task.controls.figures) {
+      const line = body.insertRow();
+      line.dataset.figure = row.figure;
+      if (row.is_target) line.className = "target";
+      const name = row.is_target
+        ? "target: neighbours agree on " + row.figure.replace("predicts_", "")
+        : FIGURE_NAMES[row.figure] || row.figure;
+      const cells = [
+        name,
+        site.formatFigure(row.instruction),
+        row.paraphrases ? site.formatFigure(row.paraphrase_min) + " – " + site.formatFigure(row.paraphrase_max) : "–",
+        site.formatFigure(row.shuffled),
+        site.formatFigure(row.generic),
+      ];
+      for (const text of cells) line.insertCell().textContent = text;
+      line.insertCell().append(effectBar(row));
+    }
+    const scroller = document.createElement("div");
+    scroller.className = "scrolls";
+    scroller.append(table);
+    const prompts = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = "The prompts compared";
+    const list = document.createElement("ul");
+    for (const prompt of task.controls.prompts) {
+      const item = document.createElement("li");
+      const role = document.createElement("span");
+      role.className = "role";
+      role.textContent = (ROLE_NAMES[prompt.role] || prompt.role) + ": ";
+      const words = document.createElement("code");
+      words.textContent = prompt.instruction;
+      item.append(role, words);
+      list.append(item);
+    }
+    prompts.append(summary, list);
+    section.append(heading, verdict, note, scroller, prompts);
+    return section;
   }
   let cards = [];
 
@@ -234,6 +366,9 @@
   }
 
   const drawn = [render(viewFromHash())];
+  // A link to a task's card (#effects) arrives before the card is made: go there once it is.
+  const target = window.location.hash && document.getElementById(window.location.hash.slice(1));
+  if (only && target) target.scrollIntoView();
   if (picker) {
     picker.addEventListener("change", () => {
       window.history.replaceState(null, "", "#" + picker.value);
