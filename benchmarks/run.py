@@ -20,6 +20,7 @@ BENCHMARKS = {
     "growth": "benchmarks.growth",
     "render-scale": "benchmarks.render_scale",
     "map-growth": "benchmarks.map_growth",
+    "site-scale": "benchmarks.site_scale",
     "local-cpu": "benchmarks.local_cpu",
     "local-gpu": "benchmarks.local_gpu",
     "publish": "benchmarks.publish",
