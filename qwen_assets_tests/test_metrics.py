@@ -47,6 +47,25 @@ def test_a_document_is_never_its_own_neighbour_even_with_a_twin():
     assert similarities[3, 0] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_above_the_exact_limit_neighbours_are_approximate_and_nearly_all_found():
+    """A large corpus's neighbours come from NNDescent: almost every exact neighbour, most
+    similar first, never the post itself, twins found as each other's nearest."""
+    vectors, _ = clusters(count=8, per_cluster=250)
+    vectors[3] = vectors[7]
+    exact = nearest_neighbours(vectors, 10)
+    approximate = nearest_neighbours(vectors, 10, exact_up_to=len(vectors) - 1)
+    pairs = zip(exact[0], approximate[0], strict=True)
+    found = np.mean([len(set(a) & set(b)) / 10 for a, b in pairs])
+    assert found > 0.95
+    indices, similarities = approximate
+    assert indices.shape == similarities.shape == (len(vectors), 10)
+    assert not (indices == np.arange(len(vectors))[:, None]).any()
+    assert (np.diff(similarities, axis=1) <= 1e-6).all()
+    assert indices[3, 0] == 7 and indices[7, 0] == 3
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert np.allclose(similarities, (unit[:, None] * unit[indices]).sum(axis=2), atol=1e-5)
+
+
 def test_overlap_is_one_with_itself_and_zero_when_disjoint():
     first = np.array([[1, 2, 3], [4, 5, 6]])
     assert neighbourhood_overlap(first, first).tolist() == [1.0, 1.0]

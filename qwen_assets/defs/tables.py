@@ -90,7 +90,12 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("silhouette", "DOUBLE", "the newsgroups' silhouette, cosine, full dimension"),
         ("trustworthiness", "DOUBLE", "how well the 2-D map keeps the full-dimension neighbours"),
         ("overlap_with_reference", "DOUBLE", "mean neighbourhood overlap with the reference task"),
-        ("documents_scored", "BIGINT", "posts the quadratic figures were computed on"),
+        (
+            "documents_scored",
+            "BIGINT",
+            "posts the silhouette, trustworthiness, probes and V-measure were computed on "
+            "(a sample of site.quality_sample_size above it)",
+        ),
         (
             "probe_accuracy",
             "DOUBLE",

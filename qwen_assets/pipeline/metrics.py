@@ -16,8 +16,16 @@ from qwen_assets.pipeline.embedding.core import normalise
 NEIGHBOUR_BLOCK = 2048  # rows of the similarity matrix held at once
 
 
-def nearest_neighbours(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``k`` most cosine-similar other rows, most similar first.
+# Above this many rows, neighbours are approximate (NNDescent, as UMAP finds its own): exact
+# ones cost n^2 (32 s a map at 30,000 posts on 2 cores, against 7 s).
+EXACT_NEIGHBOURS_UP_TO = 20_000
+
+
+def nearest_neighbours(
+    vectors: np.ndarray, k: int, exact_up_to: int = EXACT_NEIGHBOURS_UP_TO
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` most cosine-similar other rows, most similar first: exact up to
+    ``exact_up_to`` rows, approximate above.
 
     Returns (indices, similarities), both of shape (n, k). A document is never its own
     neighbour, even when another document has the very same text.
@@ -25,6 +33,8 @@ def nearest_neighbours(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     unit = normalise(np.asarray(vectors, dtype=np.float32), None)
     n = len(unit)
     k = min(k, n - 1)
+    if n > exact_up_to:
+        return _approximate_neighbours(unit, k)
     indices = np.empty((n, k), dtype=np.int64)
     similarities = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, NEIGHBOUR_BLOCK):
@@ -37,6 +47,27 @@ def nearest_neighbours(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
         indices[start : start + len(block)] = np.take_along_axis(top, order, axis=1)
         similarities[start : start + len(block)] = np.take_along_axis(top_scores, order, axis=1)
     return indices, similarities
+
+
+# NNDescent's graph is searched this wide and cut to k: 99.9 % of the exact neighbours of
+# 30,000 synthetic 384-dimension vectors (10 neighbours; 65 % searched only 11 wide).
+APPROXIMATE_CANDIDATES = 60
+
+
+def _approximate_neighbours(unit: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """pynndescent's neighbour graph (UMAP's own dependency), cut to each row's ``k`` nearest
+    others (where a twin text took a row's own place, its furthest is dropped instead)."""
+    from pynndescent import NNDescent
+
+    graph, distances = NNDescent(
+        unit, metric="cosine", n_neighbors=max(APPROXIMATE_CANDIDATES, k + 1), random_state=0
+    ).neighbor_graph
+    graph, distances = graph[:, : k + 1], distances[:, : k + 1]
+    keep = graph != np.arange(len(unit))[:, None]
+    keep[keep.sum(axis=1) > k, k] = False
+    indices = graph[keep].reshape(len(unit), k)
+    similarities = (1 - distances[keep]).reshape(len(unit), k).astype(np.float32)
+    return indices.astype(np.int64), similarities
 
 
 def neighbourhood_overlap(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -76,7 +107,7 @@ def knn_accuracy(neighbours: np.ndarray, labels: np.ndarray) -> float:
     return float((counts.argmax(axis=1) == labels).mean())
 
 
-def _sample(n: int, size: int, seed: int) -> np.ndarray:
+def sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
     if n <= size:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
@@ -177,6 +208,10 @@ def task_quality(
     - trustworthiness: how far the 2-D layout keeps the full-dimension neighbours (0..1).
     - overlap with the reference task: mean Jaccard of the neighbour sets (1 for itself).
     - probe accuracy, V-measure: see ``probe_accuracy`` and ``v_measure``.
+
+    The silhouette, trustworthiness, the probe and V-measure are computed on a sample of
+    ``sample_size`` posts (all of them up to that many): their cost grows faster than the
+    corpus.
     - CKA with the reference task: ``linear_cka`` of the two spaces (1 for itself).
 
     ``labels`` None (a corpus without them): the figures about categories are None.
@@ -184,7 +219,7 @@ def task_quality(
     from sklearn.manifold import trustworthiness  # here: a plan, or a query, needs none of it
     from sklearn.metrics import silhouette_score
 
-    rows = _sample(len(vectors), sample_size, seed)
+    rows = sample_rows(len(vectors), sample_size, seed)
     k = neighbours.shape[1]
     labelled = labels is not None
     labels = np.asarray(labels) if labelled else np.zeros(len(vectors), dtype=int)
@@ -200,8 +235,8 @@ def task_quality(
             neighbourhood_overlap(neighbours, reference_neighbours).mean()
         ),
         documents_scored=len(rows),
-        probe_accuracy=probe_accuracy(vectors, labels, seed) if labelled else None,
-        v_measure=v_measure(vectors, labels, seed) if labelled else None,
+        probe_accuracy=probe_accuracy(vectors[rows], labels[rows], seed) if labelled else None,
+        v_measure=v_measure(vectors[rows], labels[rows], seed) if labelled else None,
         cka_with_reference=linear_cka(vectors, reference_vectors),
     )
 

@@ -70,6 +70,7 @@ from qwen_assets.pipeline.metrics import (
     neighbourhood_overlap,
     probe_rank_correlation,
     property_agreement,
+    sample_rows,
     task_quality,
 )
 from qwen_assets.settings import BASE_VARIANT, DEFAULT_TASK, Settings
@@ -146,6 +147,7 @@ def task_maps(
     scores = dict(scores or {})
     neighbours = {name: nearest_neighbours(vectors[name], site.neighbours) for name in vectors}
     reference = neighbours[settings.umap.align_to][0]
+    sampled = sample_rows(len(reference), site.quality_sample_size)  # as task_quality samples
     agreement = {
         name: {
             **{
@@ -159,7 +161,10 @@ def task_maps(
                 ).items()
             },
             **{
-                f"probe_{prop}": round(probe_rank_correlation(vectors[name], values), 4)
+                f"probe_{prop}": round(
+                    probe_rank_correlation(vectors[name][sampled], np.asarray(values)[sampled]),
+                    4,
+                )
                 for prop, values in scores.items()
             },
         }
