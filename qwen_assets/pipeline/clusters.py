@@ -46,6 +46,11 @@ class MapClusters:
     clusters: list[Cluster]
 
 
+# How many neighbours a point's density is read from. HDBSCAN's default is min_cluster_size,
+# a share of the map: its memory grows with posts x that share, 10 GB at 100,000 posts.
+DENSITY_NEIGHBOURS = 50
+
+
 def min_cluster_size(documents: int, share: float) -> int:
     """The smallest group worth a label: a share of the map, never below a handful."""
     return max(MIN_CLUSTER_SIZE, round(share * documents))
@@ -64,7 +69,10 @@ def cluster_map(
     from sklearn.cluster import HDBSCAN  # imported here: a plan, or a query, needs none of it
 
     membership = HDBSCAN(
-        min_cluster_size=min_size, cluster_selection_method="leaf", copy=True
+        min_cluster_size=min_size,
+        min_samples=min(min_size, DENSITY_NEIGHBOURS),
+        cluster_selection_method="leaf",
+        copy=True,
     ).fit_predict(coordinates)
     numbers = sorted(set(membership.tolist()) - {NOISE})
     vocabulary = distinctive_words(texts, membership, words)
