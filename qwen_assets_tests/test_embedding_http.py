@@ -21,6 +21,7 @@ from qwen_assets.pipeline.embedding import (
     embed_texts,
 )
 from qwen_assets.pipeline.embedding.core import PROGRESS_LOGGER
+from qwen_assets.pipeline.embedding.core import _run as run_coroutine
 from qwen_assets.pipeline.embedding.http import HttpBackend
 from qwen_assets.pipeline.embedding.in_flight import RECENT, InFlightLimit
 from qwen_assets.settings import parse_settings
@@ -636,5 +637,7 @@ def test_the_limit_makes_requests_wait_in_each_event_loop_it_is_bound_to():
         await second
         await limit.release()
 
+    # As the backend runs each call: in a thread of its own where the caller's thread already
+    # runs a loop (a session browser's, a notebook's).
     for _ in range(2):
-        asyncio.run(a_request_waits())
+        run_coroutine(a_request_waits())
