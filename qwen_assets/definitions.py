@@ -9,9 +9,7 @@ anything added there at module level (``dg scaffold defs``) is loaded beside the
 
 from __future__ import annotations
 
-import os
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 
 from dagster import (
@@ -43,7 +41,7 @@ TABLES = {"task_quality", "instruction_effects", "map_clusters", "site_builds"}
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_definitions(settings: Settings, environ: Mapping[str, str] = os.environ) -> Definitions:
+def build_definitions(settings: Settings) -> Definitions:
     grid = MapGrid(settings)
     # The stale rule and the triggers read the whole Definitions: handed to them once made.
     made: list[Definitions] = []
@@ -96,7 +94,7 @@ def build_definitions(settings: Settings, environ: Mapping[str, str] = os.enviro
     ]
 
     chosen = {
-        variant: resolve_backend(settings.embedding_of(variant), environ)
+        variant: resolve_backend(settings.embedding_of(variant))
         for variant in settings.variant_names
     }
     embedder = Embedder(

@@ -687,8 +687,9 @@ class Settings(_Section):
 
     @cached_property
     def controls_on(self) -> bool:
-        """Whether paraphrases and controls are embedded; "auto" looks at the environment
-        once (an API key set), as the backend itself does."""
+        """Whether paraphrases and controls are embedded; "auto" follows the reference
+        variant's backend as ``backend_here`` picks it from this process's environment, the
+        one environment every backend choice reads (definitions, cost preview, search)."""
         if self.controls.enabled != "auto":
             return self.controls.enabled
         return self.embedding_of().backend_here()[0] == "http"

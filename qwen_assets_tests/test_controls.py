@@ -297,6 +297,8 @@ def test_a_task_page_shows_its_figures_beside_its_wordings_and_controls(controll
         target = effects[effects.is_target].iloc[0]
         verdict = card.locator(".verdict")
         assert verdict.get_attribute("data-within") == str(bool(target.within_controls)).lower()
+        named = {"shuffled": "its shuffled words", "generic": "a generic instruction"}
+        assert named[target.strongest_control] in verdict.inner_text()
         assert opened.page.evaluate("document.documentElement.scrollWidth") <= width
         assert opened.errors == [] and opened.foreign_requests() == []
     finally:

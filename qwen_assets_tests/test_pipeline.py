@@ -37,23 +37,11 @@ from qwen_assets.pipeline.storage import read_table
 from qwen_assets.settings import load_settings
 from qwen_assets.testing import project_settings, write_settings
 from qwen_assets_tests.conftest import cli_on, failure_message
+from qwen_assets_tests.test_definitions import STAGES
 
 TASKS = ["default", "topic", "sentiment", "toxicity"]
 # What follows the task partitions: the site's assets and the query views.
-AFTER_THE_MAPS = {
-    AssetKey(name)
-    for name in [
-        "site_data",
-        "task_quality",
-        "instruction_effects",
-        "map_clusters",
-        "site_builds",
-        "site_pages",
-        "task_documents",
-        "category_centroids",
-        "query_database",
-    ]
-}
+AFTER_THE_MAPS = {AssetKey(name) for name in STAGES["site"] | STAGES["query"]}
 
 
 def test_every_task_has_a_unit_vector_per_document(built):

@@ -138,7 +138,7 @@ def site_assets(
 
     payload_version = fingerprint(
         {
-            "site_data": 8,  # the payload, its files and its tables, as this code writes them
+            "site_data": 9,  # the payload, its files and its tables, as this code writes them
             # The tables' columns too: one added makes a table built before it stale, instead
             # of a query for that column failing on a build called fresh.
             "tables": {table: COLUMNS[table] for table in SITE_TABLES},

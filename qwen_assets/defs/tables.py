@@ -146,6 +146,11 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("beyond_shuffled", "DOUBLE", "instruction minus shuffled"),
         ("beyond_generic", "DOUBLE", "instruction minus generic"),
         (
+            "strongest_control",
+            "VARCHAR",
+            "shuffled or generic: the control with the higher figure, the one to beat",
+        ),
+        (
             "within_controls",
             "BOOLEAN",
             "on the target's row: the instruction's figure is no higher than a control's (it "

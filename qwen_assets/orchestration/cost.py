@@ -5,8 +5,7 @@ records its texts and seconds)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -95,7 +94,6 @@ def embedding_cost(
     partition_keys: Sequence[str],
     *,
     sample_rebuilt: bool = False,
-    environ: Mapping[str, str] = os.environ,
     speed_of: Callable[[str], Speed | None] = lambda model: None,
 ) -> list[str]:
     """A "cost" line per map of ``partition_keys``: how many texts it will embed, with what; then,
@@ -123,7 +121,7 @@ def embedding_cost(
     for key in partition_keys:
         variant, task = grid.split(key)
         embedding = settings.embedding_of(variant)
-        backend, _ = resolve_backend(embedding, environ)
+        backend, _ = resolve_backend(embedding)
         size = f" at {embedding.dimensions} dimensions" if embedding.dimensions else ""
         with_what = f"with {backend} (model {embedding.model}{size})"
         if texts is None:

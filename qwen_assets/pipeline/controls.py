@@ -93,6 +93,7 @@ class Effect:
             **asdict(self),
             "beyond_shuffled": _rounded(self.beyond_shuffled),
             "beyond_generic": _rounded(self.beyond_generic),
+            "strongest_control": self.strongest_control,
             "within_controls": self.within_controls,
         }
 

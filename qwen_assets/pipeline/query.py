@@ -8,8 +8,6 @@ publish a new copy of it), so a query and a build never wait for each other.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +154,6 @@ def search(
     log: logging.Logger,
     variant: str | None = None,
     against: str | None = None,
-    environ: Mapping[str, str] = os.environ,
 ) -> pd.DataFrame:
     """Embed ``text`` as ``task`` embeds its documents (same instruction, model and cache, as
     ``variant`` embeds them) and rank the stored documents of ``against`` (default: ``task``)
@@ -181,8 +178,8 @@ def search(
             [variant, documents],
         ).fetchall()[0][0]
     embedding = settings.embedding_of(variant)
-    name, _ = resolve_backend(embedding, environ)
-    backend = open_backend(name, embedding, log, environ)
+    name, _ = resolve_backend(embedding)
+    backend = open_backend(name, embedding, log)
     vectors, _ = embed_texts(
         [text],
         prompt_prefix(settings, task, variant),

@@ -68,6 +68,7 @@ EFFECT_SCHEMA = pa.schema(
             (name, pa.float64())
             for name in ("shuffled", "generic", "beyond_shuffled", "beyond_generic")
         ],
+        ("strongest_control", pa.string()),
         ("within_controls", pa.bool_()),
     ]
 )
@@ -192,19 +193,16 @@ def site_contents(
 def controls_of(settings: Settings, effects: Sequence[Effect]) -> dict[str, dict]:
     """For the payload, by ``variant/task``: the prompts beside each task's instruction and
     its figures beside theirs (a task without controls or paraphrases is absent)."""
+    compared: dict[str, list[dict[str, str]]] = {}
+    for prompt in settings.prompts.values():
+        if prompt.role != "task":
+            compared.setdefault(prompt.task, []).append(
+                {"role": prompt.role, "instruction": prompt.instruction}
+            )
     found: dict[str, dict] = {}
     for effect in effects:
         key = f"{effect.variant}/{effect.task}"
-        if key not in found:
-            prompts = [p for p in settings.prompts.values() if p.task == effect.task]
-            found[key] = {
-                "prompts": [
-                    {"role": p.role, "instruction": p.instruction}
-                    for p in prompts
-                    if p.role != "task"
-                ],
-                "figures": [],
-            }
+        found.setdefault(key, {"prompts": compared.get(effect.task, []), "figures": []})
         found[key]["figures"].append(effect.row())
     return found
 

@@ -166,11 +166,12 @@
     verdict.className = "verdict";
     if (target && target.within_controls !== null) {
       const name = task.target;
-      const shuffledFirst = target.shuffled !== null && target.shuffled >= (target.generic ?? -Infinity);
-      const control = shuffledFirst ? "its shuffled words" : "a generic instruction";
-      const strongest = shuffledFirst ? target.shuffled : target.generic;
+      // The control to beat is the build's (instruction_effects.strongest_control), not redecided here.
+      const shuffled = target.strongest_control === "shuffled";
+      const control = shuffled ? "its shuffled words" : "a generic instruction";
+      const strongest = target[target.strongest_control];
       verdict.textContent = target.within_controls
-        ? "This instruction moves " + name + " no more than " + control + (shuffledFirst ? " do." : " does.")
+        ? "This instruction moves " + name + " no more than " + control + (shuffled ? " do." : " does.")
         : "This instruction moves " + name + " beyond its controls: " +
           site.formatFigure(target.instruction) + " against " + site.formatFigure(strongest) +
           " for " + control + ".";
