@@ -61,7 +61,14 @@ def build_definitions(settings: Settings) -> Definitions:
         task_instructions, task_embeddings = embedding_assets(settings, grid, newsgroups_sample)
         (umap_coordinates,) = projection_assets(settings, grid, task_embeddings)
         # site_data, site_pages, and published_site when publishing is set
-        site = site_assets(settings, grid, task_embeddings, umap_coordinates, document_properties)
+        site = site_assets(
+            settings,
+            grid,
+            newsgroups_sample,
+            task_embeddings,
+            umap_coordinates,
+            document_properties,
+        )
         tables = [
             raw_newsgroups.key,
             newsgroups_sample.key,

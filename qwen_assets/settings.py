@@ -94,7 +94,7 @@ def fingerprint(value: Any) -> str:
 # The built-in corpus; any other corpus.source is a file (or a glob) of these kinds.
 NEWSGROUPS_SOURCE = "20newsgroups"
 CORPUS_FILE_SUFFIXES = (".parquet", ".csv", ".jsonl", ".ndjson")
-FILE_COLUMN_KEYS = ("text_column", "label_column", "id_column")
+FILE_COLUMN_KEYS = ("text_column", "label_column", "id_column", "extra_columns")
 FILE_KEYS = (*FILE_COLUMN_KEYS, "sample_size")
 
 
@@ -113,6 +113,9 @@ class CorpusSettings(_Section):
     text_column: Annotated[str, Field(min_length=1)] = "text"
     label_column: Annotated[str, Field(min_length=1)] | None = None
     id_column: Annotated[str, Field(min_length=1)] | None = None
+    # More columns of the file to keep beside each post and show in the site (an author, a
+    # date, a link): stored as one JSON object per post, never embedded.
+    extra_columns: list[Annotated[str, Field(min_length=1)]] = []
     categories: Literal["all"] | list[str] = list(NEWSGROUPS)
     per_category: Literal["all"] | PositiveInt = 80
     # A file corpus: this many posts drawn at random instead of per_category per label.
@@ -167,6 +170,19 @@ class CorpusSettings(_Section):
                 f"unknown newsgroup {', '.join(map(repr, unknown))}; allowed: {', '.join(NEWSGROUPS)}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _extra_columns_are_more(self) -> CorpusSettings:
+        named = {self.text_column, self.label_column, self.id_column}
+        for column in self.extra_columns:
+            if column in named:
+                raise ValueError(
+                    f"extra_columns: {column!r} is already the text, label or id column; "
+                    "list only the other columns to show beside each post"
+                )
+        if len(set(self.extra_columns)) != len(self.extra_columns):
+            raise ValueError("extra_columns: lists a column twice")
+        return self
 
     @model_validator(mode="after")
     def _length_window(self) -> CorpusSettings:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -33,6 +35,8 @@ TASKS = {
     },
 }
 GROUPS = ["rec.autos", "sci.space"]
+# An extra column's value as a hostile file would hold it: shown as text, never run.
+HOSTILE = '<img src="data:," onerror="window.hostile = 1">'
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +75,11 @@ def requests_of(project, server) -> tuple[int, object]:
 def stored_vectors(project) -> dict[tuple[str, str], list[float]]:
     rows = read_table(project.database, "SELECT task, doc_id, embedding FROM task_embeddings")
     return {(r.task, r.doc_id): list(r.embedding) for r in rows.itertuples()}
+
+
+def with_none(frame: pd.DataFrame) -> pd.DataFrame:
+    """Missing values as None (DuckDB and CSV give NaN), as the payload's JSON has them."""
+    return frame.astype(object).where(frame.notna(), None)
 
 
 def stored_places(project) -> pd.DataFrame:
@@ -165,15 +174,34 @@ def test_a_csv_corpus_without_labels_is_coloured_by_cluster_and_says_no_labels(
 ):
     """No label column, no id column: ids come from the texts, the sample is drawn at random,
     the figures about labels are null (not a number), and the site colours posts by the
-    clusters of the reference map, the posts in none in grey, and says "no labels"."""
+    clusters of the reference map, the posts in none in grey, and says "no labels". Its
+    extra columns are stored beside each post and shown in the post's panel, as text."""
     source = tmp_path / "texts.csv"
-    posts[["body"]].rename(columns={"body": "message"}).to_csv(source, index=False)
-    corpus = {"source": str(source), "text_column": "message", "sample_size": 60}
+    own = posts[["body"]].rename(columns={"body": "message"})
+    own["author"] = [f"writer {n % 7}" if n % 7 else HOSTILE for n in range(len(own))]
+    own["link"] = [f"https://example.org/{n}" if n % 3 else None for n in range(len(own))]
+    own.to_csv(source, index=False)
+    corpus = {
+        "source": str(source),
+        "text_column": "message",
+        "sample_size": 60,
+        "extra_columns": ["author", "link"],
+    }
     with ExitStack() as stack:
         server.reset()
         project = build_project(tmp_path, own_settings(tmp_path, server, archive, corpus), stack)
         assert project.documents() == 60
         assert len(server.received) == len(TASKS) * math.ceil(60 / 32)
+        stored = read_table(
+            project.database,
+            "SELECT doc_id, text, extras->>'$.author' AS author, extras->>'$.link' AS link "
+            "FROM newsgroups_sample ORDER BY position",
+        )
+        stored[["author", "link"]] = with_none(stored[["author", "link"]])
+        cleaned = own["message"].str.replace(r"\s+", " ", regex=True).str.strip().str[:5000]
+        by_text = own.assign(text=cleaned).drop_duplicates("text").set_index("text")
+        expected = with_none(by_text.loc[stored["text"], ["author", "link"]])
+        assert stored[["author", "link"]].values.tolist() == expected.values.tolist()
         quality = read_table(project.database, "SELECT * FROM task_quality")
         for figure in ("knn_accuracy", "silhouette", "probe_accuracy", "v_measure"):
             assert quality[figure].isna().all(), figure
@@ -205,7 +233,87 @@ def test_a_csv_corpus_without_labels_is_coloured_by_cluster_and_says_no_labels(
         grey = by_name.pop(payload["unclustered"], None)
         assert grey is not None and grey not in by_name.values(), "no cluster: a colour apart"
         assert len(set(by_name.values())) == len(by_name), "each cluster its own colour"
+        extra = payload["documents"]["extra"]
+        assert extra == {"author": stored["author"].tolist(), "link": stored["link"].tolist()}
+        for doc in [
+            next(d for d, link in enumerate(extra["link"]) if link is not None),
+            next(d for d, link in enumerate(extra["link"]) if link is None),
+        ]:
+            page.open(f"index.html#task=default&doc={stored['doc_id'][doc]}")
+            page.page.locator("#doc-extra").wait_for(state="visible")
+            shown = {"author": extra["author"][doc], "link": extra["link"][doc]}
+            shown = {name: value for name, value in shown.items() if value is not None}
+            names = page.page.locator("#doc-extra dt").all_inner_texts()
+            values = page.page.locator("#doc-extra dd").all_inner_texts()
+            assert dict(zip(names, values, strict=True)) == shown
+        assert page.errors == []
         page.context.close()
+
+        hostile = extra["author"].index(HOSTILE)  # a seventh of the rows: some are drawn
+        page = Page(browser, (tmp_path / "site").as_uri() + "/")
+        page.open(f"index.html#task=default&doc={stored['doc_id'][hostile]}")
+        page.page.locator("#doc-extra").wait_for(state="visible")
+        assert page.page.locator("#doc-extra dd").first.inner_text() == HOSTILE
+        assert page.page.locator("#panel img").count() == 0
+        assert page.page.evaluate("window.hostile") is None
+        page.context.close()
+
+        raw = project.raw
+        raw["corpus"]["extra_columns"] = ["link"]
+        write_settings(project.settings_path, raw)
+        requests, _ = requests_of(project, server)
+        assert requests == 0, "an extra column changes no vector"
+        payload = json.loads((tmp_path / "site" / "data.json").read_text())
+        assert payload["documents"]["extra"] == {"link": extra["link"]}
+
+
+def test_the_ui_shows_the_sample_stale_when_the_file_changes(tmp_path, posts, server, archive):
+    """A real `dg dev` over a built file corpus: fresh as built; rows appended to the file,
+    the observing sensor records the file's new version and the UI (Dagster's own stale
+    status, through its GraphQL API) shows the corpus table stale; rebuilt from the UI, the
+    sample is stale; nothing else is, and nothing is built behind the user's back."""
+    from qwen_assets_tests.test_live import PACKAGE_DAGSTER_YAML, DagsterUI, wait_until
+
+    source = tmp_path / "posts.parquet"
+    posts.iloc[:60].to_parquet(source)
+    corpus = {"source": str(source), "text_column": "body", "id_column": "post_id"}
+    with ExitStack() as stack:
+        raw = own_settings(tmp_path, server, archive, corpus)
+        raw["automation"] = {"sensor_interval_seconds": 2}
+        project = build_project(tmp_path, raw, stack)
+        shutil.copyfile(PACKAGE_DAGSTER_YAML, project.home / "dagster.yaml")
+        environ = {
+            **os.environ,
+            "QWEN_ASSETS_SETTINGS": str(project.settings_path),
+            "DAGSTER_HOME": str(project.home),
+            "DAGSTER_DISABLE_TELEMETRY": "yes",
+        }
+        ui = DagsterUI(environ, tmp_path / "dg-dev.log")
+        stack.callback(ui.stop)
+        ui.stop_sensor("rebuild_stale_assets")  # to read the UI before anything is rebuilt
+        corpus_assets = ["raw_newsgroups", "newsgroups_sample"]
+        assert ui.stale_assets([*corpus_assets, "document_properties", "site_data"]) == []
+        built = len(ui.runs())  # the build's own runs
+
+        posts.iloc[:66].to_parquet(source)
+        wait_until(
+            lambda: ui.stale_assets(corpus_assets) == ["raw_newsgroups"],
+            60,
+            "the UI shows the corpus stale",
+        )
+        assert len(ui.runs()) == built, "nothing was built: the rebuild sensor is off"
+        # Dagster marks an asset stale once an input is rebuilt with new data, not before
+        # (it does not pass an input's staleness on): the corpus table rebuilt from the UI,
+        # the sample is stale, and nothing after it yet.
+        ran = ui.launch("build_assets", ["raw_newsgroups"])
+        wait_until(
+            lambda: [run for run in ui.runs() if run["runId"] == ran and run["endTime"]],
+            120,
+            "the corpus table's run ends",
+        )
+        assert {run["status"] for run in ui.runs()} == {"SUCCESS"}
+        assert ui.stale_assets(corpus_assets) == ["newsgroups_sample"]
+        assert ui.stale_assets(["document_properties", "site_data"]) == []
 
 
 @pytest.mark.parametrize(
@@ -238,8 +346,20 @@ def test_a_csv_corpus_without_labels_is_coloured_by_cluster_and_says_no_labels(
             {},
             "matches no file",
         ),
+        (
+            lambda frame, path: frame.to_parquet(path),
+            {"extra_columns": ["author"]},
+            "has no column corpus.extra_columns 'author'; its columns: post_id, body, newsgroup",
+        ),
     ],
-    ids=["missing column", "empty text", "duplicate id", "unreadable file", "no file"],
+    ids=[
+        "missing column",
+        "empty text",
+        "duplicate id",
+        "unreadable file",
+        "no file",
+        "missing extra column",
+    ],
 )
 def test_each_bad_corpus_file_gets_one_line(tmp_path, posts, write, corpus, said):
     source = tmp_path / "posts.parquet"

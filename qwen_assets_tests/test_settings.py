@@ -59,6 +59,12 @@ def test_defaults_reproduce_the_published_demo():
             "allowed: alt.atheism",
         ),
         ({"corpus": {"per_category": 0}}, "corpus.per_category", 'above 0, or "all"'),
+        ({"corpus": {"extra_columns": ["author"]}}, "corpus.extra_columns", "reads a file"),
+        (
+            {"corpus": {"source": "posts.csv", "text_column": "body", "extra_columns": ["body"]}},
+            "corpus.extra_columns",
+            "'body' is already the text, label or id column",
+        ),
         ({"corpus": {"max_chars": -5}}, "corpus.max_chars", "greater than 0"),
         ({"umap": {"min_dist": 1.5}}, "umap.min_dist", "less than or equal to 1"),
         ({"umap": {"n_neighbors": 1}}, "umap.n_neighbors", "greater than or equal to 2"),

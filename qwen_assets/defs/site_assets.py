@@ -28,6 +28,7 @@ from qwen_assets.defs.resources import Warehouse
 from qwen_assets.defs.run_worker import RECORDS_ITS_WORKER
 from qwen_assets.defs.tables import COLUMNS, table_metadata
 from qwen_assets.pipeline.controls import Effect
+from qwen_assets.pipeline.corpus import EXTRAS
 from qwen_assets.pipeline.integrity import SITE_TABLES
 from qwen_assets.pipeline.pause import pause_point
 from qwen_assets.pipeline.publish import publish_site, redact_credentials
@@ -129,6 +130,7 @@ def clusters_markdown(clusters: pd.DataFrame) -> str:
 def site_assets(
     settings: Settings,
     grid: MapGrid,
+    sample: AssetsDefinition,
     embeddings: AssetsDefinition,
     coordinates: AssetsDefinition,
     properties: AssetsDefinition,
@@ -152,7 +154,9 @@ def site_assets(
             "prompts": settings.prompt_names,
         }
     )
-    inputs = [embeddings, coordinates, properties]
+    # The sample too: the payload carries its texts, previews and extra columns, which can
+    # change while every vector and property stays as it was.
+    inputs = [sample, embeddings, coordinates, properties]
 
     @multi_asset(
         group_name="site",
@@ -222,8 +226,10 @@ def site_assets(
     def site_data(context: AssetExecutionContext, warehouse: Warehouse):
         pause_point("asset:site_data")
         started = time.monotonic()
+        extras = f", {EXTRAS}" if settings.corpus.extra_columns else ""
         documents = warehouse.query(
-            "SELECT doc_id, category, text, preview FROM newsgroups_sample ORDER BY position"
+            f"SELECT doc_id, category, text, preview{extras} FROM newsgroups_sample "
+            "ORDER BY position"
         )
         scores = warehouse.query(
             f"""SELECT {", ".join(SCORE_PROPERTIES)} FROM document_properties

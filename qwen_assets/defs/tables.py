@@ -206,12 +206,20 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
 }
 
 
-def table_metadata(table: str) -> dict[str, object]:
+# raw_newsgroups and newsgroups_sample of a file corpus with corpus.extra_columns set.
+EXTRAS = (
+    "extras",
+    "VARCHAR",
+    "JSON: the row's corpus.extra_columns by name, e.g. extras->>'$.author' (only when set)",
+)
+
+
+def table_metadata(table: str, extras: bool = False) -> dict[str, object]:
     """``dagster/table_name`` and ``dagster/column_schema`` of a table or view."""
     schema = TableSchema(
         columns=[
             TableColumn(name, kind, description=description)
-            for name, kind, description in COLUMNS[table]
+            for name, kind, description in [*COLUMNS[table], *([EXTRAS] if extras else [])]
         ]
     )
     # Dagster's documented table keys (its TableMetadataSet is not exported in 1.13).

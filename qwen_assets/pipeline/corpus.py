@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import glob
 import hashlib
+import json
 import os
 import re
 import tarfile
@@ -26,6 +27,10 @@ REMOVE = ("headers", "footers", "quotes")
 ARCHIVE_FOLDERS = {"train": "20news-bydate-train", "test": "20news-bydate-test"}
 RAW_COLUMNS = ["doc_id", "corpus_position", "split", "category", "text"]
 SAMPLE_COLUMNS = ["position", "doc_id", "category", "text", "preview"]
+# A file corpus with corpus.extra_columns set has one more column, after these: each row's
+# extra columns as a JSON object. Absent otherwise, so the built-in corpus's tables (and their
+# versions) are what they were.
+EXTRAS = "extras"
 
 
 @dataclass(frozen=True)
@@ -218,7 +223,7 @@ def numbered(sample: pd.DataFrame, corpus: CorpusSettings) -> pd.DataFrame:
     sample = sample.reset_index(drop=True)
     sample.insert(0, "position", np.arange(len(sample), dtype=np.int32))
     sample["preview"] = preview(sample["text"], corpus.preview_chars)
-    return sample[SAMPLE_COLUMNS]
+    return sample[[*SAMPLE_COLUMNS, *([EXTRAS] if EXTRAS in sample else [])]]
 
 
 def preview(texts: pd.Series, length: int) -> pd.Series:
@@ -291,6 +296,7 @@ def read_corpus_file(corpus: CorpusSettings) -> RawCorpus:
         )
         if name is not None
     }
+    extras = {f"{EXTRAS}:{name}": ("extra_columns", name) for name in corpus.extra_columns}
     parts = []
     for path in corpus_files(corpus.source):
         reader = READERS[path.suffix.lower()]
@@ -300,7 +306,7 @@ def read_corpus_file(corpus: CorpusSettings) -> RawCorpus:
                 relation = connection.sql(query, params=[str(path)])
                 missing = [
                     f"corpus.{key} {name!r}"
-                    for key, name in columns.values()
+                    for key, name in [*columns.values(), *extras.values()]
                     if name not in relation.columns
                 ]
                 if missing:
@@ -309,8 +315,8 @@ def read_corpus_file(corpus: CorpusSettings) -> RawCorpus:
                         f"its columns: {', '.join(relation.columns)}"
                     )
                 chosen = ", ".join(
-                    f"CAST({quoted(name)} AS VARCHAR) AS {column}"
-                    for column, (_, name) in columns.items()
+                    f"CAST({quoted(name)} AS VARCHAR) AS {quoted(column)}"
+                    for column, (_, name) in {**columns, **extras}.items()
                 )
                 frame = connection.sql(f"SELECT {chosen} FROM relation").df()
         except duckdb.Error as error:
@@ -345,7 +351,16 @@ def read_corpus_file(corpus: CorpusSettings) -> RawCorpus:
         rows = rows[keep]
     rows = rows.reset_index(drop=True)
     rows["corpus_position"] = np.arange(len(rows), dtype=np.int32)
-    return RawCorpus(rows[RAW_COLUMNS], repeated_texts=repeated)
+    if not extras:
+        return RawCorpus(rows[RAW_COLUMNS], repeated_texts=repeated)
+    rows[EXTRAS] = [
+        json.dumps(dict(zip(corpus.extra_columns, values, strict=True)), ensure_ascii=False)
+        for values in rows[list(extras)]
+        .astype(object)
+        .where(rows[list(extras)].notna(), None)
+        .itertuples(index=False, name=None)
+    ]
+    return RawCorpus(rows[[*RAW_COLUMNS, EXTRAS]], repeated_texts=repeated)
 
 
 def quoted(name: str) -> str:

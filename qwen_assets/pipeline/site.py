@@ -7,7 +7,7 @@ scripts instead, because browsers refuse ``fetch()`` of files opened from disk w
 ``<script src>`` loads from disk and from any host. ``data.js`` (``window.QWEN_SITE_DATA``)
 is what a map needs to draw: the payload without the neighbour lists and the texts or
 previews. ``details.js`` (``window.QWEN_SITE_DETAILS``: {"tasks": {name: {"neighbours",
-"similarity"}}, "documents": {"text" or "preview": [...]}}) holds those, most of the
+"similarity"}}, "documents": {"text" or "preview": [...], "extra"}}) holds those, most of the
 payload, and the pages load it after the first draw.
 
 Schema, version 2 (1 had no variants)::
@@ -42,7 +42,8 @@ Schema, version 2 (1 had no variants)::
                              "labels": [{"number": int, "label": str, "size": int,
                                          "x": float, "y": float}]}}],
      "documents": {..., "properties": {"sentiment": [float], "hostility": [float],
-                                       "length": [int]}}}
+                                       "length": [int]},
+                   "extra": {column: [str | null]}}}  # corpus.extra_columns, when set
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ PAYLOAD_GLOBAL = "QWEN_SITE_DATA"
 DETAILS_GLOBAL = "QWEN_SITE_DETAILS"
 DETAILS_FILE = "details.js"
 DETAIL_TASK_FIELDS = ("neighbours", "similarity")
-DETAIL_DOCUMENT_FIELDS = ("text", "preview")
+DETAIL_DOCUMENT_FIELDS = ("text", "preview", "extra")
 TEXTS_GLOBAL = "QWEN_SITE_TEXTS"
 TEXT_CHUNK_SIZE = 1000
 TASK_PAGE_TEMPLATE = "task.template.html"
@@ -274,13 +275,15 @@ def build_payload(
     properties: Mapping[str, Sequence[float]] | None = None,
     categories_from: str | None = None,
     controls: Mapping[str, Mapping] | None = None,
+    extras: Mapping[str, Sequence[str | None]] | None = None,
 ) -> dict:
     """The payload. ``variants``: each variant's name, description, model, prompt_template
     and dimensions, the reference first. With ``inline_texts`` every text is in it (and
     previews are cut from them in the page); otherwise it carries previews, and
     ``text_chunks`` the texts (``write_payload`` writes them). ``categories_from``: where
     the categories come from when the corpus has no labels (a map's clusters). ``controls``:
-    by ``variant/task``, the task's paraphrases and controls and its figures beside theirs."""
+    by ``variant/task``, the task's paraphrases and controls and its figures beside theirs.
+    ``extras``: a file corpus's extra columns, by name, a value (or None) per document."""
     legend = sorted(set(categories))
     index = {name: position for position, name in enumerate(legend)}
     documents: dict[str, list] = {
@@ -291,6 +294,8 @@ def build_payload(
         documents["text"] = list(texts)
     else:
         documents["preview"] = list(previews)
+    if extras:
+        documents["extra"] = {name: list(values) for name, values in extras.items()}
     documents["properties"] = {
         name: _rounded(np.asarray(values, dtype=float), 0 if name == "length" else 3)
         for name, values in (properties or {}).items()

@@ -5,6 +5,7 @@ task with controls, ``instruction_effects``)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -13,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 
 from qwen_assets.pipeline.controls import Effect, PromptFigures, instruction_effects
+from qwen_assets.pipeline.corpus import EXTRAS
 from qwen_assets.pipeline.site import (
     UNCLUSTERED,
     TaskMap,
@@ -186,8 +188,18 @@ def site_contents(
         properties=scores,
         categories_from=None if labelled else map_title(reference, settings),
         controls=controls_of(settings, effects),
+        extras=extra_values(documents, settings.corpus.extra_columns),
     )
     return SiteContents(payload, maps, effects)
+
+
+def extra_values(documents: pd.DataFrame, columns: Sequence[str]) -> dict[str, list[str | None]]:
+    """The sample's extra columns (``corpus.extra_columns``, stored as a JSON object a post),
+    by column: a value a post, None where its row had none."""
+    if EXTRAS not in documents or not columns:
+        return {}
+    rows = [json.loads(held) for held in documents[EXTRAS]]
+    return {column: [row.get(column) for row in rows] for column in columns}
 
 
 def controls_of(settings: Settings, effects: Sequence[Effect]) -> dict[str, dict]:

@@ -287,6 +287,7 @@
     site.textOf(index).then((text) => {
       if (state.doc === index) textBox.textContent = text;
     });
+    showExtra(index);
     document.getElementById("neighbours-task").textContent = site.mapTitle(task);
     // A post new to the corpus since the map was laid out: placed onto it, the others kept.
     const placed = document.getElementById("doc-placed");
@@ -308,6 +309,22 @@
       item.append(postButton(other, task.similarity[index][rank].toFixed(3)));
       list.append(item);
     });
+  }
+
+  // The corpus's own columns beside the text (corpus.extra_columns), shown as text, never as markup.
+  function showExtra(index) {
+    const list = document.getElementById("doc-extra");
+    list.replaceChildren();
+    for (const [name, values] of Object.entries(documents.extra || {})) {
+      const value = values[index];
+      if (value === null || value === undefined || value === "") continue;
+      const term = document.createElement("dt");
+      term.textContent = name;
+      const detail = document.createElement("dd");
+      detail.textContent = value;
+      list.append(term, detail);
+    }
+    list.hidden = list.childElementCount === 0;
   }
 
   function postButton(index, score) {
