@@ -316,6 +316,44 @@ def test_the_ui_shows_the_sample_stale_when_the_file_changes(tmp_path, posts, se
         assert ui.stale_assets(["document_properties", "site_data"]) == []
 
 
+def test_the_docs_example_builds_a_second_corpus_and_grows_it(tmp_path, server, archive):
+    """docs/examples/second_corpus.py as a person runs it, from the settings they have (here
+    the loopback server's): a Parquet corpus with other column names and no labels, built,
+    grown by 10 %: only the new posts are embedded and placed, on every map."""
+    import subprocess
+    import sys
+
+    from qwen_assets_tests.conftest import REPO
+
+    example = REPO / "docs" / "examples" / "second_corpus.py"
+    base = write_settings(tmp_path / "mine.toml", own_settings(tmp_path, server, archive, {}))
+    folder = tmp_path / "second"
+    server.reset()
+    done = subprocess.run(
+        [sys.executable, str(example), archive, str(folder), "--settings", str(base)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    first, grown = 100, 110
+    assert len(server.received) == len(TASKS) * (
+        math.ceil(first / 32) + math.ceil((grown - first) / 32)
+    ), "the second build embedded only the new posts"
+    assert f"posts placed onto each map: { {task: grown - first for task in sorted(TASKS)} }" in (
+        done.stdout
+    )
+    sample = read_table(
+        str(folder / "second.duckdb"),
+        "SELECT category, extras->>'$.newsgroup' AS newsgroup FROM newsgroups_sample",
+    )
+    assert len(sample) == grown and sample["category"].isna().all(), "no labels"
+    assert sample["newsgroup"].nunique() == 3, "the group, as an extra column"
+    payload = json.loads((folder / "site" / "data.json").read_text())
+    assert payload["categories_from"] == "the default map"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mine.toml", "second"]
+
+
 @pytest.mark.parametrize(
     ("write", "corpus", "said"),
     [
