@@ -169,6 +169,22 @@ def test_a_column_added_to_a_site_table_makes_the_site_assets_stale(monkeypatch)
     assert after["task_embeddings"] == before["task_embeddings"], "nothing is embedded again"
 
 
+def test_the_catalog_shows_every_column_description_whole():
+    """Dagster's UI renders descriptions as Markdown, where ``<target>`` is an HTML tag and
+    vanishes: every description of every asset and column reads as written."""
+    specs = build_definitions(load_settings()).resolve_all_asset_specs()
+    swallowed = re.compile(r"<[A-Za-z/!]")
+    found = []
+    for spec in specs:
+        schema = spec.metadata.get("dagster/column_schema")
+        columns = [column.description or "" for column in schema.columns] if schema else []
+        texts = [spec.description or "", *columns]
+        found += [
+            f"{spec.key.to_user_string()}: {text}" for text in texts if swallowed.search(text)
+        ]
+    assert found == []
+
+
 def test_the_private_import_check_catches_one():
     assert private_dagster_imports("from dagster._core.storage.tags import X") == [
         "dagster._core.storage.tags"

@@ -124,7 +124,11 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
             "mean neighbourhood overlap with the same task in the reference variant",
         ),
         ("target", "VARCHAR", "the property the task's instruction aims at, if any"),
-        ("predicts_target", "DOUBLE", "predicts_<target>: the figure on what it aims at"),
+        (
+            "predicts_target",
+            "DOUBLE",
+            "the figure on what the task aims at (predicts_sentiment for a sentiment task)",
+        ),
         ("headline", "VARCHAR", "the target's figure against the default task's, in words"),
     ],
     "instruction_effects": [
@@ -133,8 +137,9 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         (
             "figure",
             "VARCHAR",
-            "a column of task_quality: predicts_<target>, probe_accuracy, probe_<score>, "
-            "v_measure, overlap_with_reference, cka_with_reference",
+            "a column of task_quality: the target's predicts_ figure (e.g. predicts_sentiment), "
+            "probe_accuracy, probe_sentiment, probe_hostility, probe_length, v_measure, "
+            "overlap_with_reference, cka_with_reference",
         ),
         ("is_target", "BOOLEAN", "whether the figure is the task's target's"),
         ("instruction", "DOUBLE", "the figure for the task's own instruction"),
