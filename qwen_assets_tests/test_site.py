@@ -20,7 +20,6 @@ import pytest
 from PIL import Image
 
 from qwen_assets.pipeline.site import (
-    plotly_bundle,
     read_payload,
     task_page_name,
     write_pages,
@@ -1177,15 +1176,16 @@ def bundle_header(path: Path) -> str:
         return "".join(file.readline() for _ in range(3))
 
 
-def test_a_small_site_gets_the_basic_plotly_bundle_of_the_same_version(site_dir, large_site_dir):
+def test_a_small_site_gets_the_basic_bundle_and_a_large_one_gl2d_of_one_version(
+    site_dir, large_site_dir
+):
     small = bundle_header(site_dir / "vendor" / "plotly.min.js")
-    full = bundle_header(plotly_bundle(webgl=True))
+    large = bundle_header(large_site_dir / "vendor" / "plotly.min.js")
     assert "(basic - minified)" in small, "an SVG-only site loads the small bundle"
-    assert "(basic" not in bundle_header(large_site_dir / "vendor" / "plotly.min.js")
+    assert "(gl2d - minified)" in large, "a WebGL site loads the bundle with scattergl only"
     version = re.compile(r"v(\d+\.\d+\.\d+)")
-    assert version.search(small).group(1) == version.search(full).group(1), (
-        "the vendored basic bundle and the plotly package's bundle are one plotly.js version: "
-        "update site_sources/vendor/ with the plotly package"
+    assert version.search(small).group(1) == version.search(large).group(1), (
+        "the vendored bundles are one plotly.js version: update both in site_sources/vendor/"
     )
 
 

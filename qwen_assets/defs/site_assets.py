@@ -369,7 +369,7 @@ def site_assets(
                 "index": MetadataValue.url(index.resolve().as_uri()),
                 "files": len(written),
                 "task_pages": ", ".join(task_page_name(task) for task in settings.task_names),
-                "plotly_bundle": "full (WebGL)" if webgl else "basic (SVG)",
+                "plotly_bundle": "gl2d (WebGL)" if webgl else "basic (SVG)",
                 "bytes": sum(path.stat().st_size for path in written),
             }
         )
