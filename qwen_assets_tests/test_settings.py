@@ -65,6 +65,11 @@ def test_defaults_reproduce_the_published_demo():
             "corpus.extra_columns",
             "'body' is already the text, label or id column",
         ),
+        (
+            {"corpus": {"source": "posts.csv", "extra_columns": ["url", "url"]}},
+            "corpus.extra_columns",
+            "lists a column twice",
+        ),
         ({"corpus": {"max_chars": -5}}, "corpus.max_chars", "greater than 0"),
         ({"umap": {"min_dist": 1.5}}, "umap.min_dist", "less than or equal to 1"),
         ({"umap": {"n_neighbors": 1}}, "umap.n_neighbors", "greater than or equal to 2"),
