@@ -332,11 +332,10 @@ def command_try(arguments: argparse.Namespace) -> int:
     print(f"qwen-assets: {TRIAL_SAYS}; its settings: {settings}")
     # The trial's files are all in its folder: variables that point a project's files
     # elsewhere (a person's own database, cache or site) do not apply to it.
-    # (The corpus archive is only read: it stays.)
-    from qwen_assets.settings import ENVIRONMENT_OVERRIDES
+    from qwen_assets.settings import FILE_OVERRIDES
 
-    for variable, (section, _) in ENVIRONMENT_OVERRIDES.items():
-        if section != "corpus" and os.environ.pop(variable, None) is not None:
+    for variable in FILE_OVERRIDES:
+        if os.environ.pop(variable, None) is not None:
             print(f"qwen-assets: {variable} is set aside for the trial")
     os.environ["QWEN_ASSETS_SETTINGS"] = str(settings)
     os.environ["DAGSTER_HOME"] = str(folder / ".dagster")

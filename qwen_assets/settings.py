@@ -46,6 +46,11 @@ ENVIRONMENT_OVERRIDES: dict[str, tuple[str, str]] = {
     "QWEN_ASSETS_NEWSGROUPS_ARCHIVE": ("corpus", "archive"),
     "QWEN_ASSETS_SITE_DIR": ("site", "output_dir"),
 }
+# Those that point a project's files (databases, cache, site) somewhere: a project made in a
+# folder of its own (a trial, the docs' second corpus) sets them aside. The archive is only read.
+FILE_OVERRIDES = tuple(
+    v for v, (section, _) in ENVIRONMENT_OVERRIDES.items() if section != "corpus"
+)
 
 # The twenty groups of the 20 Newsgroups corpus, in scikit-learn's (alphabetical) order.
 NEWSGROUPS: tuple[str, ...] = (

@@ -22,7 +22,7 @@ from qwen_assets.orchestration.plan import project_plan
 from qwen_assets.pipeline.corpus import draw_sample, load_raw_newsgroups, read_corpus_file
 from qwen_assets.pipeline.projection import align
 from qwen_assets.pipeline.storage import read_table
-from qwen_assets.settings import parse_settings
+from qwen_assets.settings import FILE_OVERRIDES, parse_settings
 from qwen_assets.testing import project_settings, write_settings
 from qwen_assets_tests.conftest import build_project, files_digest
 from qwen_assets_tests.test_site import Page
@@ -319,7 +319,8 @@ def test_the_ui_shows_the_sample_stale_when_the_file_changes(tmp_path, posts, se
 def test_the_docs_example_builds_a_second_corpus_and_grows_it(tmp_path, server, archive):
     """docs/examples/second_corpus.py as a person runs it, from the settings they have (here
     the loopback server's): a Parquet corpus with other column names and no labels, built,
-    grown by 10 %: only the new posts are embedded and placed, on every map."""
+    grown by 10 %: only the new posts are embedded and placed, on every map; the variables
+    that point the person's own project's files elsewhere do not reach it."""
     import subprocess
     import sys
 
@@ -329,8 +330,11 @@ def test_the_docs_example_builds_a_second_corpus_and_grows_it(tmp_path, server, 
     base = write_settings(tmp_path / "mine.toml", own_settings(tmp_path, server, archive, {}))
     folder = tmp_path / "second"
     server.reset()
+    theirs = tmp_path / "theirs"  # where the person's own project's files are
+    exported = {variable: str(theirs / variable.lower()) for variable in FILE_OVERRIDES}
     done = subprocess.run(
         [sys.executable, str(example), archive, str(folder), "--settings", str(base)],
+        env={**os.environ, **exported},
         capture_output=True,
         text=True,
         timeout=600,

@@ -19,11 +19,11 @@ import sys
 import tomllib
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 
 from qwen_assets.pipeline.corpus import load_raw_newsgroups
-from qwen_assets.settings import settings_path
+from qwen_assets.pipeline.storage import read_table
+from qwen_assets.settings import FILE_OVERRIDES, settings_path
 from qwen_assets.testing import write_settings
 
 GROUPS = ["comp.graphics", "rec.sport.hockey", "sci.med"]
@@ -67,11 +67,13 @@ def write_project(folder: Path, base: Path) -> Path:
 
 
 def build(folder: Path) -> str:
-    """``qwen-assets build`` for the project in ``folder``; what it printed."""
+    """``qwen-assets build`` for the project in ``folder``; what it printed. Variables that
+    point your project's files elsewhere are set aside: they would point this one there too."""
+    environ = {key: value for key, value in os.environ.items() if key not in FILE_OVERRIDES}
     done = subprocess.run(
         [sys.executable, "-m", "qwen_assets.cli", "build"],
         env={
-            **os.environ,
+            **environ,
             "QWEN_ASSETS_SETTINGS": str(folder / "settings.toml"),
             "DAGSTER_HOME": str(folder / "dagster_home"),
         },
@@ -85,11 +87,11 @@ def build(folder: Path) -> str:
 
 def placed_posts(folder: Path) -> dict[str, int]:
     """Per map, the posts placed onto its layout after it was made."""
-    with duckdb.connect(str(folder / "second.duckdb"), read_only=True) as connection:
-        rows = connection.execute(
-            "SELECT task, count(placed_at) FROM umap_coordinates GROUP BY task ORDER BY task"
-        ).fetchall()
-    return dict(rows)
+    rows = read_table(
+        str(folder / "second.duckdb"),
+        "SELECT task, count(placed_at) AS placed FROM umap_coordinates GROUP BY task ORDER BY task",
+    )
+    return dict(zip(rows["task"], rows["placed"].astype(int).tolist(), strict=True))
 
 
 def main() -> None:
