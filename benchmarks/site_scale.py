@@ -159,9 +159,9 @@ def run() -> str:
         "The site's steps on a synthetic corpus of 4 tasks (384-dimension vectors around 20 "
         "centres, a short text per post from its centre's words; the default layout by UMAP, "
         "the other three that layout turned, as drawing and clustering cost the same on any "
-        "layout). Seconds for one map's UMAP, its 10 nearest neighbours (full "
-        "dimension: exact in blocks up to 20,000 posts, NNDescent above), its quality figures (the quadratic ones on a 4,000-post "
-        "sample), its labelled clusters (HDBSCAN on the map, c-TF-IDF labels); then every "
+        "layout). Seconds for one map's UMAP, its 10 nearest neighbours (full dimension: "
+        "exact in blocks up to 20,000 posts, NNDescent above), its quality figures (the "
+        "quadratic ones on a 4,000-post sample), its labelled clusters (HDBSCAN on the map, c-TF-IDF labels); then every "
         "map's figures, neighbours, clusters and the payload together (`site_contents`, as the "
         "`site_data` asset runs it), and writing the files; the process's peak memory.\n\n"
         + table(

@@ -208,11 +208,11 @@ def task_quality(
     - trustworthiness: how far the 2-D layout keeps the full-dimension neighbours (0..1).
     - overlap with the reference task: mean Jaccard of the neighbour sets (1 for itself).
     - probe accuracy, V-measure: see ``probe_accuracy`` and ``v_measure``.
+    - CKA with the reference task: ``linear_cka`` of the two spaces (1 for itself).
 
     The silhouette, trustworthiness, the probe and V-measure are computed on a sample of
     ``sample_size`` posts (all of them up to that many): their cost grows faster than the
     corpus.
-    - CKA with the reference task: ``linear_cka`` of the two spaces (1 for itself).
 
     ``labels`` None (a corpus without them): the figures about categories are None.
     """
