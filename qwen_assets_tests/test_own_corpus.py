@@ -330,6 +330,23 @@ def test_the_docs_example_builds_a_second_corpus_and_grows_it(tmp_path, server, 
     base = write_settings(tmp_path / "mine.toml", own_settings(tmp_path, server, archive, {}))
     folder = tmp_path / "second"
     server.reset()
+    taken = tmp_path / "taken"  # a folder holding someone's files: refused, left as it was
+    taken.mkdir()
+    (taken / "posts.parquet").write_text("theirs")
+    refused = subprocess.run(
+        [sys.executable, str(example), archive, str(taken), "--settings", str(base)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode != 0
+    assert refused.stderr.strip().endswith(
+        "holds files this example did not write: name a new folder"
+    )
+    assert [p.name for p in taken.iterdir()] == ["posts.parquet"]
+    assert (taken / "posts.parquet").read_text() == "theirs"
+    shutil.rmtree(taken)
+
     theirs = tmp_path / "theirs"  # where the person's own project's files are
     exported = {variable: str(theirs / variable.lower()) for variable in FILE_OVERRIDES}
     done = subprocess.run(

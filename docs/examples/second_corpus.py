@@ -29,6 +29,8 @@ from qwen_assets.testing import write_settings
 GROUPS = ["comp.graphics", "rec.sport.hockey", "sci.med"]
 FIRST_POSTS = 100
 GROWN_POSTS = 110  # 10 % more
+# The first line of the settings it writes: a folder holding anything else is not its own.
+MARK = "# written by docs/examples/second_corpus.py\n"
 
 
 def archive_posts(archive: str, count: int) -> pd.DataFrame:
@@ -63,7 +65,17 @@ def write_project(folder: Path, base: Path) -> Path:
     }
     raw.setdefault("site", {})["output_dir"] = str(folder / "site")
     raw.pop("publish", None)
-    return write_settings(folder / "settings.toml", raw)
+    path = write_settings(folder / "settings.toml", raw)
+    path.write_text(MARK + path.read_text(encoding="utf-8"), encoding="utf-8")
+    return path
+
+
+def own_folder(folder: Path) -> bool:
+    """Whether ``folder`` is new, empty, or one this example made (it writes nothing else)."""
+    if not folder.exists() or not any(folder.iterdir()):
+        return True
+    settings = folder / "settings.toml"
+    return settings.is_file() and settings.read_text(encoding="utf-8").startswith(MARK)
 
 
 def build(folder: Path) -> str:
@@ -103,6 +115,8 @@ def main() -> None:
     )
     arguments = parser.parse_args()
     folder = arguments.folder.resolve()
+    if not own_folder(folder):
+        raise SystemExit(f"{folder} holds files this example did not write: name a new folder")
     folder.mkdir(parents=True, exist_ok=True)
     archive_posts(arguments.archive, FIRST_POSTS).to_parquet(folder / "posts.parquet")
     write_project(folder, arguments.settings)
