@@ -70,6 +70,14 @@ for variable in PROJECT_VARIABLES:
     os.environ.pop(variable, None)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """numba's compiled UMAP code kept under pytest's cache (not beside the installed umap),
+    for every process of the session and its children: each fresh process then skips the
+    compiles a first map costs (``projection._umap``)."""
+    if (cache := getattr(config, "cache", None)) is not None:
+        os.environ["NUMBA_CACHE_DIR"] = str(cache.mkdir("numba"))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The tests marked ``long_running`` first (in their own order), the rest as collected."""
     items.sort(key=lambda item: item.get_closest_marker("long_running") is None)

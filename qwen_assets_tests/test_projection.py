@@ -3,6 +3,9 @@ aligned onto its old self, on clustered vectors (UMAP on 2 cores, a few seconds)
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -81,3 +84,32 @@ def test_a_layout_of_another_basis_is_never_kept(clustered, first):
     stored places mean nothing for them."""
     grown = grown_layout(ids(250), clustered[:250], first, "basis-2", SETTINGS)
     assert grown.projected and not grown.kept.any()
+
+
+MAP_IN_A_NEW_PROCESS = """
+import numpy as np, umap.umap_
+from qwen_assets.pipeline.projection import umap_layout
+from qwen_assets.settings import UmapSettings
+umap_layout(np.random.default_rng(0).normal(size=(60, 8)), UmapSettings(n_neighbors=5))
+for function in (umap.umap_.smooth_knn_dist, umap.umap_.compute_membership_strengths):
+    print(function.__name__, len(function.stats.cache_hits), len(function.stats.cache_misses))
+"""
+
+
+def test_a_new_process_draws_its_first_map_from_compiled_code_kept_on_disk():
+    """Each build is a new process: after one has drawn a map, the next compiles nothing of
+    what it keeps (the suite keeps numba's cache under pytest's, ``conftest.pytest_configure``;
+    a fresh one would first compile all of pynndescent, a minute here)."""
+
+    def compiles() -> dict[str, tuple[int, int]]:
+        ran = subprocess.run(
+            [sys.executable, "-c", MAP_IN_A_NEW_PROCESS], capture_output=True, text=True
+        )
+        assert ran.returncode == 0, ran.stderr
+        rows = [line.split() for line in ran.stdout.splitlines()]
+        return {name: (int(hits), int(misses)) for name, hits, misses in rows}
+
+    first, second = compiles(), compiles()
+    assert set(first) == {"smooth_knn_dist", "compute_membership_strengths"}
+    assert all(hits + misses == 1 for hits, misses in first.values()), first
+    assert all((hits, misses) == (1, 0) for hits, misses in second.values()), second

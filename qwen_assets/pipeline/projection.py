@@ -12,6 +12,8 @@ layout, and the posts it had keep their coordinates, until the new ones pass a s
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import warnings
 from dataclasses import dataclass
@@ -32,9 +34,7 @@ def umap_layout(embeddings: np.ndarray, settings: UmapSettings) -> np.ndarray:
             f"umap.n_neighbors is {settings.n_neighbors} but there are only {rows} documents; "
             f"allowed: 2 to {rows - 1}"
         )
-    import umap
-
-    reducer = umap.UMAP(
+    reducer = _umap().UMAP(
         n_components=2,
         n_neighbors=settings.n_neighbors,
         min_dist=settings.min_dist,
@@ -48,6 +48,24 @@ def umap_layout(embeddings: np.ndarray, settings: UmapSettings) -> np.ndarray:
         # Neighbours given without a search index: only ``transform`` needs one, never used.
         warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\].*not an NNDescent")
         return np.asarray(reducer.fit_transform(embeddings), dtype=np.float64)
+
+
+@functools.cache
+def _umap():
+    """umap, with its two slowest compiles kept on disk. numba compiles UMAP's functions in
+    every new process (about 10 s of the 12 s a first map costs: each Dagster run and each
+    command is a new process) and keeps only what is declared ``cache=True``, which
+    ``smooth_knn_dist`` and ``compute_membership_strengths`` are not. ``enable_caching`` is
+    what that flag calls; numba keys the cache by the function's source and its own version,
+    and keeps it beside umap's source (or under ``NUMBA_CACHE_DIR``). Where numba finds no
+    writable place, or the method is gone, maps compile as before."""
+    import umap
+    import umap.umap_
+
+    for function in (umap.umap_.smooth_knn_dist, umap.umap_.compute_membership_strengths):
+        with contextlib.suppress(AttributeError, RuntimeError):
+            function.enable_caching()
+    return umap
 
 
 # Below this many rows UMAP finds exact nearest neighbours itself (above, approximate ones).
