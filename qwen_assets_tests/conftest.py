@@ -197,9 +197,12 @@ def server(
         vectors_folder,
         spot_checks=SPOT_CHECKS if checks else 0,
     )
-    # Loaded before the first request, so no request pays for it: a test's short client
-    # timeout would take the load for a hung server, run alone or first.
-    load_minilm()
+    # Loaded before the first request where requests will need it (this process checks the
+    # store, or the store is empty), so no request pays for it: a test's short client timeout
+    # would take the load for a hung server. With a filled store a process may never need it
+    # (importing and loading it costs 10 to 15 s).
+    if checks or not vectors.stored:
+        load_minilm()
     running = EmbeddingServer(vectors).start()
     yield running
     running.stop()
