@@ -12,9 +12,11 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 import threading
 import time
@@ -218,6 +220,30 @@ def fresh_server(server: EmbeddingServer) -> EmbeddingServer:
 
 # A corpus for tests about mechanics (staleness, crashes, automation): two groups of 40.
 SMALL_CORPUS = {"categories": ["rec.autos", "sci.space"], "per_category": 40}
+# The groups the small archive keeps: the small corpus's and `qwen-assets try`'s.
+SMALL_ARCHIVE_GROUPS = ("rec.autos", "sci.med", "sci.space")
+
+
+@pytest.fixture(scope="session")
+def small_archive(archive: str, shared_folder: Path | None, tmp_path_factory) -> str:
+    """The archive cut to SMALL_ARCHIVE_GROUPS, laid out as 20news-bydate.tar.gz is (both
+    splits, each post where it was), for the projects that test mechanics: a build from
+    nothing reads it in a tenth of the 4 s the whole archive takes, and the suite makes dozens
+    of those. Made once a session (in the folder the workers share), whole or not at all."""
+    folder = shared_folder if shared_folder is not None else tmp_path_factory.getbasetemp()
+    cut = folder / "small-archive.tar.gz"
+    with FileLock(f"{cut}.lock"):
+        if not cut.exists():
+            partial = cut.with_suffix(".partial")
+            kept = re.compile(
+                rf"20news-bydate-(train|test)(/({'|'.join(map(re.escape, SMALL_ARCHIVE_GROUPS))})(/\d+)?)?"
+            )
+            with tarfile.open(archive, "r:gz") as whole, tarfile.open(partial, "w:gz") as out:
+                for member in whole:
+                    if kept.fullmatch(member.name):
+                        out.addfile(member, whole.extractfile(member) if member.isfile() else None)
+            partial.rename(cut)
+    return str(cut)
 
 
 @dataclass
@@ -401,9 +427,12 @@ def small_project(
 
 
 @pytest.fixture(scope="session")
-def small_built(tmp_path_factory, shared_folder, server: EmbeddingServer, archive: str):
-    """The same pipeline on a small corpus (SMALL_CORPUS), for tests about mechanics."""
-    yield from small_project(tmp_path_factory, shared_folder, server, archive, "small_project")
+def small_built(tmp_path_factory, shared_folder, server: EmbeddingServer, small_archive: str):
+    """The same pipeline on a small corpus (SMALL_CORPUS, from the small archive), for tests
+    about mechanics."""
+    yield from small_project(
+        tmp_path_factory, shared_folder, server, small_archive, "small_project"
+    )
 
 
 # Two ways of embedding compared side by side: the model at its full size, and at 128
@@ -415,11 +444,11 @@ VARIANTS = {
 
 
 @pytest.fixture(scope="session")
-def variants_built(tmp_path_factory, shared_folder, server: EmbeddingServer, archive: str):
+def variants_built(tmp_path_factory, shared_folder, server: EmbeddingServer, small_archive: str):
     """The small corpus built from nothing with two variants (VARIANTS) x the four tasks;
     ``cold_requests``: how many requests that build sent the API."""
     yield from small_project(
-        tmp_path_factory, shared_folder, server, archive, "variants_project", VARIANTS
+        tmp_path_factory, shared_folder, server, small_archive, "variants_project", VARIANTS
     )
 
 

@@ -56,11 +56,11 @@ class CliProject:
 
 
 @pytest.fixture
-def project(small_built, server, archive, tmp_path: Path) -> Iterator[CliProject]:
+def project(small_built, server, small_archive, tmp_path: Path) -> Iterator[CliProject]:
     """A new small project whose `probe` task is not cached (so a build embeds it in many
     small batches) and whose `default` task is (a copy of the built project's cache)."""
     shutil.copyfile(small_built.cache, tmp_path / "cache.duckdb")
-    raw = project_settings(tmp_path, server, archive)
+    raw = project_settings(tmp_path, server, small_archive)
     raw["corpus"].update(SMALL_CORPUS)
     raw["embedding"]["batch_size"] = BATCH_SIZE
     raw["embedding"]["http"]["max_in_flight"] = IN_FLIGHT

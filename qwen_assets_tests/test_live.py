@@ -281,11 +281,11 @@ class DagsterUI:
 
 
 @pytest.fixture
-def project(small_built, server, archive, tmp_path: Path) -> Iterator[dict[str, str]]:
+def project(small_built, server, small_archive, tmp_path: Path) -> Iterator[dict[str, str]]:
     """A new small project (no database, no Dagster history) with a copy of the paid cache,
     whose builds may not wait on any lock; yields the environment its commands run in."""
     shutil.copyfile(small_built.cache, tmp_path / "cache.duckdb")
-    raw = project_settings(tmp_path, server, archive)
+    raw = project_settings(tmp_path, server, small_archive)
     raw["corpus"].update(SMALL_CORPUS)
     raw["storage"]["lock_wait_seconds"] = 0
     raw["automation"] = {"sensor_interval_seconds": 5}

@@ -40,9 +40,9 @@ HOSTILE = '<img src="data:," onerror="window.hostile = 1">'
 
 
 @pytest.fixture(scope="module")
-def posts(archive: str) -> pd.DataFrame:
+def posts(small_archive: str) -> pd.DataFrame:
     """110 posts of two groups, as someone's own table: other column names, an id column."""
-    raw = load_raw_newsgroups(archive)
+    raw = load_raw_newsgroups(small_archive)
     chosen = raw[raw["category"].isin(GROUPS) & (raw["text"].str.strip().str.len() >= 100)]
     chosen = chosen.groupby("category").head(55)
     return pd.DataFrame(

@@ -134,11 +134,11 @@ def test_alignment_undoes_a_rotation_scale_and_shift():
 
 
 @pytest.fixture
-def cold_project(small_built, server, archive, tmp_path: Path):
+def cold_project(small_built, server, small_archive, tmp_path: Path):
     """A new project with its own Dagster instance and no database, sharing a copy of the small
     built project's paid embedding cache."""
     shutil.copyfile(small_built.cache, tmp_path / "cache.duckdb")
-    raw = project_settings(tmp_path, server, archive)
+    raw = project_settings(tmp_path, server, small_archive)
     raw["corpus"] = small_built.raw["corpus"]
     settings_file = write_settings(tmp_path / "settings.toml", raw)
     with instance_for_test() as instance:

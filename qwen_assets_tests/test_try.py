@@ -8,32 +8,40 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from qwen_assets.cli import TRIAL_GROUPS, TRIAL_PER_GROUP
-from qwen_assets_tests.conftest import REPO
+from qwen_assets_tests.conftest import ARCHIVE_ENV, REPO
 
 TASKS = ("default", "topic", "sentiment", "toxicity")
 TOPIC = "Identify the topic or theme of the given text"
 
 
-def qwen_assets(cwd: Path, *arguments: str, **variables: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "qwen_assets.cli", *arguments],
-        cwd=cwd,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **variables},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+@pytest.fixture
+def qwen_assets(small_archive: str) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`qwen-assets ARGUMENTS` in a new process, reading the trial's groups from the small
+    archive (a first build reads the whole archive it is given)."""
+
+    def run(cwd: Path, *arguments: str, **variables: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "qwen_assets.cli", *arguments],
+            cwd=cwd,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", ARCHIVE_ENV: small_archive, **variables},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    return run
 
 
 @pytest.mark.long_running
 def test_a_trial_builds_everything_in_its_folder_and_a_bad_model_says_what_to_do(
-    archive, tmp_path: Path
+    qwen_assets, tmp_path: Path
 ):
     tried = qwen_assets(tmp_path, "try", "trial")
     assert tried.returncode == 0, tried.stdout + tried.stderr

@@ -118,10 +118,11 @@ def main() -> None:
     if not own_folder(folder):
         raise SystemExit(f"{folder} holds files this example did not write: name a new folder")
     folder.mkdir(parents=True, exist_ok=True)
-    archive_posts(arguments.archive, FIRST_POSTS).to_parquet(folder / "posts.parquet")
+    posts = archive_posts(arguments.archive, GROWN_POSTS)
+    posts.head(FIRST_POSTS).to_parquet(folder / "posts.parquet")
     write_project(folder, arguments.settings)
     print(build(folder))
-    archive_posts(arguments.archive, GROWN_POSTS).to_parquet(folder / "posts.parquet")
+    posts.to_parquet(folder / "posts.parquet")
     print(build(folder))
     print("posts placed onto each map:", placed_posts(folder))
 
