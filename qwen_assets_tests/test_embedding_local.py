@@ -206,43 +206,35 @@ def stop_mid_export(export: subprocess.Popen, folder: Path) -> None:
     assert not list(folder.glob(f"*/{quantized.MODEL_FILE}")), "and before it finished"
 
 
-def test_an_export_killed_half_way_leaves_nothing_that_blocks_the_next(tmp_path, minilm):
-    from qwen_assets.pipeline.embedding import quantized
-
+def test_an_export_interrupted_or_killed_blocks_nothing_and_two_at_once_export_once(tmp_path):
+    """Ctrl-C mid-export leaves no half model; SIGKILL mid-export leaves remains that block
+    nothing: of the next two builds, started at once, one exports (and clears the remains)
+    while the other waits and loads what it made."""
     folder = tmp_path / "models"
+    interrupted = export_in_a_subprocess(folder)
+    stop_mid_export(interrupted, folder)
+    interrupted.send_signal(signal.SIGINT)
+    interrupted.send_signal(signal.SIGCONT)
+    output = interrupted.communicate(timeout=120)[0]
+    assert interrupted.returncode != 0 and "KeyboardInterrupt" in output
+    assert list(folder.iterdir()) == [next(folder.glob(".*.lock"))], "only the (free) lock file"
+
     victim = export_in_a_subprocess(folder)
     stop_mid_export(victim, folder)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert list(folder.glob(".*.staging-*")), "killed while exporting, as intended"
 
-    # The next build: its export runs (the dead one's lock is gone) and clears the remains.
-    exported = quantized.exported_model("minilm", minilm, folder, logging.getLogger("test"))
-    assert exported.exists() and exported.parent.parent == folder
-    assert not list(folder.glob(".*.staging-*"))
-    assert [path.name for path in folder.iterdir() if not path.name.startswith(".")] == [
-        exported.parent.name
-    ]
-
-
-def test_ctrl_c_during_an_export_leaves_no_half_model(tmp_path):
-    folder = tmp_path / "models"
-    export = export_in_a_subprocess(folder)
-    stop_mid_export(export, folder)
-    export.send_signal(signal.SIGINT)
-    export.send_signal(signal.SIGCONT)
-    output = export.communicate(timeout=120)[0]
-    assert export.returncode != 0 and "KeyboardInterrupt" in output
-    assert list(folder.iterdir()) == [next(folder.glob(".*.lock"))], "only the (free) lock file"
-
-
-def test_two_builds_at_once_export_once(tmp_path):
-    folder = tmp_path / "models"
     first, second = export_in_a_subprocess(folder), export_in_a_subprocess(folder)
     outputs = [process.communicate(timeout=600)[0] for process in (first, second)]
     assert [process.returncode for process in (first, second)] == [0, 0], outputs
     assert sum(output.count("exporting minilm") for output in outputs) == 1, outputs
-    assert len({output.strip().splitlines()[-1] for output in outputs}) == 1, outputs
+    (exported,) = {Path(output.strip().splitlines()[-1]) for output in outputs}
+    assert exported.exists() and exported.parent.parent == folder
+    assert not list(folder.glob(".*.staging-*")), "the killed export's remains are cleared"
+    assert [path.name for path in folder.iterdir() if not path.name.startswith(".")] == [
+        exported.parent.name
+    ]
 
 
 def test_a_damaged_export_is_made_again_and_gives_the_same_vectors(
