@@ -46,6 +46,7 @@ from qwen_assets.orchestration.runs import (
     dead_run,
     in_progress_runs,
     wait_for_live_runs,
+    waiting_runs,
 )
 from qwen_assets.orchestration.sources import (
     changed_instruction_observations,
@@ -211,6 +212,12 @@ def _build(
     job = dagster_internals.job_of(defs, ASSETS_JOB)
     built: set[str] = set()
     while not plan.empty:
+        if waiting_runs(instance):
+            # Queued while this build planned: a trigger's tick that found the build lock free
+            # just before this build took it. Its run goes first; then plan again.
+            wait_for_live_runs(instance, log)
+            plan = project_plan(defs, instance, settings, forced)
+            continue
         run = plan.runs()[0]
         if run.describe() in built:
             report.succeeded = False
