@@ -17,12 +17,14 @@
     "#9c755f", "#bab0ac", "#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a",
     "#d62728", "#ff9896", "#9467bd", "#c5b0d5",
   ];
-  /* Characters per line of a hover label, from the narrowest map on the page: a label at
-   * most two thirds of the map's width, which Plotly then keeps inside the map, so it stays
+  /* Characters per line of a hover label, from the narrowest map on the page. Plotly puts a
+   * label beside its point, on whichever side has more room: for a point in the middle of a
+   * map that is half the map, less the label's arrow and padding. A label no wider stays
    * whole in a grid of maps (the comparison's), beside the explorer's panel and on a phone. */
   const CHAR_PX = 7.2; // a generous average for Plotly's 13 px label font
+  const ARROW_PX = 16; // the arrow, the padding and a margin
   function hoverWrapFor(width) {
-    return Math.max(24, Math.min(70, Math.floor(((2 / 3) * width) / CHAR_PX)));
+    return Math.max(24, Math.min(70, Math.floor((width / 2 - ARROW_PX) / CHAR_PX)));
   }
   let hoverWrap = hoverWrapFor(window.innerWidth);
 
