@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import textwrap
 import threading
 import time
@@ -34,6 +35,7 @@ from filelock import FileLock
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from qwen_assets.cli import TRIAL_GROUPS
 from qwen_assets.settings import ENVIRONMENT_OVERRIDES
 from qwen_assets.testing import (
     CHROMIUM_ARGS,
@@ -78,6 +80,9 @@ def pytest_configure(config: pytest.Config) -> None:
     compiles a first map costs (``projection._umap``)."""
     if (cache := getattr(config, "cache", None)) is not None:
         os.environ["NUMBA_CACHE_DIR"] = str(cache.mkdir("numba"))
+    elif "NUMBA_CACHE_DIR" not in os.environ:  # run with -p no:cacheprovider: a folder of its own
+        os.environ["NUMBA_CACHE_DIR"] = folder = tempfile.mkdtemp(prefix="qwen-assets-numba-")
+        config.add_cleanup(functools.partial(shutil.rmtree, folder, ignore_errors=True))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -221,7 +226,7 @@ def fresh_server(server: EmbeddingServer) -> EmbeddingServer:
 # A corpus for tests about mechanics (staleness, crashes, automation): two groups of 40.
 SMALL_CORPUS = {"categories": ["rec.autos", "sci.space"], "per_category": 40}
 # The groups the small archive keeps: the small corpus's and `qwen-assets try`'s.
-SMALL_ARCHIVE_GROUPS = ("rec.autos", "sci.med", "sci.space")
+SMALL_ARCHIVE_GROUPS = tuple(sorted({*SMALL_CORPUS["categories"], *TRIAL_GROUPS}))
 
 
 @pytest.fixture(scope="session")
