@@ -53,6 +53,7 @@ ARCHIVE_ENV = "QWEN_ASSETS_NEWSGROUPS_ARCHIVE"
 
 
 # A skip fails where QWEN_ASSETS_NO_SKIPS is set (the hooks, registered by importing them here).
+from qwen_assets_tests.cli_process import CommandProcess  # noqa: E402
 from qwen_assets_tests.no_skips import (  # noqa: E402, F401
     pytest_make_collect_report,
     pytest_runtest_makereport,
@@ -86,8 +87,20 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests marked ``long_running`` first (in their own order), the rest as collected."""
-    items.sort(key=lambda item: item.get_closest_marker("long_running") is None)
+    """The tests marked ``long_running`` first, longest first (its ``seconds``: measured alone),
+    then the rest as collected. xdist hands each worker two tests to start with: the long
+    tests that need no small project (``small_built``) go third and fourth, so one worker
+    starts on them while the other builds that project, instead of waiting for it."""
+
+    def seconds(item: pytest.Item) -> float:
+        return item.get_closest_marker("long_running").kwargs.get("seconds", 0)
+
+    marked = [item for item in items if item.get_closest_marker("long_running")]
+    rest = [item for item in items if not item.get_closest_marker("long_running")]
+    marked.sort(key=seconds, reverse=True)
+    needs = [item for item in marked if "small_built" in item.fixturenames]
+    free = [item for item in marked if "small_built" not in item.fixturenames]
+    items[:] = [*needs[:2], *free, *needs[2:], *rest]
 
 
 # What the project writes in the folder it runs from (the default settings' data/ and site/,
@@ -538,7 +551,10 @@ def failure_message(result) -> str:
 
 
 def wait_until_paused(
-    process: subprocess.Popen, point: str, output: Callable[[], str], seconds: float = 300
+    process: subprocess.Popen | CommandProcess,
+    point: str,
+    output: Callable[[], str],
+    seconds: float = 300,
 ) -> None:
     """Wait until a build stopped itself at ``point`` (``QWEN_ASSETS_PAUSE_AT``); fail with
     what it printed if it ends, or takes too long, before it gets there."""

@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,6 +21,8 @@ from dagster import DagsterInstance, DagsterRunStatus
 from qwen_assets.pipeline.pause import PAUSE_ENV
 from qwen_assets.pipeline.storage import read_table
 from qwen_assets.testing import project_settings, write_settings
+from qwen_assets_tests import cli_process
+from qwen_assets_tests.cli_process import CommandProcess
 from qwen_assets_tests.conftest import SMALL_CORPUS, wait_until_paused
 
 PROBE_INSTRUCTION = "Say which newsgroup the given post was written for"
@@ -39,12 +39,12 @@ class CliProject:
     def database(self) -> str:
         return str(self.root / "warehouse.duckdb")
 
-    def start(self, name: str, pause_at: str | None = None) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "qwen_assets.cli", "build"],
-            env={**self.environ, **({PAUSE_ENV: pause_at} if pause_at else {})},
-            stdout=(self.root / f"{name}.out").open("w"),
-            stderr=(self.root / f"{name}.err").open("w"),
+    def start(self, name: str, pause_at: str | None = None, **environ: str) -> CommandProcess:
+        return cli_process.start(
+            ["build"],
+            {**self.environ, **({PAUSE_ENV: pause_at} if pause_at else {}), **environ},
+            self.root / f"{name}.out",
+            self.root / f"{name}.err",
         )
 
     def output(self, name: str) -> str:
@@ -106,7 +106,7 @@ def hold_mid_embedding(server, instruction: str = PROBE_INSTRUCTION) -> None:
     wait_until(lambda: server.waiting, 60, "its next request waits on the server")
 
 
-@pytest.mark.long_running
+@pytest.mark.long_running(seconds=15)
 def test_two_builds_at_once_wait_quietly_and_sigterm_stops_either(project, server):
     first = project.start("first")
     hold_mid_embedding(server)
@@ -155,13 +155,7 @@ def test_a_wrong_key_ends_the_build_with_one_line_and_leaks_nowhere(project, ser
     environ = {**project.environ, "SILICONFLOW_API_KEY": wrong}
     environ.pop("DAGSTER_DISABLE_TELEMETRY", None)
     try:
-        build = subprocess.run(
-            [sys.executable, "-m", "qwen_assets.cli", "build"],
-            env=environ,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        build = cli_process.run(["build"], environ, project.root / "commands", timeout=300)
     finally:
         server.api_key = None
     assert build.returncode == 1
@@ -190,7 +184,7 @@ def probe_vectors(database: str) -> str:
     ).iloc[0, 0]
 
 
-@pytest.mark.long_running
+@pytest.mark.long_running(seconds=27)
 def test_builds_killed_mid_embedding_and_mid_publish_never_block_the_next(project, server):
     """SIGKILL anywhere: the next build marks the dead run failed and frees its slot, the
     database people query stays as the last complete build left it, and nothing paid for is
@@ -243,29 +237,20 @@ def test_builds_killed_mid_embedding_and_mid_publish_never_block_the_next(projec
     statuses = {run.run_id: run.status for run in project.runs()}
     assert statuses[killed.run_id] == DagsterRunStatus.FAILURE
     assert DagsterRunStatus.STARTED not in statuses.values()
-    plan = subprocess.run(
-        [sys.executable, "-m", "qwen_assets.cli", "build", "--dry-run"],
-        env=project.environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    plan = cli_process.run(
+        ["build", "--dry-run"], project.environ, project.root / "commands", timeout=120
     )
     assert plan.returncode == 0 and "everything is fresh" in plan.stdout, plan.stdout
 
 
-@pytest.mark.long_running
+@pytest.mark.long_running(seconds=14)
 def test_two_builds_from_two_dagster_homes_over_the_same_files_pay_once(project, server):
     """Two folders, two Dagster instances, one set of databases and one cache: the second
     build waits for the first (the lock is on the files, not the instance) and pays nothing."""
     first = project.start("first")
     hold_mid_embedding(server)
     other_home = project.root / "other_home"
-    second = subprocess.Popen(
-        [sys.executable, "-m", "qwen_assets.cli", "build"],
-        env={**project.environ, "DAGSTER_HOME": str(other_home)},
-        stdout=(project.root / "second.out").open("w"),
-        stderr=(project.root / "second.err").open("w"),
-    )
+    second = project.start("second", DAGSTER_HOME=str(other_home))
     wait_until(
         lambda: "(from another Dagster home); waiting for it" in project.output("second"),
         120,

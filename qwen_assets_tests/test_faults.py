@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from qwen_assets.pipeline.pause import PAUSE_ENV
 from qwen_assets.pipeline.site import SiteError
 from qwen_assets.pipeline.storage import StorageError, read_table
 from qwen_assets.testing import write_settings
+from qwen_assets_tests import cli_process
 from qwen_assets_tests.conftest import failure_message, wait_until_paused
 
 TOPIC = "Identify the topic or theme of the given text"
@@ -168,7 +167,7 @@ def site_files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-@pytest.mark.long_running
+@pytest.mark.long_running(seconds=36)
 def test_a_build_killed_at_every_step_boundary_ends_as_a_clean_build(
     project_copy, tmp_path, server
 ):
@@ -186,24 +185,12 @@ def test_a_build_killed_at_every_step_boundary_ends_as_a_clean_build(
     server.reset()
     for number, point in enumerate(BOUNDARIES):
         log = tmp_path / f"build-{number}.log"
-        with log.open("w") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "qwen_assets.cli", "build"],
-                env={**environ, PAUSE_ENV: point},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        process = cli_process.start(["build"], {**environ, PAUSE_ENV: point}, log)
         wait_until_paused(process, point, log.read_text)
         process.kill()
         process.wait()
 
-    final = subprocess.run(
-        [sys.executable, "-m", "qwen_assets.cli", "build"],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    final = cli_process.run(["build"], environ, tmp_path / "final", timeout=300)
     assert final.returncode == 0, final.stdout + final.stderr
     lines = final.stdout.splitlines()
     assert any("its process" in line and "is gone" in line for line in lines), lines

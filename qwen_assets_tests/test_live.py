@@ -31,6 +31,7 @@ import pytest
 from qwen_assets.settings import load_settings
 from qwen_assets.testing import project_settings, write_settings
 from qwen_assets.testing.embedding_server import Fault
+from qwen_assets_tests import cli_process
 from qwen_assets_tests.conftest import REPO, SMALL_CORPUS
 
 PACKAGE_DAGSTER_YAML = REPO / "qwen_assets" / "dagster.yaml"
@@ -305,13 +306,8 @@ def project(small_built, server, small_archive, tmp_path: Path) -> Iterator[dict
 
 
 def build(environ: dict[str, str]) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "qwen_assets.cli", "build"],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    folder = Path(environ["QWEN_ASSETS_SETTINGS"]).with_name("commands")
+    done = cli_process.run(["build"], environ, folder, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "busy" not in done.stdout + done.stderr
     return done.stdout
@@ -323,7 +319,7 @@ def edit(environ: dict[str, str], old: str, new: str) -> None:
     settings.write_text(settings.read_text().replace(old, new))
 
 
-@pytest.mark.long_running
+@pytest.mark.long_running(seconds=120)
 def test_people_query_through_a_cold_build_an_edit_and_a_sensor_run(
     project, server, small_built, tmp_path
 ):
@@ -411,13 +407,8 @@ def test_people_query_through_a_cold_build_an_edit_and_a_sensor_run(
         edit(project, "Classify the given text as either toxic or not toxic", "Is it rude?")
         ui.reload()
         started = time.time()
-        cli = subprocess.Popen(
-            [sys.executable, "-m", "qwen_assets.cli", "build"],
-            env=project,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        said = tmp_path / "cli-beside-the-sensor.log"
+        cli = cli_process.start(["build"], project, said)
         wait_until(lambda: server.waiting, 120, "the command line's build asks for vectors")
         assert wait_until(
             lambda: [
@@ -430,8 +421,7 @@ def test_people_query_through_a_cold_build_an_edit_and_a_sensor_run(
             "a sensor tick while the command line builds",
         ), "the sensor stood aside"
         server.release()
-        output = cli.communicate(timeout=300)[0]
-        assert cli.returncode == 0, output
+        assert cli.wait(timeout=300) == 0, said.read_text()
         built_at = time.time()
         wait_until(
             lambda: any(tick["timestamp"] > built_at for tick in ui.sensor_ticks()),

@@ -19,7 +19,7 @@ TOUCHING = [
 ]
 
 
-@pytest.mark.long_running
+@pytest.mark.long_running(seconds=18)
 def test_a_developers_exported_variables_reach_no_test(tmp_path: Path, vectors_folder):
     """Every project variable exported to a path of its own, as the README shows a user doing:
     a run of tests that build projects and load settings passes, and nothing is written

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from qwen_assets.cli import TRIAL_GROUPS, TRIAL_PER_GROUP
+from qwen_assets_tests import cli_process
 from qwen_assets_tests.conftest import ARCHIVE_ENV, REPO
 
 TASKS = ("default", "topic", "sentiment", "toxicity")
@@ -22,24 +22,22 @@ TOPIC = "Identify the topic or theme of the given text"
 
 
 @pytest.fixture
-def qwen_assets(small_archive: str) -> Callable[..., subprocess.CompletedProcess[str]]:
+def qwen_assets(
+    small_archive: str, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., subprocess.CompletedProcess[str]]:
     """`qwen-assets ARGUMENTS` in a new process, reading the trial's groups from the small
-    archive (a first build reads the whole archive it is given)."""
+    archive (a first build reads the whole archive it is given); what it prints is kept
+    outside the folder it runs in."""
+    said = tmp_path_factory.mktemp("said")
 
     def run(cwd: Path, *arguments: str, **variables: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "qwen_assets.cli", *arguments],
-            cwd=cwd,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", ARCHIVE_ENV: small_archive, **variables},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        environ = {**os.environ, "HF_HUB_OFFLINE": "1", ARCHIVE_ENV: small_archive, **variables}
+        return cli_process.run(arguments, environ, said, timeout=600, cwd=cwd)
 
     return run
 
 
-@pytest.mark.long_running
+@pytest.mark.long_running(seconds=22)
 def test_a_trial_builds_everything_in_its_folder_and_a_bad_model_says_what_to_do(
     qwen_assets, tmp_path: Path
 ):
