@@ -273,6 +273,7 @@ class Project:
     raw: dict
     instance: DagsterInstance | None  # None: a folder only copied (the workers' shared build)
     cold_requests: int | None = None  # requests its first build sent, where a fixture counts
+    cold_texts: list[str] | None = None  # and the texts they held
 
     @property
     def settings_path(self) -> Path:
@@ -322,8 +323,8 @@ def build_project(root: Path, raw: dict, stack: ExitStack) -> Project:
     from qwen_assets.cli import rebuild_stale
 
     raw = rooted(raw, root)
-    write_settings(root / "settings.toml", raw)
     (root / "dagster_home").mkdir(parents=True, exist_ok=True)
+    write_settings(root / "settings.toml", raw)
     instance = stack.enter_context(instance_for_test(temp_dir=str(root / "dagster_home")))
     project = Project(root, raw, instance)
     report = rebuild_stale(instance, project.settings(), log=lambda line: None)
@@ -369,18 +370,19 @@ def built_once(
     shared_folder: Path | None,
     server: EmbeddingServer,
     name: str,
-    raw_for: Callable[[Path], dict],
+    make: Callable[[Path, ExitStack], Project],
 ) -> Iterator[Project]:
-    """A project built from nothing through the loopback server (settings ``raw_for(root)``),
-    once a session. Where xdist runs the suite in several workers, the first that needs it
-    builds it in the folder the workers share and every worker gets its own copy, its
-    settings pointing at that worker's server; each copy is checked unchanged at the end."""
+    """A project ``make(root, stack)`` builds under ``root`` through the loopback server, once
+    a session; its ``cold_requests`` and ``cold_texts``: what that build sent. Where xdist
+    runs the suite in several workers, the first that needs it builds it in the folder the
+    workers share and every worker gets its own copy, its settings pointing at that worker's
+    server; each copy is checked unchanged at the end."""
     worker_temp = tmp_path_factory.mktemp(name)
     if shared_folder is None:
         server.reset()
         with ExitStack() as stack:
-            project = build_project(worker_temp, raw_for(worker_temp), stack)
-            project.cold_requests = len(server.received)
+            project = make(worker_temp / "project", stack)
+            project.cold_requests, project.cold_texts = _sent(server)
             with left_as_built(project):
                 yield project
         return
@@ -392,21 +394,31 @@ def built_once(
             shared.mkdir()
             server.reset()
             with ExitStack() as stack:
-                original = build_project(shared, raw_for(shared), stack)
-            done.write_text(
-                json.dumps({"raw": original.raw, "cold_requests": len(server.received)})
-            )
+                original = make(shared / "project", stack)
+            requests, texts = _sent(server)
+            record = {"raw": original.raw, "cold_requests": requests, "cold_texts": texts}
+            done.write_text(json.dumps(record))
     record = json.loads(done.read_text())
 
     def to_this_worker(raw: dict) -> None:
         raw["embedding"]["http"]["base_url"] = server.base_url
 
     with ExitStack() as stack:
-        of = Project(shared, record["raw"], instance=None)
+        of = Project(shared / "project", record["raw"], instance=None)
         project = copy_project(of, worker_temp / "project", stack, to_this_worker)
-        project.cold_requests = record["cold_requests"]
+        project.cold_requests, project.cold_texts = record["cold_requests"], record["cold_texts"]
         with left_as_built(project):
             yield project
+
+
+def _sent(server: EmbeddingServer) -> tuple[int, list[str]]:
+    """The requests the server answered since its reset, and the texts they held."""
+    return len(server.received), [text for batch in server.received for text in batch]
+
+
+def built_from_nothing(raw_for: Callable[[Path], dict]) -> Callable[[Path, ExitStack], Project]:
+    """For ``built_once``: a project built from nothing with the settings ``raw_for(root)``."""
+    return lambda root, stack: build_project(root, raw_for(root), stack)
 
 
 @pytest.fixture(scope="session")
@@ -419,7 +431,7 @@ def built(tmp_path_factory, shared_folder, server: EmbeddingServer, archive: str
         shared_folder,
         server,
         "project",
-        lambda root: project_settings(root, server, archive),
+        built_from_nothing(lambda root: project_settings(root, server, archive)),
     )
 
 
@@ -441,7 +453,9 @@ def small_project(
             raw["variants"] = variants
         return raw
 
-    yield from built_once(tmp_path_factory, shared_folder, server, name, raw_for)
+    yield from built_once(
+        tmp_path_factory, shared_folder, server, name, built_from_nothing(raw_for)
+    )
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from qwen_assets.pipeline.properties import sentiment_scores
 from qwen_assets.pipeline.storage import read_table
 from qwen_assets.settings import SettingsError, parse_settings, shuffled_words
 from qwen_assets.testing import EmbeddingServer, settings_dict, write_settings
-from qwen_assets_tests.conftest import copy_project
+from qwen_assets_tests.conftest import Project, built_once, copy_project
 from qwen_assets_tests.test_variants import batches, build
 
 EMBEDDINGS, MAPS = AssetKey("task_embeddings"), AssetKey("umap_coordinates")
@@ -85,24 +86,27 @@ def test_an_empty_or_repeated_paraphrase_is_refused_naming_the_key(paraphrases, 
     assert says in str(refused.value)
 
 
-@pytest.fixture(scope="module")
-def controlled(small_built, server, tmp_path_factory):
-    """The small project, copied, with controls on and built: (project, requests sent)."""
-    with ExitStack() as stack:
-        project = copy_project(
-            small_built, tmp_path_factory.mktemp("controlled") / "project", stack, with_controls
-        )
+@pytest.fixture(scope="session")
+def controlled(small_built, server, tmp_path_factory, shared_folder):
+    """The small project, copied, with controls on and built, once a session (shared as the
+    small project is): (project, requests that build sent, their texts)."""
+
+    def make(root: Path, stack: ExitStack) -> Project:
+        project = copy_project(small_built, root, stack, with_controls)
         settings = project.settings()
         derived = [name for name in settings.prompt_names if name not in settings.tasks]
-        server.reset()
         report = rebuild_stale(project.instance, settings, log=lambda line: None)
         assert report.succeeded, report.failure
         assert set(report.plan.by_task) == set(derived), "only the new prompts' maps"
-        yield project, len(server.received), [t for batch in server.received for t in batch]
+        return project
+
+    for project in built_once(tmp_path_factory, shared_folder, server, "controlled", make):
+        yield project, project.cold_requests, project.cold_texts
 
 
-def test_controls_and_paraphrases_cost_exactly_their_own_batches(controlled, server):
-    project, requests, texts = controlled
+def test_controls_and_paraphrases_cost_exactly_their_own_batches(controlled, project_copy, server):
+    built, requests, texts = controlled
+    project = project_copy(of=built)
     settings = project.settings()
     derived = [p for p in settings.prompts.values() if p.role != "task"]
     distinct = {p.instruction for p in derived}
