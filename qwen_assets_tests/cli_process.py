@@ -48,15 +48,14 @@ def _command(
     environ: Mapping[str, str],
     stdout: str,
     stderr: str | None,
-    cwd: str | None,
+    cwd: str,
 ) -> None:
     """In the new process: the command's environment and folder, its output files as
     descriptors 1 and 2 (``stderr`` None: both in ``stdout``), then the command line's entry
     point."""
     os.environ.clear()
     os.environ.update(environ)
-    if cwd is not None:
-        os.chdir(cwd)
+    os.chdir(cwd)
     out = os.open(stdout, os.O_WRONLY | os.O_APPEND)
     err = out if stderr is None else os.open(stderr, os.O_WRONLY | os.O_APPEND)
     os.dup2(out, 1)
@@ -116,7 +115,7 @@ def start(
             None if stderr is None else str(stderr),
             str(cwd or Path.cwd()),
         ),
-        daemon=True,  # never outlives the test process that started it
+        daemon=True,  # ended, if still running, when the test process exits
     )
     process.start()
     return CommandProcess(process)

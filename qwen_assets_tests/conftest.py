@@ -413,7 +413,7 @@ def built_once(
 
 def _sent(server: EmbeddingServer) -> tuple[int, list[str]]:
     """The requests the server answered since its reset, and the texts they held."""
-    return len(server.received), [text for batch in server.received for text in batch]
+    return len(server.received), server.texts_received
 
 
 def built_from_nothing(raw_for: Callable[[Path], dict]) -> Callable[[Path, ExitStack], Project]:
